@@ -1,0 +1,332 @@
+"""Command line: parses arguments and calls the library. No logic lives here.
+
+Every verb imports its module lazily so that `prostate-vq presets` answers at once. Bad input
+(`UserInputError`) becomes one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from prostate_vq import __version__
+from prostate_vq.errors import UserInputError
+
+TASKS = ("image", "mask", "joint")
+
+
+def _spatial(parser: argparse.ArgumentParser, default=None) -> None:
+    parser.add_argument("--spatial-size", nargs=2, type=int, metavar=("H", "W"), default=default,
+                        help="slice size the model sees (default: 256 128, or the checkpoint's)")
+
+
+def _data(parser: argparse.ArgumentParser, required: bool = False) -> None:
+    parser.add_argument("--data", type=Path, required=required, default=None,
+                        help="HipMRI root with keras_slices_* folders (default: the built-in demo phantom)")
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def cmd_synth(args):
+    from prostate_vq.data.phantom import synthesize
+
+    root = synthesize(args.out, cases=args.cases, seed=args.seed,
+                      slices_per_volume=args.slices, weeks=args.weeks)
+    print(f"demo phantom written to {root}")
+
+
+def cmd_manifest(args):
+    from prostate_vq.data.manifest import manifest_command
+
+    return manifest_command(args.data, args.out, check=args.check, resplit=args.resplit, seed=args.seed)
+
+
+def cmd_import(args):
+    from prostate_vq.data.importer import import_volume
+
+    written = import_volume(args.path, args.out, case=args.case, split=args.split, week=args.week,
+                            seg=args.seg, orientation=args.orientation)
+    print(f"wrote {len(written)} slices for case {args.case} week {args.week} into {args.out}")
+
+
+# --- models ---------------------------------------------------------------------------------
+
+def cmd_presets(args):
+    from prostate_vq.models.presets import list_presets
+
+    rows = list_presets()
+    width = max(len(name) for name, _ in rows)
+    for name, description in rows:
+        print(f"{name:<{width}}  {description}")
+
+
+def cmd_summary(args):
+    from prostate_vq.models.summary import model_summary
+
+    print(model_summary(args.preset, spatial_size=tuple(args.spatial_size or (256, 128)), task=args.task,
+                        overrides=args.set))
+
+
+# --- training -------------------------------------------------------------------------------
+
+def _train_options(args):
+    from prostate_vq.training.engine import TrainOptions
+
+    return TrainOptions(
+        data=args.data, out=args.out, preset=args.preset, task=args.task, epochs=args.epochs,
+        max_minutes=args.max_minutes, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
+        monitor=args.monitor, mask_ratio=args.mask_ratio, device=args.device, resume=args.resume,
+        overrides=list(args.set or []), max_slices=args.max_slices, num_workers=args.num_workers,
+        compile=args.compile, tensorboard=args.tensorboard, progress=not args.no_progress,
+    )
+
+
+def cmd_train(args):
+    from prostate_vq.training.engine import train
+
+    run = train(_train_options(args))
+    if run is not None:
+        print(f"run written to {run}")
+
+
+def cmd_refit(args):
+    from prostate_vq.training.refit import refit
+
+    run = refit(args.checkpoint, out=args.out, codebook_size=args.codebook_size, data=args.data,
+                epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, seed=args.seed,
+                progress=not args.no_progress)
+    print(f"ReFiT run written to {run}")
+
+
+# --- evaluation and reports -----------------------------------------------------------------
+
+def cmd_evaluate(args):
+    from prostate_vq.evaluation.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
+                                 device=args.device, batch_size=args.batch_size, max_slices=args.max_slices)
+    print(result.summary_table())
+    print(f"metrics written to {Path(args.out) / 'metrics.json'}")
+
+
+def cmd_report(args):
+    from prostate_vq.reporting.markdown import write_report
+
+    path = write_report(args.inputs, args.out, title=args.title)
+    print(f"report written to {path}")
+
+
+def cmd_sweep(args):
+    from prostate_vq.workflows import sweep
+
+    path = sweep(data=args.data, presets=[p for p in args.presets.split(",") if p], out=args.out,
+                 max_minutes=args.max_minutes, task=args.task, epochs=args.epochs, device=args.device,
+                 seed=args.seed, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
+                 max_slices=args.max_slices)
+    print(f"sweep report written to {path}")
+
+
+def cmd_demo(args):
+    from prostate_vq.workflows import demo
+
+    path = demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)
+    print(f"demo report: {path}")
+
+
+# --- generative prior -----------------------------------------------------------------------
+
+def cmd_train_prior(args):
+    from prostate_vq.prior.train import train_prior
+
+    run = train_prior(args.checkpoint, data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
+                      max_minutes=args.max_minutes, device=args.device, seed=args.seed, resume=args.resume,
+                      batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+                      max_slices=args.max_slices, progress=not args.no_progress)
+    print(f"prior run written to {run}")
+
+
+def cmd_sample(args):
+    from prostate_vq.prior.sample import sample
+
+    out = sample(args.prior, n=args.n, out=args.out, temperature=args.temperature, seed=args.seed,
+                 device=args.device, data=args.data)
+    print(f"{args.n} samples written to {out}")
+
+
+def cmd_encode(args):
+    from prostate_vq.prior.codes import encode_dataset
+
+    path = encode_dataset(args.checkpoint, data=args.data, split=args.split, out=args.out, device=args.device)
+    print(f"codes written to {path}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="prostate-vq",
+        description="VQ-VAE variants for 2D prostate MRI slices (HipMRI): train, evaluate, report.")
+    parser.add_argument("--version", action="version", version=f"prostate-vq {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("synth", help="write the deterministic demo phantom in HipMRI layout")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--cases", type=int, default=12, help="number of patients (split by patient)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slices", type=int, default=24, help="slices per volume")
+    p.add_argument("--weeks", type=int, default=2, help="weekly volumes per patient")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("manifest", help="write (and check) the per-slice manifest of a dataset")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="CSV to write")
+    p.add_argument("--check", action="store_true", help="exit 2 on leakage, missing masks, bad shapes or labels")
+    p.add_argument("--resplit", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"), default=None,
+                   help="re-assign splits by patient with these fractions (written to the manifest only)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("import", help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder) as HipMRI slices")
+    p.add_argument("path", type=Path)
+    p.add_argument("--out", type=Path, required=True, help="HipMRI root to write into")
+    p.add_argument("--case", required=True)
+    p.add_argument("--split", choices=("train", "validate", "test"), required=True)
+    p.add_argument("--week", type=int, default=0)
+    p.add_argument("--seg", type=Path, default=None, help="label volume on the same grid")
+    p.add_argument("--orientation", default="RAS", help="reorient to this axis code before slicing (default RAS)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("presets", help="list the model presets")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("summary", help="print the torchinfo summary of a preset")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--task", choices=TASKS, default="image")
+    _spatial(p)
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("train", help="train a VQ-VAE preset")
+    _data(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--preset", default="default")
+    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
+    _spatial(p)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
+    p.add_argument("--monitor", choices=("loss", "ssim", "dice"), default="loss", help="validation metric")
+    p.add_argument("--mask-ratio", type=float, default=0.0, help="share of input patches masked (masked training)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset fields")
+    p.add_argument("--max-slices", type=int, default=None, help="use at most this many slices per split")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in RUN/tb")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("refit", help="ReFiT: k-means re-build of a smaller codebook, then fine-tune")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _data(p)
+    p.add_argument("--codebook-size", type=int, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_refit)
+
+    p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics.json, per_slice.csv, figures")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _data(p)
+    p.add_argument("--split", choices=("train", "validate", "test"), default="test")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-slices", type=int, default=None)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")
+    p.add_argument("inputs", nargs="+", type=Path, metavar="RUN_OR_EVAL_DIR")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--title", default="prostate-vq report")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("sweep", help="train and evaluate several presets, then one comparison report")
+    _data(p)
+    p.add_argument("--presets", required=True, help="comma-separated preset names")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--max-minutes", type=float, default=None, help="budget per preset")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--task", choices=TASKS, default="image")
+    _spatial(p)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-slices", type=int, default=None)
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("demo", help="synth -> train default -> evaluate -> report, on the demo phantom")
+    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--minutes", type=float, default=5.0, help="training budget")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train-prior", help="train an autoregressive prior over a model's codes")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _data(p)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--arch", choices=("pixelcnn", "transformer"), default="pixelcnn")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_train_prior)
+
+    p = sub.add_parser("sample", help="sample new slices from a prior")
+    p.add_argument("--prior", type=Path, required=True, help="prior checkpoint (best.pt of train-prior)")
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    _data(p)
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("encode", help="export the code map of every slice to an .npz")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    _data(p)
+    p.add_argument("--split", choices=("train", "validate", "test"), default="train")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_encode)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.func(args)
+    except UserInputError as error:
+        print(f"prostate-vq {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"prostate-vq {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
