@@ -47,7 +47,7 @@ def cmd_import(args):
 
     written = import_volume(args.path, args.out, case=args.case, split=args.split, week=args.week,
                             seg=args.seg, orientation=args.orientation)
-    print(f"wrote {len(written)} slices for case {args.case} week {args.week} into {args.out}")
+    print(f"wrote {len(written)} slices ({written[0].name} ... {written[-1].name}) into {written[0].parent}")
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -84,9 +84,14 @@ def _train_options(args):
 
 
 def cmd_train(args):
+    from prostate_vq.errors import TrainingDiverged
     from prostate_vq.training.engine import train
 
-    run = train(_train_options(args))
+    try:
+        run = train(_train_options(args))
+    except TrainingDiverged as error:
+        print(f"prostate-vq train: stopped: {error}", file=sys.stderr)
+        return 1
     if run is not None:
         print(f"run written to {run}")
 
