@@ -1,0 +1,107 @@
+"""Named model presets (data in presets.yaml) and `--set key=value` overrides."""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from prostate_vq.errors import UserInputError
+
+from .quantizers import QUANTIZERS, quantizer_options
+from .vqvae import MODEL_DEFAULTS
+
+SECTIONS = ("description", "model", "quantizer", "training", "refit")
+
+
+@lru_cache(maxsize=1)
+def _presets() -> dict:
+    text = resources.files(__package__).joinpath("presets.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def list_presets() -> list[tuple[str, str]]:
+    """(name, one-line description) of every preset, in file order."""
+    return [(name, cfg.get("description", "")) for name, cfg in _presets().items()]
+
+
+def get_preset(name: str) -> dict:
+    """A deep copy of preset `name` with every model and quantizer option filled in."""
+    presets = _presets()
+    if name not in presets:
+        raise UserInputError(f"unknown preset {name!r}; valid presets: {', '.join(presets)}")
+    return resolve(copy.deepcopy(presets[name]))
+
+
+def resolve(cfg: dict) -> dict:
+    """Fill defaults: MODEL_DEFAULTS for `model`, the kind's constructor defaults for `quantizer`."""
+    cfg["model"] = {**MODEL_DEFAULTS, **cfg.get("model", {})}
+    quantizer = dict(cfg.get("quantizer", {}))
+    kind = quantizer.get("kind", "vq")
+    if kind not in QUANTIZERS:
+        raise UserInputError(f"unknown quantizer kind {kind!r}; choose one of {', '.join(QUANTIZERS)}")
+    options = quantizer_options(kind)
+    unknown = sorted(set(quantizer) - set(options) - {"kind"})
+    if unknown:
+        raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(options)}")
+    cfg["quantizer"] = {"kind": kind, **options, **quantizer}
+    cfg.setdefault("training", {})
+    return cfg
+
+
+def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
+    """Apply `section.key=value` overrides (values parsed as YAML) to a copy of `cfg`.
+
+    Keys must exist in the resolved config; changing `quantizer.kind` swaps in that kind's options
+    (keeping the ones it shares, e.g. codebook_size). `refit.*` and `training.*` may add new keys.
+    """
+    cfg = resolve(copy.deepcopy(cfg))
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserInputError(f"override {item!r} must look like section.key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise UserInputError(f"override {item!r}: value is not valid YAML ({error})") from None
+        value = _number(value)
+        section, dot, name = key.partition(".")
+        if section not in SECTIONS or (not dot and section != "description") or "." in name:
+            raise UserInputError(f"unknown override key {key!r}; keys look like model.channels, "
+                                 f"quantizer.codebook_size, training.lr or refit.codebook_size")
+        if section == "description":
+            cfg["description"] = str(value)
+            continue
+        if section == "quantizer" and name == "kind":
+            if value not in QUANTIZERS:
+                raise UserInputError(f"unknown quantizer kind {value!r}; choose one of {', '.join(QUANTIZERS)}")
+            shared = quantizer_options(value)
+            cfg["quantizer"] = {"kind": value, **{k: v for k, v in cfg["quantizer"].items() if k in shared}}
+            cfg = resolve(cfg)
+            continue
+        target = cfg.setdefault(section, {})
+        if section in ("model", "quantizer") and name not in target:
+            valid = ", ".join(k for k in target if k != "kind")
+            raise UserInputError(f"unknown override key {key!r}; valid {section} keys: {valid}")
+        if section == "training" and name not in target and name not in TRAINING_KEYS:
+            raise UserInputError(f"unknown override key {key!r}; valid training keys: {', '.join(TRAINING_KEYS)}")
+        target[name] = value
+    return cfg
+
+
+# Keys the training engine reads from a preset's `training` section.
+TRAINING_KEYS = ("lr", "batch_size", "epochs", "patience", "weight_decay", "grad_clip")
+
+
+def _number(value):
+    """YAML 1.1 reads `1e-3` as a string; users mean the number."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value

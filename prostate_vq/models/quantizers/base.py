@@ -1,0 +1,130 @@
+"""The one quantizer interface every variant implements, plus shared codebook-health helpers."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class QuantizerOutput(NamedTuple):
+    """`quantized` [B, C, h, w] (straight-through in training), `indices` LongTensor code map,
+    `losses` already-weighted scalars, `latents` the vectors the codebook sees [B, D_code, h, w].
+    A NamedTuple (not a dataclass) so that torchinfo can report it."""
+
+    quantized: Tensor
+    indices: Tensor
+    losses: dict[str, Tensor]
+    latents: Tensor | None = None
+
+
+def code_counts(indices: Tensor, num_codes: int) -> Tensor:
+    """How often each code occurs in `indices` (any shape) as LongTensor[num_codes]."""
+    return torch.bincount(indices.reshape(-1).long(), minlength=num_codes)
+
+
+def usage(counts: Tensor) -> float:
+    """Share of codes used at least once."""
+    return float((counts > 0).float().mean())
+
+
+def perplexity(counts: Tensor) -> float:
+    """exp(entropy) of the code distribution: the effective number of codes in use."""
+    p = counts.double() / counts.sum().clamp(min=1)
+    return float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()))
+
+
+def to_vectors(z: Tensor) -> Tensor:
+    """[B, C, h, w] -> [B*h*w, C] (free when `z` is channels_last)."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def to_map(vectors: Tensor, like: Tensor) -> Tensor:
+    """[B*h*w, C] -> [B, C, h, w] with the batch and grid of `like`."""
+    b, _, h, w = like.shape
+    return vectors.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+
+
+def nearest_code(z: Tensor, codebook: Tensor, max_elements: int = 1 << 22) -> Tensor:
+    """Index of the nearest codebook row for each row of `z` ([N, D] vs [K, D]).
+
+    Chunked so that no distance matrix larger than `max_elements` floats is ever held:
+    argmin_k ||z - e_k||^2 = argmin_k (||e_k||^2 - 2 z.e_k), computed with one addmm per chunk
+    (||z||^2 is constant per row and left out).
+    """
+    with torch.no_grad():
+        z = z.float()
+        codebook = codebook.float()
+        e2 = codebook.pow(2).sum(1)
+        rows = max(1, max_elements // max(1, codebook.shape[0]))
+        if z.shape[0] <= rows:
+            return torch.addmm(e2, z, codebook.t(), beta=1.0, alpha=-2.0).argmin(1)
+        return torch.cat([torch.addmm(e2, chunk, codebook.t(), beta=1.0, alpha=-2.0).argmin(1)
+                          for chunk in z.split(rows)])
+
+
+def entropy_loss(neg_distance: Tensor, temperature: float) -> Tensor:
+    """Codebook entropy regulariser: low per-vector entropy, high batch-average entropy.
+
+    `neg_distance` [N, K]; returns mean per-vector entropy minus entropy of the batch-mean assignment,
+    so minimising it spreads the batch over many codes while each vector stays decisive.
+    """
+    logp = F.log_softmax(neg_distance / temperature, dim=1)
+    p = logp.exp()
+    per_vector = -(p * logp).sum(1).mean()
+    mean_p = p.mean(0)
+    batch = -(mean_p * torch.log(mean_p.clamp(min=1e-12))).sum()
+    return per_vector - batch
+
+
+def is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+@torch.no_grad()
+def broadcast_buffers(module: nn.Module) -> None:
+    """Copy every buffer of `module` from rank 0 (no-op outside torch.distributed)."""
+    if is_distributed():
+        for buffer in module.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+
+
+class Quantizer(nn.Module):
+    """Base class: `forward(z [B, C, h, w]) -> QuantizerOutput`, `lookup(indices) -> quantized`.
+
+    `num_codes` is every code the quantizer can emit (all levels together); `code_counts` turns an
+    index map into LongTensor[num_codes]. Subclasses with dead-code restart add to `restarted`.
+    """
+
+    codebook_size: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.restarted = 0
+
+    @property
+    def num_codes(self) -> int:
+        return self.codebook_size
+
+    def code_counts(self, indices: Tensor) -> Tensor:
+        return code_counts(indices, self.num_codes)
+
+    def perplexity(self, indices: Tensor) -> float:
+        return perplexity(self.code_counts(indices))
+
+    def usage(self, indices: Tensor) -> float:
+        return usage(self.code_counts(indices))
+
+    def pop_restarted(self) -> int:
+        """Dead codes restarted since the last call (for the training history)."""
+        n, self.restarted = self.restarted, 0
+        return n
+
+    def index_shape(self, h: int, w: int) -> tuple[int, ...]:
+        """Shape of one sample's index map for an h x w latent grid."""
+        return (h, w)
+
+    def lookup(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError

@@ -1,0 +1,29 @@
+"""Finite scalar quantisation (Mentzer et al. 2023) via vector-quantize-pytorch's FSQ.
+
+No codebook to learn or collapse: each of len(levels) projected channels is rounded to its own
+number of levels; the implicit codebook has prod(levels) entries. No auxiliary loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+from vector_quantize_pytorch import FSQ
+
+from .base import Quantizer, QuantizerOutput
+
+
+class FSQQuantizer(Quantizer):
+    def __init__(self, dim: int, levels: list[int] = (8, 5, 5, 5)):
+        super().__init__()
+        self.levels = list(levels)
+        self.codebook_size = math.prod(self.levels)
+        self.fsq = FSQ(levels=self.levels, dim=dim, channel_first=True)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        q, indices = self.fsq(z)
+        return QuantizerOutput(q, indices.long(), {}, z.detach())
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        return self.fsq.indices_to_codes(indices)

@@ -1,0 +1,60 @@
+"""Residual quantisation (RQ-VAE, Lee et al. 2022) via vector-quantize-pytorch's ResidualVQ.
+
+`depth` EMA codebooks quantise the successive residuals; the codes of a position are its `depth`
+indices, returned as [B, depth, h, w] (coarse to fine).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from vector_quantize_pytorch import ResidualVQ
+
+from .base import Quantizer, QuantizerOutput, broadcast_buffers, code_counts, to_map, to_vectors
+
+
+class ResidualQuantizer(Quantizer):
+    def __init__(self, dim: int, codebook_size: int = 512, depth: int = 4, beta: float = 0.25, decay: float = 0.99,
+                 codebook_dim: int | None = None, l2_normalize: bool = False, dead_code_threshold: float = 0.0,
+                 kmeans_init: bool = False, shared_codebook: bool = False):
+        super().__init__()
+        self.depth = depth
+        self.level_size = codebook_size
+        self.codebook_size = codebook_size
+        self.dead_code_threshold = float(dead_code_threshold)
+        self.rvq = ResidualVQ(
+            dim=dim, num_quantizers=depth, codebook_size=codebook_size, codebook_dim=codebook_dim,
+            shared_codebook=shared_codebook, decay=decay, commitment_weight=beta,
+            use_cosine_sim=l2_normalize, kmeans_init=kmeans_init,
+            threshold_ema_dead_code=self.dead_code_threshold,
+            rotation_trick=False,  # plain straight-through per level
+            sync_kmeans=False)  # the library's cross-rank sampling races; see ema.py
+
+    @property
+    def num_codes(self) -> int:
+        return self.depth * self.level_size
+
+    def code_counts(self, indices: Tensor) -> Tensor:
+        """Level l's code k counts as code l*K + k, so usage covers every level's codebook."""
+        offsets = torch.arange(self.depth, device=indices.device).view(1, -1, 1, 1) * self.level_size
+        return code_counts(indices + offsets, self.num_codes)
+
+    def index_shape(self, h: int, w: int) -> tuple[int, ...]:
+        return (self.depth, h, w)
+
+    def forward(self, z: Tensor) -> QuantizerOutput:
+        b, _, h, w = z.shape
+        q, indices, commit = self.rvq(to_vectors(z).reshape(b, h * w, -1))
+        losses = {"commitment": commit.sum()} if self.training else {}
+        if self.training:
+            broadcast_buffers(self)
+        if self.training and self.dead_code_threshold > 0:
+            for layer in self.rvq.layers:
+                self.restarted += int((layer._codebook.cluster_size == self.dead_code_threshold).sum())
+        indices = indices.reshape(b, h, w, self.depth).permute(0, 3, 1, 2)
+        return QuantizerOutput(to_map(q.reshape(b * h * w, -1), z), indices, losses, z.detach())
+
+    def lookup(self, indices: Tensor) -> Tensor:
+        b, d, h, w = indices.shape
+        q = self.rvq.get_output_from_indices(indices.permute(0, 2, 3, 1).reshape(b, h * w, d))
+        return q.reshape(b, h, w, -1).permute(0, 3, 1, 2)
