@@ -1,0 +1,11 @@
+"""Training: the engine behind `prostate-vq train`, checkpoints, ReFiT and torchrun support."""
+
+from prostate_vq.training.checkpoints import load_checkpoint, load_model, save_checkpoint
+from prostate_vq.training.early_stopping import EarlyStopping
+from prostate_vq.training.engine import TRAINING_DEFAULTS, TrainOptions, fit, resolve_config, train
+from prostate_vq.training.history import HISTORY_COLUMNS
+from prostate_vq.training.kmeans import kmeans
+from prostate_vq.training.refit import refit
+
+__all__ = ["EarlyStopping", "HISTORY_COLUMNS", "TRAINING_DEFAULTS", "TrainOptions", "fit", "kmeans",
+           "load_checkpoint", "load_model", "refit", "resolve_config", "save_checkpoint", "train"]

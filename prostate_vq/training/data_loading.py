@@ -1,0 +1,72 @@
+"""Datasets and per-epoch loaders for training (single process or one shard per torchrun rank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from prostate_vq.errors import UserInputError
+from prostate_vq.training.distributed import DistContext
+
+
+def load_datasets(root: Path, task: str, training: dict, max_slices: int | None):
+    """Cached train (augmented if the config says so) and validation datasets; bad data -> UserInputError."""
+    from prostate_vq.data import make_dataset
+
+    size = tuple(int(s) for s in training["spatial_size"])
+    try:
+        train_ds = make_dataset(root, "train", task, spatial_size=size, augment=bool(training["augment"]),
+                                max_slices=max_slices)
+        val_ds = make_dataset(root, "validate", task, spatial_size=size, augment=False, max_slices=max_slices)
+    except RuntimeError as error:
+        # MONAI's Compose wraps a transform's DataError in RuntimeError: surface the user's error (exit 2).
+        cause = _user_error_in_chain(error)
+        if cause is None:
+            raise
+        raise cause from None
+    for split, ds in (("train", train_ds), ("validate", val_ds)):
+        if len(ds) == 0:
+            raise UserInputError(f"no {split} slices found (keras_slices_{split} is empty)", root)
+    return train_ds, val_ds
+
+
+def _user_error_in_chain(error: BaseException) -> UserInputError | None:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, UserInputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def make_loader(dataset, batch_size: int, *, train: bool, seed: int, epoch: int, num_workers: int,
+                dist_ctx: DistContext, pin_memory: bool):
+    """A fresh loader per epoch whose shuffling (and, with workers, augmentation) depends only on
+    (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
+    Batches are built by the dataset's `__getitems__`; default_collate only stacks them."""
+    from monai.data import DistributedSampler as UnpaddedSampler
+
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    if dist_ctx.enabled and train:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist_ctx.world_size,
+                                                      rank=dist_ctx.rank, shuffle=True, seed=seed)
+        sampler.set_epoch(epoch)
+    elif dist_ctx.enabled:
+        # MONAI's sampler can skip padding, so every validation slice counts exactly once.
+        sampler = UnpaddedSampler(dataset, even_divisible=False, num_replicas=dist_ctx.world_size,
+                                  rank=dist_ctx.rank, shuffle=False)
+    elif train:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+    else:
+        sampler = None
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                                       pin_memory=pin_memory, generator=generator, drop_last=False,
+                                       collate_fn=torch.utils.data.default_collate)
+
+
+def first_batch(dataset, device) -> dict:
+    """A one-slice batch (image and label) for model summaries."""
+    item = dataset[0]
+    return {k: item[k].unsqueeze(0).to(device) for k in ("image", "label") if k in item}

@@ -1,0 +1,48 @@
+"""history.csv: one row per finished epoch, rewritten whole (and atomically) from the list kept in last.pt,
+so a resumed run never duplicates or loses rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_ssim", "val_dice", "codebook_usage_pct",
+                   "perplexity", "dead_codes_restarted", "lr", "seconds")
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def write_history(path: str | Path, rows: list[dict]) -> Path:
+    path = Path(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key)) for key in HISTORY_COLUMNS})
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

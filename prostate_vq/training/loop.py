@@ -1,0 +1,115 @@
+"""One training epoch and one validation pass. Losses stay on the device; the host reads them every
+`sync_every` steps (progress bar, NaN check, time budget across ranks) and once at the end."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from prostate_vq.errors import TrainingDiverged
+from prostate_vq.training.distributed import DistContext, all_reduce_sum, unwrap
+from prostate_vq.training.masking import mask_patches
+from prostate_vq.training.runtime import autocast, to_device
+from prostate_vq.training.validation import ValidationAccumulator
+
+
+@dataclass
+class StepSettings:
+    device: torch.device
+    channels_last: bool = False
+    mask_ratio: float = 0.0
+    mask_patch: int = 8
+    grad_clip: float | None = None
+    sync_every: int = 20
+    deadline: float | None = None  # time.monotonic() value after which no new step starts
+    dist: DistContext = field(default_factory=DistContext)
+
+
+@dataclass
+class EpochResult:
+    train_loss: float
+    steps: int
+    out_of_time: bool
+
+
+def _model_input(model, batch: dict, settings: StepSettings):
+    image = to_device(batch["image"], settings.device, settings.channels_last)
+    label = batch.get("label")
+    label = to_device(label, settings.device, False) if label is not None else None
+    x = unwrap(model).prepare_input({"image": image, "label": label} if label is not None else {"image": image})
+    if settings.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, image, label
+
+
+def _diverged(value: float, epoch: int, step: int) -> TrainingDiverged:
+    kind = "NaN" if math.isnan(value) else "Inf"
+    return TrainingDiverged(f"the training loss became {kind} in epoch {epoch} (by step {step}); "
+                            "training stopped. Lower --lr or check the data")
+
+
+def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings, epoch: int, bar=None) -> EpochResult:
+    model.train()
+    device = settings.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    steps, out_of_time = 0, False
+    for step, batch in enumerate(loader, start=1):
+        x, image, label = _model_input(model, batch, settings)
+        x = mask_patches(x, settings.mask_ratio, settings.mask_patch)
+        with autocast(device):
+            output = model(x)
+            loss, _ = criterion(output, image, label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if settings.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+        optimizer.step()
+        loss_sum += loss.detach().double()
+        steps = step
+        late = settings.deadline is not None and time.monotonic() >= settings.deadline
+        if step % settings.sync_every == 0 or (late and not settings.dist.enabled):
+            # One small host read every `sync_every` steps: NaN check, progress, stop flag agreed by all ranks.
+            flags = torch.stack([loss_sum / step, loss_sum.new_tensor(float(late))])
+            flags = all_reduce_sum(flags, settings.dist) if settings.dist.enabled else flags
+            mean_loss, late_any = (flags / settings.dist.world_size).tolist()
+            if not math.isfinite(mean_loss):
+                raise _diverged(mean_loss, epoch, step)
+            if bar is not None:
+                bar.set_postfix(loss=f"{mean_loss:.4g}", refresh=False)
+            if late_any > 0:
+                out_of_time = True
+        if bar is not None:
+            bar.update(1)
+        if out_of_time:
+            break
+    totals = torch.stack([loss_sum, loss_sum.new_tensor(float(steps))])
+    totals = all_reduce_sum(totals, settings.dist)
+    loss_total, step_total = totals.tolist()
+    train_loss = loss_total / step_total if step_total else math.nan
+    if not math.isfinite(train_loss):
+        raise _diverged(train_loss, epoch, steps)
+    return EpochResult(train_loss=train_loss, steps=steps, out_of_time=out_of_time)
+
+
+@torch.no_grad()
+def validate(model, loader, criterion, settings: StepSettings) -> dict:
+    """Validation loss, SSIM, Dice and code statistics over the whole split (all ranks together)."""
+    model.eval()
+    core = unwrap(model)
+    acc = ValidationAccumulator(core.num_codes, settings.device)
+    for batch in loader:
+        x, image, label = _model_input(model, batch, settings)
+        with autocast(settings.device):
+            output = core(x)  # no DDP forward: nothing to synchronise in eval
+            loss, _ = criterion(output, image, label)
+        acc.add(loss, output, image, label, core.code_counts(output.indices))
+    totals = all_reduce_sum(acc.totals(), settings.dist)
+    return acc.compute(totals)
+
+
+def restarted_codes(model) -> int:
+    """Dead codes the quantizers restarted since the last call (they count, we collect)."""
+    return sum(int(m.pop_restarted()) for m in unwrap(model).modules() if hasattr(m, "pop_restarted"))

@@ -1,0 +1,202 @@
+"""ReFiT (Hu et al., "Re-build and Fine-Tune"): cluster the trained encoder's latents into K centroids
+(k-means++), install them as a new K-code codebook, then fine-tune the whole model with the same engine.
+
+Every code then starts at the centre of a populated region of latent space, so a collapsed or
+half-used codebook becomes (close to) fully used at a smaller K.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from prostate_vq.errors import UserInputError
+from prostate_vq.training import distributed as ddp
+from prostate_vq.training.checkpoints import load_checkpoint
+from prostate_vq.training.data_loading import make_loader
+from prostate_vq.training.engine import InitContext, TrainOptions, fit
+from prostate_vq.training.history import write_text_atomic
+from prostate_vq.training.kmeans import kmeans
+from prostate_vq.training.loop import validate
+from prostate_vq.training.runtime import autocast
+
+log = logging.getLogger("prostate_vq.training")
+
+MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipMRI train split has ~23 M)
+
+
+def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = None,
+          max_minutes: float | None = None, device: str = "auto", seed: int = 0, progress: bool = True,
+          max_slices: int | None = None, num_workers: int = 0) -> Path:
+    """ReFiT run folder (best.pt/last.pt/history.csv/refit.json) fine-tuned from `checkpoint`.
+
+    Spatial size, batch size and losses come from the checkpoint's config; the learning rate from its
+    `refit.lr` when the preset has one."""
+    checkpoint = Path(checkpoint)
+    base = load_checkpoint(checkpoint)
+    if int(codebook_size) < 2:
+        raise UserInputError(f"--codebook-size must be at least 2, got {codebook_size}")
+    kind = base["config"]["quantizer"].get("kind")
+    architecture = base["config"].get("model", {}).get("architecture", "vqvae")
+    if kind not in ("vq", "ema") or architecture != "vqvae":
+        raise UserInputError(f"ReFiT needs a single learned codebook (quantizer vq or ema, architecture vqvae); "
+                             f"this checkpoint uses {kind}/{architecture}", checkpoint)
+    cfg = copy.deepcopy(base["config"])
+    refit_cfg = cfg.get("refit") or {}
+    cfg["quantizer"]["codebook_size"] = int(codebook_size)
+    training = cfg["training"]
+    training["epochs"] = int(epochs or refit_cfg.get("epochs") or training["epochs"])
+    if refit_cfg.get("lr"):
+        training["lr"] = float(refit_cfg["lr"])
+    info = {"base_checkpoint": str(checkpoint.resolve()), "base_epoch": int(base.get("epoch", 0)),
+            "codebook_size_before": int(base["config"]["quantizer"]["codebook_size"]),
+            "codebook_size_after": int(codebook_size), "kmeans_points_max": MAX_KMEANS_POINTS}
+    options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=base.get("preset", "custom"),
+                           task=base["task"], max_minutes=max_minutes, seed=int(seed), device=device,
+                           progress=progress, max_slices=max_slices, num_workers=num_workers)
+    root = None if data else Path(base["data_root"])
+
+    def init(model, ctx: InitContext) -> dict:
+        return {"refit": {**info, **_rebuild_codebook(model, base, ctx)}}
+
+    run = fit(options, cfg, init=init, data_root=root)
+    _write_summary(Path(out))
+    return run
+
+
+@torch.no_grad()
+def _rebuild_codebook(model, base: dict, ctx: InitContext) -> dict:
+    """Load the base weights, measure usage, k-means the training latents, install, measure again."""
+    from prostate_vq.models import build_model
+
+    started = time.monotonic()
+    base_model = build_model(base["config"], base["task"]).to(ctx.device)
+    base_model.load_state_dict(base["model_state"])
+    before = validate(base_model, _val_loader(ctx), ctx.criterion, ctx.settings)
+
+    latents = _sample_latents(base_model, ctx)
+    cosine = bool(getattr(model.quantizer, "l2_normalize", False) or
+                  getattr(getattr(model.quantizer, "_codebook", None), "use_cosine_sim", False))
+    k = int(model.quantizer.codebook_size)
+    if latents.shape[0] < k:
+        raise UserInputError(f"ReFiT: only {latents.shape[0]} latent vectors for {k} codes; "
+                             "use more training slices or a smaller --codebook-size")
+    centroids = kmeans(latents, k, iters=25, seed=ctx.seed, cosine=cosine)
+    if ctx.dist.enabled:  # identical codebooks on every rank whatever the device arithmetic did
+        torch.distributed.broadcast(centroids, src=0)
+
+    # Everything but the codebook (and its K-sized statistics) comes from the base model.
+    state = model.state_dict()
+    compatible = {name: value for name, value in base["model_state"].items()
+                  if name in state and state[name].shape == value.shape}
+    model.load_state_dict(compatible, strict=False)
+    model.quantizer.set_codebook(centroids.to(ctx.device))
+    after_kmeans = validate(model, _val_loader(ctx), ctx.criterion, ctx.settings)
+    return {
+        "usage_before_pct": before["codebook_usage_pct"], "perplexity_before": before["perplexity"],
+        "val_ssim_before": before["val_ssim"], "val_dice_before": before["val_dice"],
+        "usage_after_kmeans_pct": after_kmeans["codebook_usage_pct"],
+        "perplexity_after_kmeans": after_kmeans["perplexity"],
+        "val_ssim_after_kmeans": after_kmeans["val_ssim"], "val_dice_after_kmeans": after_kmeans["val_dice"],
+        "kmeans_points": int(latents.shape[0]), "kmeans_seconds": time.monotonic() - started,
+    }
+
+
+def _val_loader(ctx: InitContext):
+    return make_loader(ctx.val_ds, ctx.batch_size, train=False, seed=ctx.seed, epoch=0, num_workers=0,
+                       dist_ctx=ctx.dist, pin_memory=False)
+
+
+def _sample_latents(model, ctx: InitContext) -> torch.Tensor:
+    """Pre-quantisation vectors (codebook space) of the training split, uniformly subsampled with a
+    seeded generator so that at most MAX_KMEANS_POINTS are kept. Every rank encodes the full split."""
+    model.eval()
+    loader = make_loader(ctx.train_ds, ctx.batch_size, train=False, seed=ctx.seed, epoch=0, num_workers=0,
+                         dist_ctx=ddp.DistContext(), pin_memory=False)
+    generator = torch.Generator().manual_seed(ctx.seed)
+    augment = getattr(ctx.train_ds, "augment", None)
+    chunks, keep = [], None
+    try:
+        ctx.train_ds.augment = None  # cluster the data itself, not random augmentations of it
+        for batch in loader:
+            x = model.prepare_input({k: batch[k].to(ctx.device) for k in ("image", "label") if k in batch})
+            with autocast(ctx.device):
+                latents = model(x).latents
+            if keep is None:
+                per_slice = latents.shape[2] * latents.shape[3]
+                keep = min(1.0, MAX_KMEANS_POINTS / max(1, len(ctx.train_ds) * per_slice))
+            vectors = latents.float().permute(0, 2, 3, 1).reshape(-1, latents.shape[1])
+            if keep < 1.0:
+                vectors = vectors[(torch.rand(vectors.shape[0], generator=generator) < keep).to(ctx.device)]
+            chunks.append(vectors)
+    finally:
+        ctx.train_ds.augment = augment
+    return torch.cat(chunks)
+
+
+def _write_summary(out: Path) -> None:
+    """refit.json: usage before, after k-means and after fine-tuning (best.pt), for the report."""
+    if not (out / "best.pt").exists() or not ddp.is_main_process():
+        return
+    best = load_checkpoint(out / "best.pt")
+    info = dict(best.get("refit", {}))
+    info.update({"usage_after_finetune_pct": best["metrics"].get("codebook_usage_pct"),
+                 "perplexity_after_finetune": best["metrics"].get("perplexity"),
+                 "val_ssim_after_finetune": best["metrics"].get("val_ssim"),
+                 "val_dice_after_finetune": best["metrics"].get("val_dice"), "best_epoch": best["epoch"]})
+    write_text_atomic(out / "refit.json", json.dumps(_strict(info), indent=1))
+    log.info("ReFiT: codebook usage %.1f%% (K=%d) -> %.1f%% after k-means -> %.1f%% after fine-tuning (K=%d)",
+             info.get("usage_before_pct", math.nan), info.get("codebook_size_before", 0),
+             info.get("usage_after_kmeans_pct", math.nan), info.get("usage_after_finetune_pct") or math.nan,
+             info.get("codebook_size_after", 0))
+
+
+def _strict(value):
+    """Strict JSON: NaN (e.g. Dice of the image task) becomes null."""
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
+    """`train --preset v2-refit`: stage 1 trains the preset into RUN/base, stage 2 ReFiTs its best.pt into RUN."""
+    started = time.monotonic()
+    out = Path(options.out)
+    refit_cfg = cfg["refit"]
+    budget = options.max_minutes
+    device = options.device
+    base_dir = out / "base"
+    base_last = base_dir / "last.pt"
+    # Under torchrun the group lives across both stages (each fit() joins it, none destroys it).
+    from prostate_vq.training.runtime import resolve_device
+
+    dist_ctx, _, created = ddp.init_distributed(resolve_device(device))
+    ok = False
+    try:
+        stage1 = replace(options, out=base_dir, resume=options.resume and base_last.exists(),
+                         max_minutes=None if budget is None else 0.75 * budget)
+        if not (stage1.resume and load_checkpoint(base_last).get("finished")):
+            fit(stage1, None if stage1.resume else cfg)
+        remaining = None if budget is None else max(0.05, budget - (time.monotonic() - started) / 60.0)
+        if options.resume and (out / "last.pt").exists():
+            run = fit(replace(options, resume=True, max_minutes=remaining, epochs=None))
+            _write_summary(out)
+        else:
+            run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
+                        epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
+                        seed=options.seed, progress=options.progress, max_slices=options.max_slices,
+                        num_workers=options.num_workers)
+        ok = True
+        return run
+    finally:
+        if created:
+            ddp.cleanup(dist_ctx, barrier=ok)

@@ -1,0 +1,146 @@
+"""What rank 0 writes into a run folder besides checkpoints: config.yaml, summary.txt, history.csv,
+TensorBoard events, distributed.json; plus the progress bars."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+from prostate_vq.errors import UserInputError
+from prostate_vq.training import distributed as ddp
+from prostate_vq.training.checkpoints import save_checkpoint
+from prostate_vq.training.history import write_history, write_text_atomic
+
+log = logging.getLogger("prostate_vq.training")
+
+
+class RunWriter:
+    """Everything rank 0 writes into the run folder; a no-op on other ranks."""
+
+    def __init__(self, out: Path, active: bool, tensorboard: bool):
+        self.out = Path(out)
+        self.active = active
+        self.tb = None
+        if active:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.tmp"):  # a write cut short by a kill -9
+                stale.unlink(missing_ok=True)
+        if active and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserInputError("--tensorboard needs the tensorboard package: "
+                                     "pip install 'prostate-vq[tensorboard]'") from None
+            self.tb = SummaryWriter(log_dir=str(self.out / "tb"))
+
+    def config(self, cfg: dict, extra: dict) -> None:
+        if self.active:
+            import yaml
+
+            write_text_atomic(self.out / "config.yaml", yaml.safe_dump({**extra, **cfg}, sort_keys=False))
+
+    def summary(self, text: str) -> None:
+        if self.active:
+            write_text_atomic(self.out / "summary.txt", text)
+
+    def checkpoint(self, name: str, payload: dict) -> None:
+        if self.active:
+            save_checkpoint(self.out / name, payload)
+
+    def history(self, rows: list[dict], epoch_row: dict) -> None:
+        if not self.active:
+            return
+        write_history(self.out / "history.csv", rows)
+        if self.tb is not None:
+            for key, value in epoch_row.items():
+                if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, epoch_row["epoch"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def model_summary_text(model, example: torch.Tensor) -> str:
+    """torchinfo table of the built model (layers, shapes, parameters, mult-adds); a plain module listing
+    with parameter counts if torchinfo cannot trace it (a summary must never stop a training run)."""
+    try:
+        from torchinfo import summary
+
+        # eval mode: a train-mode pass would k-means-initialise or update the codebook from one slice.
+        stats = summary(model, input_data=[example], verbose=0, depth=4, device=example.device, mode="eval",
+                        col_names=("output_size", "num_params", "mult_adds"))
+        return str(stats) + "\n"
+    except Exception as error:  # noqa: BLE001 - any tracing failure falls back to the listing
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return (f"{model}\n\nTotal params: {total:,}\nTrainable params: {trainable:,}\n"
+                f"Input shape: {list(example.shape)}\n(torchinfo could not trace this model: "
+                f"{str(error).splitlines()[0][:200]})\n")
+
+
+def versions() -> dict:
+    import monai
+
+    from prostate_vq import __version__
+
+    return {"prostate_vq": str(__version__), "torch": str(torch.__version__), "monai": str(monai.__version__)}
+
+
+def record_rank_sync(writer: RunWriter, core, dist_ctx) -> None:
+    """Gather every rank's weight/codebook fingerprint into distributed.json (rank 0 writes it)."""
+
+    fingerprints = ddp.state_fingerprint(ddp.unwrap(core), dist_ctx)
+    in_sync = all(all(row == rows[0] for row in rows) for rows in fingerprints.values())
+    if not in_sync:
+        diverged = [name for name, rows in fingerprints.items() if any(row != rows[0] for row in rows)]
+        log.warning("ranks hold different model state after training: %s", ", ".join(diverged[:5]))
+    if writer.active:
+        write_text_atomic(writer.out / "distributed.json", json.dumps(
+            {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend, "state_in_sync": in_sync,
+             "fingerprints": fingerprints}, indent=1))
+
+
+def epoch_bar(enabled: bool, start: int, epochs: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=epochs, initial=start - 1, desc="epochs", unit="epoch", dynamic_ncols=True)
+
+
+def step_bar(enabled: bool, total: int, epoch: int, epochs: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
+
+
+@contextlib.contextmanager
+def warnings_above_bars(enabled: bool):
+    """While progress bars run, print warnings (e.g. codebook collapse) above the bars instead of
+    through them; the text is whatever `warnings.formatwarning` makes of it (the CLI: one line)."""
+    if not enabled:
+        yield
+        return
+    from tqdm.auto import tqdm
+
+    original = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        tqdm.write(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"), file=sys.stderr)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = original

@@ -1,0 +1,94 @@
+"""Validation metrics accumulated on the device (one host sync per epoch) and summed across ranks.
+
+Conventions match prostate_vq.evaluation: SSIM on recon clamped to [0, 1], data range 1, 11x11 Gaussian
+window, sigma 1.5; Dice per slice and foreground class, a class absent from both prediction and
+reference is not scored, `val_dice` = mean over foreground classes of the per-class mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from monai.metrics import compute_dice
+from monai.metrics.regression import compute_ssim_and_cs
+from torch import Tensor
+
+NUM_CLASSES = 6
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+def ssim_per_slice(recon: Tensor, image: Tensor) -> Tensor:
+    """Mean SSIM of each slice, [B] (MONAI's SSIM, without the metric object's host-side buffers)."""
+    ssim_map, _ = compute_ssim_and_cs(recon.float().clamp(0, 1), image.float(), spatial_dims=2,
+                                      kernel_size=(SSIM_WINDOW, SSIM_WINDOW), kernel_sigma=(SSIM_SIGMA, SSIM_SIGMA),
+                                      data_range=1.0)
+    return ssim_map.flatten(1).mean(1)
+
+
+def dice_per_slice(pred: Tensor, label: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
+    """Dice [B, C] of label maps [B, 1, H, W]; NaN where a class is in neither (not scored)."""
+    dice = compute_dice(pred, label, include_background=True, ignore_empty=False, num_classes=num_classes).float()
+    classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1, 1)
+    present = ((pred == classes) | (label == classes)).flatten(2).any(-1)
+    return torch.where(present, dice, torch.full_like(dice, float("nan")))
+
+
+class ValidationAccumulator:
+    """Running sums on one device; `totals()` is a flat tensor so DDP can all-reduce it in one call."""
+
+    def __init__(self, num_codes: int, device: torch.device, num_classes: int = NUM_CLASSES):
+        self.num_codes = int(num_codes)
+        self.num_classes = num_classes
+        self.device = device
+        self.slices = 0  # host-side counts: no device round trip per batch
+        self.ssim_slices = 0
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.ssim_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.dice_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.dice_count = torch.zeros(num_classes, dtype=torch.float64, device=device)
+        self.counts = torch.zeros(self.num_codes, dtype=torch.float64, device=device)
+
+    def add(self, loss: Tensor, output, image: Tensor, label: Tensor | None, code_counts: Tensor) -> None:
+        n = image.shape[0]
+        self.slices += n
+        self.loss_sum += loss.detach().double() * n
+        if output.recon is not None:
+            self.ssim_sum += ssim_per_slice(output.recon.detach(), image).double().sum()
+            self.ssim_slices += n
+        if output.seg_logits is not None and label is not None:
+            dice = dice_per_slice(output.seg_logits.detach().argmax(1, keepdim=True), label.long(), self.num_classes)
+            scored = ~torch.isnan(dice)
+            self.dice_sum += torch.where(scored, dice, torch.zeros_like(dice)).sum(0).double()
+            self.dice_count += scored.sum(0).double()
+        self.counts += code_counts.to(self.counts.device).double()
+
+    def totals(self) -> Tensor:
+        """[loss_sum, slices, ssim_sum, ssim_slices, dice_sum (C), dice_count (C), code counts (K)]."""
+        host = torch.tensor([float(self.slices), float(self.ssim_slices)], dtype=torch.float64, device=self.device)
+        return torch.cat([self.loss_sum[None], host[:1], self.ssim_sum[None], host[1:], self.dice_sum,
+                          self.dice_count, self.counts])
+
+    def compute(self, totals: Tensor | None = None) -> dict:
+        """Final metrics from (possibly all-reduced) totals: one host transfer."""
+        t = (self.totals() if totals is None else totals).cpu()
+        c = self.num_classes
+        loss_sum, loss_n, ssim_sum, ssim_n = t[:4].tolist()
+        dice_sum, dice_count = t[4:4 + c], t[4 + c:4 + 2 * c]
+        counts = t[4 + 2 * c:]
+        per_class = torch.where(dice_count > 0, dice_sum / dice_count.clamp(min=1), torch.full_like(dice_sum, math.nan))
+        foreground = per_class[1:]
+        foreground = foreground[~torch.isnan(foreground)]
+        total_codes = counts.sum()
+        p = counts / total_codes.clamp(min=1)
+        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
+        return {
+            "val_loss": loss_sum / loss_n if loss_n else math.nan,
+            "val_ssim": ssim_sum / ssim_n if ssim_n else math.nan,
+            "val_dice": float(foreground.mean()) if foreground.numel() else math.nan,
+            "val_dice_per_class": per_class.tolist(),
+            "codebook_usage_pct": 100.0 * float((counts > 0).double().mean()) if self.num_codes else math.nan,
+            "perplexity": float(torch.exp(entropy)) if total_codes > 0 else math.nan,
+            "code_counts": counts.long(),
+        }
