@@ -1,0 +1,6 @@
+"""Checkpoint evaluation: reconstruction, segmentation and codebook metrics, per-slice tables, figures."""
+
+from prostate_vq.evaluation.evaluate import evaluate_checkpoint
+from prostate_vq.evaluation.results import EvaluationResult
+
+__all__ = ["evaluate_checkpoint", "EvaluationResult"]

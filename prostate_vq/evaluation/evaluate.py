@@ -1,0 +1,209 @@
+"""Evaluate a checkpoint on one split: ``metrics.json``, ``per_slice.csv`` and figures.
+
+Everything the evaluation needs (task, spatial size, intensity scaling, architecture) comes from the
+checkpoint, so a checkpoint and a data folder are enough to reproduce the numbers.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from prostate_vq.errors import DataError, UserInputError
+from prostate_vq.evaluation.metrics import (LABEL_NAMES, SSIM_THRESHOLD, codebook_metrics, dice_per_slice,
+                                            reconstruction_per_slice, summarize_dice, summarize_reconstruction)
+from prostate_vq.evaluation.results import EvaluationResult
+
+GRID_SLICES = 6
+BEST_WORST = 4
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def _predict(model, batch: dict, device: torch.device):
+    """Model output for a dataset batch: (image, recon in [0,1] or None, label or None, pred labels or None, indices)."""
+    batch = _to_device(batch, device)
+    output = model(model.prepare_input(batch))
+    recon = None if output.recon is None else output.recon.float().clamp(0, 1)
+    pred = None if output.seg_logits is None else output.seg_logits.argmax(dim=1, keepdim=True)
+    return batch["image"], recon, batch.get("label"), pred, output.indices
+
+
+def _make_dataset(root: Path, split: str, payload: dict, max_slices: int | None):
+    from prostate_vq.data import make_dataset
+
+    # The run's own intensity scaling, so evaluation sees the slices exactly as training did.
+    return make_dataset(root, split, payload["task"], spatial_size=tuple(payload["spatial_size"]), augment=False,
+                        max_slices=max_slices, intensity=payload.get("intensity"))
+
+
+def _records(dataset, n: int) -> list[dict]:
+    records = getattr(dataset, "records", None)
+    if records is None or len(records) != n:
+        return [{"file": "", "case": "", "week": "", "slice": i} for i in range(n)]
+    return [{"file": r.image.name, "case": r.case, "week": r.week, "slice": r.slice} for r in records]
+
+
+@torch.inference_mode()
+def _run(model, dataset, device: torch.device, batch_size: int) -> dict:
+    from prostate_vq.data import make_loader
+
+    loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "dice": []}
+    counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
+    for batch in loader:
+        image, recon, label, pred, indices = _predict(model, batch, device)
+        counts += model.code_counts(indices).to(device=device, dtype=torch.long)
+        if recon is not None:
+            for key, value in reconstruction_per_slice(recon, image).items():
+                values[key].append(value)
+        if pred is not None and label is not None:
+            values["dice"].append(dice_per_slice(pred, label))
+    return {"counts": counts.cpu(),
+            **{k: torch.cat(v).numpy() if v else None for k, v in values.items()}}
+
+
+def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
+    columns = ["file", "case", "week", "slice"]
+    if values["ssim"] is not None:
+        columns += ["ssim", "psnr", "mse", "mae"]
+    if values["dice"] is not None:
+        columns += [f"dice_{name}" for name in LABEL_NAMES]
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(columns)
+        for i, row in enumerate(rows):
+            cells = [row["file"], row["case"], row["week"], row["slice"]]
+            if values["ssim"] is not None:
+                cells += [f"{values[k][i]:.6g}" for k in ("ssim", "psnr", "mse", "mae")]
+            if values["dice"] is not None:
+                cells += ["" if math.isnan(d) else f"{d:.6g}" for d in values["dice"][i]]
+            writer.writerow(cells)
+
+
+def _spread(candidates: np.ndarray, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``candidates`` (deterministic, no duplicates)."""
+    if candidates.size <= k:
+        return [int(i) for i in candidates]
+    picks = np.linspace(0, candidates.size - 1, k).round().astype(int)
+    return [int(candidates[i]) for i in picks]
+
+
+def _foreground_dice(dice: np.ndarray) -> np.ndarray:
+    """Per-slice mean Dice over the scored foreground classes (NaN when none is scored)."""
+    scored = ~np.isnan(dice[:, 1:])
+    total = np.where(scored, dice[:, 1:], 0.0).sum(axis=1)
+    count = scored.sum(axis=1)
+    return np.divide(total, count, out=np.full(len(dice), np.nan), where=count > 0)
+
+
+@torch.inference_mode()
+def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) -> dict[str, str]:
+    from prostate_vq.reporting import figures
+
+    folder = out / "figures"
+    written: dict[str, str] = {}
+
+    def fetch(indices):
+        image, recon, label, pred, _ = _predict(model, dataset.batch(indices), device)
+        cpu = lambda t: None if t is None else t.float().cpu().numpy()  # noqa: E731
+        return cpu(image), cpu(recon), cpu(label), cpu(pred)
+
+    def title(i, score=None, name="SSIM"):
+        r = rows[i]
+        base = f"{r['case']} w{r['week']} s{r['slice']}" if r["case"] != "" else f"slice {i}"
+        return base if score is None else f"{base}\n{name} {score:.3f}"
+
+    n = len(dataset)
+    ssim, dice = values["ssim"], values["dice"]
+    grid = _spread(np.arange(n), GRID_SLICES)
+    if ssim is not None:
+        image, recon, _, _ = fetch(grid)
+        figures.reconstruction_grid(image, recon, folder / "reconstructions.png",
+                                    titles=[title(i, ssim[i]) for i in grid])
+        written["reconstructions"] = "figures/reconstructions.png"
+        order = np.argsort(ssim, kind="stable")
+        for name, picks in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
+            picks = [int(i) for i in picks]
+            image, recon, _, _ = fetch(picks)
+            figures.reconstruction_grid(image, recon, folder / f"{name}_slices.png",
+                                        titles=[title(i, ssim[i]) for i in picks],
+                                        suptitle=f"{name} {len(picks)} slices by SSIM")
+            written[f"{name}_slices"] = f"figures/{name}_slices.png"
+        figures.ssim_histogram(ssim, folder / "ssim_histogram.png", threshold=SSIM_THRESHOLD)
+        written["ssim_histogram"] = "figures/ssim_histogram.png"
+    if dice is not None:
+        foreground = _foreground_dice(dice)
+        with_prostate = np.flatnonzero(~np.isnan(dice[:, -1]))
+        picks = _spread(with_prostate if with_prostate.size else np.arange(n), GRID_SLICES)
+        image, _, label, pred = fetch(picks)
+        figures.segmentation_overlay(image, label, pred, folder / "segmentation_overlays.png",
+                                     titles=[title(i, foreground[i], "Dice") for i in picks],
+                                     label_names=LABEL_NAMES)
+        written["segmentation_overlays"] = "figures/segmentation_overlays.png"
+        if ssim is None:  # mask task: best/worst by foreground Dice instead of SSIM
+            order = np.argsort(np.nan_to_num(foreground, nan=1.0), kind="stable")
+            for name, chosen in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
+                chosen = [int(i) for i in chosen]
+                image, _, label, pred = fetch(chosen)
+                figures.segmentation_overlay(image, label, pred, folder / f"{name}_slices.png",
+                                             titles=[title(i, foreground[i], "Dice") for i in chosen],
+                                             suptitle=f"{name} {len(chosen)} slices by foreground Dice",
+                                             label_names=LABEL_NAMES)
+                written[f"{name}_slices"] = f"figures/{name}_slices.png"
+    figures.codebook_usage(values["counts"].numpy(), folder / "codebook_usage.png")
+    written["codebook_usage"] = "figures/codebook_usage.png"
+    return written
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "test",
+                        out: str | Path | None = None, device: str = "auto", batch_size: int = 32,
+                        max_slices: int | None = None, figures: bool = True) -> EvaluationResult:
+    """Score a checkpoint on ``split`` of ``data`` (default: the demo phantom) and write the results to ``out``."""
+    from prostate_vq.training.checkpoints import load_model
+    from prostate_vq.training.runtime import resolve_device
+
+    if out is None:
+        raise UserInputError("an output folder is required (--out)")
+    if batch_size < 1:
+        raise UserInputError(f"--batch-size must be at least 1, got {batch_size}")
+    if max_slices is not None and max_slices < 1:
+        raise UserInputError(f"--max-slices must be at least 1, got {max_slices}")
+    checkpoint, out = Path(checkpoint), Path(out)
+    torch_device = resolve_device(device)
+    model, payload = load_model(checkpoint, torch_device)
+    if data is None:
+        from prostate_vq.data import default_data_root
+
+        data = default_data_root()
+    task = payload["task"]
+    dataset = _make_dataset(Path(data), split, payload, max_slices)
+    if len(dataset) == 0:
+        raise DataError(f"the {split} split has no slices", data)
+    if task in ("mask", "joint") and "label" not in dataset[0]:
+        raise DataError(f"the {task} task needs masks (keras_slices_seg_{split})", data)
+
+    start = time.perf_counter()
+    values = _run(model, dataset, torch_device, batch_size)
+    rows = _records(dataset, len(dataset))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_per_slice(out / "per_slice.csv", rows, values)
+    written = _figures(model, dataset, torch_device, values, rows, out) if figures else {}
+    result = EvaluationResult(
+        checkpoint=str(checkpoint.resolve()), preset=str(payload.get("preset", "?")), task=task, split=split,
+        data_root=str(Path(data).resolve()), spatial_size=[int(s) for s in payload["spatial_size"]],
+        n_slices=len(dataset), codebook=codebook_metrics(values["counts"]),
+        reconstruction=None if values["ssim"] is None else summarize_reconstruction(values),
+        segmentation=None if values["dice"] is None else summarize_dice(values["dice"]),
+        figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
+        epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
+    )
+    result.write_json(out / "metrics.json")
+    return result

@@ -1,0 +1,179 @@
+"""Per-slice metrics (MONAI where it has them) and their JSON-serialisable summaries.
+
+Conventions, fixed here so every report means the same thing:
+* SSIM and PSNR are computed on images in [0, 1] (reconstructions are clamped), data range 1,
+  11x11 Gaussian window with sigma 1.5 (Wang et al. 2004).
+* PSNR of a perfect slice is +inf; summaries average the finite values and count the perfect slices.
+* Dice per slice and class: NaN when the class is absent from both the reference and the
+  prediction (nothing to score), 0 when it is predicted but absent from the reference. A class's Dice
+  is the mean over the slices where it is scored; ``dice_mean`` averages the foreground classes.
+* The brief's bar: a slice passes when its SSIM > 0.6; the model passes when the mean SSIM > 0.6.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from monai.metrics import PSNRMetric, SSIMMetric, compute_dice
+
+try:  # the data helper owns the names; the fallback keeps this module importable on its own
+    from prostate_vq.data import LABEL_NAMES
+except ImportError:  # pragma: no cover - only while the data package is being written
+    LABEL_NAMES = ("background", "body", "bones", "bladder", "rectum", "prostate")
+
+SSIM_THRESHOLD = 0.6
+SSIM_WINDOW = 11
+SSIM_SIGMA = 1.5
+
+
+
+def json_float(value: float | None) -> float | None:
+    """Strict JSON has no NaN/Inf: they become null (counts alongside say why)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+# --- per-slice values -----------------------------------------------------------------------
+
+def reconstruction_per_slice(recon: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    """SSIM, PSNR, MSE and MAE of each slice of a ``[B, 1, H, W]`` batch, recon clamped to [0, 1]."""
+    if recon.shape != image.shape or recon.ndim != 4:
+        raise ValueError(f"expected two [B, 1, H, W] tensors of one shape, got {tuple(recon.shape)} "
+                         f"and {tuple(image.shape)}")
+    if min(image.shape[-2:]) < SSIM_WINDOW:
+        raise ValueError(f"SSIM needs slices of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(image.shape[-2:])}")
+    recon = recon.detach().float().clamp(0.0, 1.0)
+    image = image.detach().float()
+    diff = recon - image
+    # Fresh metric objects: MONAI's cumulative metrics buffer every call, a shared one would grow forever.
+    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=SSIM_WINDOW,
+                      kernel_sigma=SSIM_SIGMA, reduction="none")
+    psnr = PSNRMetric(max_val=1.0, reduction="none")
+    return {
+        "ssim": ssim(recon, image).reshape(-1).cpu(),
+        "psnr": psnr(recon, image).reshape(-1).cpu(),
+        "mse": diff.pow(2).mean(dim=(1, 2, 3)).cpu(),
+        "mae": diff.abs().mean(dim=(1, 2, 3)).cpu(),
+    }
+
+
+def dice_per_slice(pred: torch.Tensor, target: torch.Tensor, num_classes: int = len(LABEL_NAMES)) -> torch.Tensor:
+    """Dice ``[B, C]`` of label maps ``[B, 1, H, W]`` (or ``[B, H, W]``); NaN where a class is in neither."""
+    if pred.ndim == 3:
+        pred, target = pred.unsqueeze(1), target.unsqueeze(1)
+    pred, target = pred.detach().long().cpu(), target.detach().long().cpu()
+    # ignore_empty=False scores "absent in reference, predicted anyway" as 0 (and both-empty as 1) ...
+    dice = compute_dice(pred, target, include_background=True, ignore_empty=False, num_classes=num_classes)
+    classes = torch.arange(num_classes).view(1, -1, 1, 1, 1)
+    present = ((pred.unsqueeze(1) == classes) | (target.unsqueeze(1) == classes)).flatten(2).any(-1)
+    # ... and both-empty is then marked "not scored" so it cannot inflate the mean.
+    return torch.where(present, dice.float(), torch.full_like(dice.float(), float("nan")))
+
+
+# --- summaries ------------------------------------------------------------------------------
+
+@dataclass
+class ReconstructionMetrics:
+    ssim_mean: float
+    ssim_std: float
+    ssim_median: float
+    ssim_min: float
+    ssim_max: float
+    ssim_pass_rate: float
+    psnr_mean: float
+    psnr_std: float
+    psnr_infinite: int
+    mse_mean: float
+    mae_mean: float
+    n_slices: int
+    ssim_threshold: float = SSIM_THRESHOLD
+
+    @property
+    def verdict(self) -> str:
+        return "pass" if self.ssim_mean > self.ssim_threshold else "fail"
+
+    def to_dict(self) -> dict:
+        out = {k: (json_float(v) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        out["verdict"] = self.verdict
+        return out
+
+
+def summarize_reconstruction(values: dict[str, np.ndarray]) -> ReconstructionMetrics:
+    """Summaries of per-slice arrays ``ssim``, ``psnr``, ``mse``, ``mae``."""
+    ssim = np.asarray(values["ssim"], dtype=np.float64)
+    if ssim.size == 0:
+        raise ValueError("no slices to summarise")
+    psnr = np.asarray(values["psnr"], dtype=np.float64)
+    finite = psnr[np.isfinite(psnr)]
+    return ReconstructionMetrics(
+        ssim_mean=float(ssim.mean()), ssim_std=float(ssim.std()), ssim_median=float(np.median(ssim)),
+        ssim_min=float(ssim.min()), ssim_max=float(ssim.max()),
+        ssim_pass_rate=float((ssim > SSIM_THRESHOLD).mean()),
+        psnr_mean=float(finite.mean()) if finite.size else math.inf,
+        psnr_std=float(finite.std()) if finite.size else 0.0,
+        psnr_infinite=int(psnr.size - finite.size),
+        mse_mean=float(np.mean(values["mse"])), mae_mean=float(np.mean(values["mae"])),
+        n_slices=int(ssim.size),
+    )
+
+
+@dataclass
+class SegmentationMetrics:
+    dice_per_class: dict[str, float | None]
+    slices_scored: dict[str, int]
+    dice_mean: float | None
+    n_slices: int
+
+    def to_dict(self) -> dict:
+        return {
+            "dice_mean": json_float(self.dice_mean),
+            "dice_per_class": {k: json_float(v) for k, v in self.dice_per_class.items()},
+            "dice_slices_scored": dict(self.slices_scored),
+        }
+
+
+def summarize_dice(dice: np.ndarray, names: tuple[str, ...] = LABEL_NAMES) -> SegmentationMetrics:
+    """Class means over scored slices; ``dice_mean`` over the foreground classes (all but index 0)."""
+    dice = np.asarray(dice, dtype=np.float64).reshape(-1, len(names))
+    scored = ~np.isnan(dice)
+    per_class, counts = {}, {}
+    for c, name in enumerate(names):
+        counts[name] = int(scored[:, c].sum())
+        per_class[name] = float(dice[scored[:, c], c].mean()) if counts[name] else None
+    foreground = [per_class[n] for n in names[1:] if per_class[n] is not None]
+    return SegmentationMetrics(per_class, counts, float(np.mean(foreground)) if foreground else None,
+                               n_slices=int(dice.shape[0]))
+
+
+@dataclass
+class CodebookMetrics:
+    codebook_size: int
+    codes_used: int
+    codebook_usage_pct: float
+    perplexity: float
+    code_counts: list[int] = field(repr=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def codebook_metrics(counts: torch.Tensor | np.ndarray) -> CodebookMetrics:
+    """Usage and perplexity exp(H(p)) of the code histogram (perplexity = K for uniform use of K codes)."""
+    counts = np.asarray(torch.as_tensor(counts).cpu(), dtype=np.int64).reshape(-1)
+    if counts.size == 0:
+        raise ValueError("empty codebook histogram")
+    total = counts.sum()
+    used = int((counts > 0).sum())
+    if total:
+        p = counts[counts > 0] / total
+        perplexity = float(np.exp(-(p * np.log(p)).sum()))
+    else:
+        perplexity = 0.0
+    return CodebookMetrics(codebook_size=int(counts.size), codes_used=used,
+                           codebook_usage_pct=100.0 * used / counts.size, perplexity=perplexity,
+                           code_counts=[int(c) for c in counts])

@@ -1,0 +1,89 @@
+"""The structured result of one evaluation: what ``metrics.json`` holds and what the terminal shows."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prostate_vq.evaluation.metrics import (SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics,
+                                            SegmentationMetrics, json_float)
+
+METRICS_FORMAT = 1
+_RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
+               "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean")
+
+
+@dataclass
+class EvaluationResult:
+    checkpoint: str
+    preset: str
+    task: str
+    split: str
+    data_root: str
+    spatial_size: list[int]
+    n_slices: int
+    codebook: CodebookMetrics
+    reconstruction: ReconstructionMetrics | None = None
+    segmentation: SegmentationMetrics | None = None
+    figures: dict[str, str] = field(default_factory=dict)
+    out: str | None = None
+    device: str = "cpu"
+    seconds: float = 0.0
+    epoch: int | None = None
+    seed: int | None = None
+    versions: dict = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> str:
+        """``pass``/``fail`` against the brief's mean SSIM > 0.6; ``n/a`` when nothing is reconstructed."""
+        return self.reconstruction.verdict if self.reconstruction else "n/a"
+
+    def to_dict(self) -> dict:
+        """Flat, strict-JSON dict (non-finite floats are null); the ``metrics.json`` schema."""
+        out = {"format_version": METRICS_FORMAT, "checkpoint": self.checkpoint, "preset": self.preset,
+               "task": self.task, "split": self.split, "data_root": self.data_root,
+               "spatial_size": list(self.spatial_size), "n_slices": self.n_slices,
+               "ssim_threshold": SSIM_THRESHOLD, "verdict": self.verdict}
+        if self.reconstruction is not None:
+            recon = self.reconstruction.to_dict()
+            out.update({k: recon[k] for k in _RECON_KEYS})
+        else:
+            out.update({k: None for k in _RECON_KEYS})
+        if self.segmentation is not None:
+            out.update(self.segmentation.to_dict())
+        codebook = self.codebook.to_dict()
+        counts = codebook.pop("code_counts")
+        out.update(codebook)
+        out.update({"device": self.device, "seconds": json_float(self.seconds), "epoch": self.epoch,
+                    "seed": self.seed, "versions": dict(self.versions), "figures": dict(self.figures),
+                    "code_counts": counts})
+        return out
+
+    def write_json(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        return path
+
+    def summary_table(self) -> str:
+        """A short plain-text table for the terminal."""
+        rows = [("slices", f"{self.n_slices} ({self.split} split)")]
+        r = self.reconstruction
+        if r is not None:
+            rows += [
+                ("SSIM", f"{r.ssim_mean:.4f} +/- {r.ssim_std:.4f} (min {r.ssim_min:.3f})"),
+                (f"SSIM > {SSIM_THRESHOLD}", f"{100 * r.ssim_pass_rate:.1f}% of slices -> {self.verdict.upper()}"),
+                ("PSNR (dB)", "inf (all slices perfect)" if r.psnr_infinite == r.n_slices
+                 else f"{r.psnr_mean:.2f} +/- {r.psnr_std:.2f}"),
+                ("MSE / MAE", f"{r.mse_mean:.2e} / {r.mae_mean:.2e}"),
+            ]
+        s = self.segmentation
+        if s is not None:
+            rows.append(("Dice (foreground)", "n/a" if s.dice_mean is None else f"{100 * s.dice_mean:.2f}%"))
+            rows += [(f"  {name}", "n/a" if v is None else f"{100 * v:.2f}%") for name, v in s.dice_per_class.items()]
+        c = self.codebook
+        rows += [("codes used", f"{c.codes_used} / {c.codebook_size} ({c.codebook_usage_pct:.1f}%)"),
+                 ("perplexity", f"{c.perplexity:.1f}")]
+        width = max(len(k) for k, _ in rows)
+        title = f"{self.preset} ({self.task} task) - {Path(self.checkpoint).name}"
+        return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])

@@ -1,0 +1,232 @@
+"""Read the folders a report is built from: training runs, evaluations, prior samples.
+
+A run folder holds ``best.pt`` (or ``last.pt``), ``history.csv``, ``config.yaml``, ``summary.txt``;
+an evaluation folder ``metrics.json``, ``per_slice.csv`` and ``figures/``; a samples folder
+``samples.json`` and ``samples_grid.png``. A folder that is none of these but contains them (a sweep's
+output) is expanded. Anything else is a ``UserInputError`` naming the folder.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prostate_vq.errors import UserInputError
+
+REQUIRED_METRICS = ("split", "n_slices", "ssim_mean", "codes_used", "codebook_size")
+_GENERIC_NAMES = {"run", "eval", "evaluation", "train", "best", "out", "checkpoints"}
+_MAX_DEPTH = 3
+
+
+@dataclass
+class RunFolder:
+    path: Path
+    checkpoint: Path
+    payload: dict  # the checkpoint payload without the weights
+    history: object | None = None  # pandas.DataFrame
+    summary_text: str | None = None
+    stop_reason: str | None = None
+
+    @property
+    def preset(self) -> str:
+        return str(self.payload.get("preset", "?"))
+
+
+@dataclass
+class EvalFolder:
+    path: Path
+    metrics: dict
+
+    def figure(self, name: str) -> Path | None:
+        rel = (self.metrics.get("figures") or {}).get(name)
+        path = self.path / rel if rel else None
+        return path if path is not None and path.is_file() else None
+
+
+@dataclass
+class SampleFolder:
+    path: Path
+    info: dict
+    grid: Path | None
+
+
+@dataclass
+class PriorFolder:
+    """A ``prostate-vq train-prior`` run: its ``metrics.json`` (``kind: prior``)."""
+
+    path: Path
+    metrics: dict
+
+
+@dataclass
+class Entry:
+    """One model: its run and/or its evaluation."""
+
+    run: RunFolder | None = None
+    evaluations: list[EvalFolder] = field(default_factory=list)
+    name: str = ""
+
+    @property
+    def evaluation(self) -> EvalFolder | None:
+        """The test-split evaluation when there is one, else the first given."""
+        tests = [e for e in self.evaluations if e.metrics.get("split") == "test"]
+        return (tests or self.evaluations or [None])[0]
+
+    @property
+    def preset(self) -> str:
+        if self.run is not None:
+            return self.run.preset
+        return str(self.evaluation.metrics.get("preset", "?")) if self.evaluation else "?"
+
+    @property
+    def task(self) -> str:
+        if self.run is not None:
+            return str(self.run.payload.get("task", "?"))
+        return str(self.evaluation.metrics.get("task", "?")) if self.evaluation else "?"
+
+
+def _is_prior(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("kind") == "prior"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _kinds(folder: Path) -> list[str]:
+    """What a folder holds; one folder may be both a run and an evaluation."""
+    if (folder / "metrics.json").is_file() and _is_prior(folder):
+        return ["prior"]
+    kinds = []
+    if (folder / "best.pt").is_file() or (folder / "last.pt").is_file():
+        kinds.append("run")
+    if (folder / "metrics.json").is_file():
+        kinds.append("eval")
+    if (folder / "samples.json").is_file():
+        kinds.append("samples")
+    return kinds
+
+
+def _expand(folder: Path, depth: int = 0) -> list[tuple[str, Path]]:
+    kinds = _kinds(folder)
+    if kinds:
+        return [(kind, folder) for kind in kinds]
+    if depth >= _MAX_DEPTH:
+        return []
+    found = []
+    for child in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found += _expand(child, depth + 1)
+    return found
+
+
+def load_run(folder: Path) -> RunFolder:
+    from prostate_vq.training.checkpoints import load_checkpoint
+
+    checkpoint = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
+    payload = load_checkpoint(checkpoint)  # raises UserInputError naming the file
+    payload = {k: v for k, v in payload.items() if not k.endswith("_state")}
+    history = None
+    if (folder / "history.csv").is_file():
+        import pandas as pd
+
+        try:
+            history = pd.read_csv(folder / "history.csv")
+        except (ValueError, pd.errors.ParserError) as error:
+            raise UserInputError(f"unreadable history.csv ({error})", folder / "history.csv") from None
+        if history.empty:
+            history = None
+    summary = (folder / "summary.txt").read_text(encoding="utf-8", errors="replace") if (folder / "summary.txt").is_file() else None
+    stop_reason = None
+    if (folder / "last.pt").is_file():
+        stop_reason = load_checkpoint(folder / "last.pt").get("stop_reason")
+    return RunFolder(folder, checkpoint, payload, history, summary, stop_reason)
+
+
+def load_eval(folder: Path) -> EvalFolder:
+    path = folder / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"not valid JSON ({error})", path) from None
+    missing = [k for k in REQUIRED_METRICS if not isinstance(metrics, dict) or k not in metrics]
+    if missing:
+        raise UserInputError(f"not a prostate-vq metrics file (missing {', '.join(missing)})", path)
+    return EvalFolder(folder, metrics)
+
+
+def load_samples(folder: Path) -> SampleFolder:
+    path = folder / "samples.json"
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserInputError(f"not valid JSON ({error})", path) from None
+    grid = folder / "samples_grid.png"
+    return SampleFolder(folder, info if isinstance(info, dict) else {"samples": info},
+                        grid if grid.is_file() else None)
+
+
+def _display_name(folder: Path) -> str:
+    return folder.parent.name if folder.name.lower() in _GENERIC_NAMES and folder.parent.name else folder.name
+
+
+def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]:
+    """Entries (a run paired with its evaluations through the evaluated checkpoint), sample folders and
+    prior runs."""
+    if not inputs:
+        raise UserInputError("no run or evaluation folders given")
+    runs: dict[Path, RunFolder] = {}
+    evals: list[EvalFolder] = []
+    samples: list[SampleFolder] = []
+    priors: list[PriorFolder] = []
+    for given in inputs:
+        given = Path(given).expanduser()
+        if given.is_file():  # best.pt or metrics.json: its folder is meant
+            given = given.parent
+        if not given.exists():
+            raise UserInputError("folder not found", given)
+        found = _expand(given)
+        if not found:
+            raise UserInputError("not a run, evaluation, prior or samples folder (expected best.pt, "
+                                 "metrics.json or samples.json, here or in a sub-folder)", given)
+        for kind, folder in found:
+            key = folder.resolve()
+            if kind == "run" and key not in runs:
+                runs[key] = load_run(folder)
+            elif kind == "eval" and all(e.path.resolve() != key for e in evals):
+                evals.append(load_eval(folder))
+            elif kind == "samples" and all(s.path.resolve() != key for s in samples):
+                samples.append(load_samples(folder))
+            elif kind == "prior" and all(p.path.resolve() != key for p in priors):
+                priors.append(PriorFolder(folder, json.loads((folder / "metrics.json").read_text(encoding="utf-8"))))
+
+    entries: dict[Path, Entry] = {key: Entry(run=run) for key, run in runs.items()}
+    for evaluation in evals:
+        checkpoint = Path(str(evaluation.metrics.get("checkpoint") or "")).expanduser()
+        run_key = checkpoint.parent.resolve() if str(checkpoint) not in ("", ".") else evaluation.path.resolve()
+        if run_key not in entries:
+            run = None
+            if checkpoint.is_file() and "run" in _kinds(checkpoint.parent):
+                try:  # the evaluated run was not given but still exists: use it for the model section
+                    run = load_run(checkpoint.parent)
+                except UserInputError:
+                    run = None
+            entries[run_key] = Entry(run=run)
+        entries[run_key].evaluations.append(evaluation)
+    result = list(entries.values())
+    _name(result)
+    return result, samples, priors
+
+
+def _name(entries: list[Entry]) -> None:
+    presets = [e.preset for e in entries]
+    for entry in entries:
+        if presets.count(entry.preset) == 1 and entry.preset != "?":
+            entry.name = entry.preset
+        else:
+            folder = entry.run.path if entry.run else entry.evaluation.path
+            entry.name = _display_name(folder)
+    seen: dict[str, int] = {}
+    for entry in entries:
+        seen[entry.name] = seen.get(entry.name, 0) + 1
+        if seen[entry.name] > 1:
+            entry.name = f"{entry.name} ({seen[entry.name]})"

@@ -1,0 +1,384 @@
+"""One Markdown report from run, evaluation and sample folders, laid out like the HipMRI report outline
+(aim, model, loss, hyperparameters, data and split, results, reproduction, references)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import platform
+import shlex
+from pathlib import Path
+
+import torch
+
+from prostate_vq.errors import UserInputError
+from prostate_vq.reporting import figures
+from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
+from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
+from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_table, overrides_against
+
+SSIM_BAR = 0.6
+EVAL_FIGURES = (("reconstructions", "Input / reconstruction / absolute error"),
+                ("best_slices", "Best slices"), ("worst_slices", "Worst slices"),
+                ("ssim_histogram", "Per-slice SSIM"), ("segmentation_overlays", "Segmentation overlays"),
+                ("codebook_usage", "Codebook usage"))
+
+
+class _Report:
+    def __init__(self, out: Path):
+        self.out = out
+        self.base = out.parent.resolve()
+        self.assets = out.parent / f"{out.stem}_figures"
+        self.lines: list[str] = []
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+
+    def link(self, path: Path) -> str:
+        """A link that resolves from the report's folder, wherever the figure lives."""
+        rel = os.path.relpath(Path(path).resolve(), self.base).replace(os.sep, "/")
+        return f"<{rel}>" if " " in rel else rel
+
+    def image(self, path: Path | None, alt: str) -> None:
+        if path is not None and Path(path).is_file():
+            self.add(f"![{alt}]({self.link(path)})", "")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+def _epochs_run(entry: Entry) -> int | None:
+    run = entry.run
+    if run is None:
+        return None
+    if run.history is not None and "epoch" in run.history:
+        return int(run.history["epoch"].max())
+    return run.payload.get("epoch")
+
+
+def _row(entry: Entry) -> list[str]:
+    """Model | Parameters | SSIM | PSNR | Dice (%) | Codes used | Codebook usage (%) | Perplexity."""
+    config = entry.run.payload.get("config", {}) if entry.run else {}
+    refit_info = entry.run.payload.get("refit") if entry.run else None
+    params = hyperparameters(config, _epochs_run(entry), refit_info if isinstance(refit_info, dict) else None) \
+        if config else DASH
+    if entry.task not in ("image", "?"):
+        params = f"task={entry.task}, {params}"
+    ev = entry.evaluation
+    if ev is not None:
+        m = ev.metrics
+        name = entry.name if m.get("split") == "test" else f"{entry.name} ({m.get('split')})"
+        ssim = DASH if m.get("ssim_mean") is None else f"{fmt(m['ssim_mean'], '.4f')} ± {fmt(m.get('ssim_std'), '.3f')}"
+        return [name, params, ssim, fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
+                fmt(m.get("codes_used"), ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
+    m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
+    counts = entry.run.payload.get("code_counts")
+    used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())
+    return [f"{entry.name} (validation)", params, fmt(m.get("val_ssim"), ".4f"), DASH, fmt(m.get("val_dice"), ".2f", 100),
+            fmt(used, ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
+
+
+def comparison_table(entries: list[Entry]) -> str:
+    header = ["Model", "Parameters", "SSIM", "PSNR", "Dice (%)", "Codes used", "Codebook usage (%)", "Perplexity"]
+    return md_table(header, [_row(e) for e in entries], ["l", "l", "c", "c", "c", "c", "c", "c"])
+
+
+def _verdict(entry: Entry) -> tuple[str, str]:
+    m = entry.evaluation.metrics if entry.evaluation else {}
+    if m.get("ssim_mean") is None:
+        return DASH, "n/a (no reconstructed image)" if m else "n/a (not evaluated)"
+    passed = m["ssim_mean"] > SSIM_BAR
+    rate = fmt(m.get("ssim_pass_rate"), ".1f", 100)
+    return f"{m['ssim_mean']:.4f} ({rate}% of slices > {SSIM_BAR})", "**PASS**" if passed else "**FAIL**"
+
+
+def _model_summary(entry: Entry) -> tuple[int | None, str | None]:
+    """Trainable parameter count and the torchinfo table of the run's network."""
+    run = entry.run
+    if run is None:
+        return None, None
+    text = run.summary_text if run.summary_text and "Total params" in run.summary_text else None
+    try:
+        import torchinfo
+
+        from prostate_vq.models import build_model
+
+        model = build_model(run.payload["config"], run.payload["task"])
+        params = sum(p.numel() for p in model.parameters())
+        if text is None:
+            channels = 6 if run.payload["task"] == "mask" else 1
+            text = str(torchinfo.summary(model, input_size=(1, channels, *run.payload["spatial_size"]),
+                                         depth=3, verbose=0, col_names=("output_size", "num_params")))
+        return params, text
+    except Exception:  # a summary is a nicety: the report must not fail for it
+        return None, text
+
+
+def _dataset_section(report: _Report, entries: list[Entry]) -> None:
+    report.add("## Dataset and split", "")
+    roots = []
+    for e in entries:
+        for root in ([e.run.payload.get("data_root")] if e.run else []) + [ev.metrics.get("data_root") for ev in e.evaluations]:
+            if root and root not in roots:
+                roots.append(root)
+    for root in roots:
+        report.add(f"Data: `{root}`", "")
+        counts = _split_counts(root)
+        if counts:
+            rows, leaks = counts
+            report.add(md_table(["Split", "Patients", "Slices"], rows, ["l", "r", "r"]), "")
+            report.add(f"**Warning: patients in more than one split: {', '.join(sorted(leaks))}.** Their "
+                       "test numbers are optimistic." if leaks else "Checked: no patient is in two splits.", "")
+    sizes = sorted({tuple(e.run.payload.get("spatial_size", ())) for e in entries if e.run}
+                   | {tuple(ev.metrics.get("spatial_size", ())) for e in entries for ev in e.evaluations})
+    sizes = [s for s in sizes if s]
+    if sizes:
+        report.add("**Pre-processing.** Slice size " + ", ".join(f"{h}x{w}" for h, w in sizes) + " (rows x columns): "
+                   "each slice is zoomed so that its rows fit (aspect ratio kept), then its columns are centre "
+                   "padded or cropped; masks use nearest-neighbour interpolation so labels stay labels.", "")
+    intensity = next((e.run.payload.get("intensity") for e in entries if e.run and e.run.payload.get("intensity")), None)
+    if intensity:
+        report.add(_intensity_text(intensity), "")
+    report.add(SPLIT_RATIONALE, "")
+
+
+def _intensity_text(intensity: dict) -> str:
+    if intensity.get("method") == "percentile":
+        return (f"**Intensity scaling** (stored in the checkpoint, repeated by evaluation): per {intensity.get('per', 'slice')}, "
+                f"the {intensity.get('lower')}th-{intensity.get('upper')}th percentile range maps to "
+                f"[{intensity.get('b_min')}, {intensity.get('b_max')}]" + (", clipped." if intensity.get("clip") else "."))
+    return ("**Intensity scaling** (stored in the checkpoint, repeated by evaluation): "
+            + ", ".join(f"{k} = `{v}`" for k, v in intensity.items()) + ".")
+
+
+def _split_counts(root: str) -> tuple[list[list], set[str]] | None:
+    """Patients and slices per split, and the patients found in more than one split."""
+    try:
+        from prostate_vq.data import discover
+
+        found = discover(root)
+    except Exception:  # the data may live elsewhere now; the report still stands without the counts
+        return None
+    cases = {split: {r.case for r in records} for split, records in found.items()}
+    rows = [[split, len(cases[split]), len(records)] for split, records in found.items()]
+    splits = list(cases)
+    leaks = {c for i, a in enumerate(splits) for b in splits[i + 1:] for c in cases[a] & cases[b]}
+    return rows, leaks
+
+
+def _model_section(report: _Report, entry: Entry) -> None:
+    run = entry.run
+    report.add(f"### {entry.name}", "")
+    if run is None:
+        report.add(f"Preset `{entry.preset}`, task `{entry.task}` (training run folder not given).", "")
+        return
+    config = run.payload.get("config", {})
+    params, summary = _model_summary(entry)
+    report.add(f"Preset `{entry.preset}`, task `{entry.task}`: {config.get('description', '')}", "")
+    if params is not None:
+        report.add(f"Trainable parameters: **{params:,}**.", "")
+    kind = (config.get("quantizer") or {}).get("kind", "vq")
+    report.add("**Loss.** " + TASK_LOSS.get(entry.task, entry.task) + "; plus the quantiser's terms: "
+               + QUANTIZER_LOSS.get(kind, kind) + ".", "")
+    rows = [[section, key, value] for section in ("model", "quantizer", "training", "refit")
+            for key, value in (config.get(section) or {}).items()]
+    if rows:
+        report.add("<details><summary>Hyperparameters</summary>", "",
+                   md_table(["Section", "Key", "Value"], rows), "", "</details>", "")
+    if summary:
+        report.add("<details><summary>Architecture (torchinfo)</summary>", "", "```text", summary.rstrip(),
+                   "```", "", "</details>", "")
+
+
+def _training_section(report: _Report, entry: Entry) -> None:
+    run = entry.run
+    if run is None:
+        return
+    report.add(f"### {entry.name}", "")
+    epochs = _epochs_run(entry)
+    best = run.payload.get("epoch")
+    facts = [f"{epochs} epochs run" if epochs is not None else None,
+             f"best epoch {best} (kept as `best.pt`)" if best is not None else None,
+             f"seed {run.payload.get('seed')}" if run.payload.get("seed") is not None else None]
+    if run.stop_reason:
+        facts.append({"max_minutes": "stopped by the time budget", "early_stopping": "stopped early",
+                      "epochs": "all planned epochs done"}.get(run.stop_reason, str(run.stop_reason)))
+    if run.history is not None and "seconds" in run.history:
+        facts.append(f"{run.history['seconds'].fillna(0).sum() / 60:.1f} min of training")
+    report.add(", ".join(f for f in facts if f) + ".", "")
+    if run.history is not None:
+        try:
+            path = figures.training_curves(run.history, report.assets / f"{_slug(entry.name)}_training_curves.png")
+            report.image(path, f"training curves of {entry.name}")
+        except ValueError:
+            pass
+
+
+def _testing_section(report: _Report, entry: Entry) -> None:
+    for ev in entry.evaluations:
+        m = ev.metrics
+        report.add(f"### {entry.name}: {m.get('split')} split ({m.get('n_slices')} slices)", "")
+        if m.get("dice_per_class"):
+            rows = [[name, fmt(v, ".2f", 100), m.get("dice_slices_scored", {}).get(name, "")]
+                    for name, v in m["dice_per_class"].items()]
+            report.add(md_table(["Class", "Dice (%)", "Slices scored"], rows, ["l", "r", "r"]), "")
+        for key, caption in EVAL_FIGURES:
+            path = ev.figure(key)
+            if path is not None:
+                report.add(f"*{caption}*", "")
+                report.image(path, f"{caption} - {entry.name}")
+        report.add(f"Per-slice values: [{ev.path.name}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).", "")
+
+
+def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[SampleFolder]) -> None:
+    if not priors and not samples:
+        return
+    report.add("## Generative prior", "",
+               "An autoregressive prior over the code maps turns the VQ-VAE into a generator: sample codes, "
+               "decode them. Lower negative log-likelihood (bits per code) than the uniform and unigram "
+               "baselines means the prior learned the spatial structure of the codes.", "")
+    if priors:
+        rows = [[p.path.name, p.metrics.get("arch", DASH), fmt(p.metrics.get("parameters"), ",.0f"),
+                 fmt(p.metrics.get("val_nll_bits_per_code"), ".3f"), fmt(p.metrics.get("test_nll_bits_per_code"), ".3f"),
+                 fmt(p.metrics.get("unigram_val_bits_per_code"), ".3f"), fmt(p.metrics.get("uniform_bits_per_code"), ".3f"),
+                 p.metrics.get("epochs_run", DASH)] for p in priors]
+        report.add(md_table(["Prior", "Architecture", "Parameters", "Val NLL", "Test NLL", "Unigram (val)",
+                             "Uniform", "Epochs"], rows, ["l", "l", "r", "r", "r", "r", "r", "r"]),
+                   "", "NLL in bits per code; unigram: the training code frequencies scored on the validation codes.", "")
+    for folder in samples:
+        info = folder.info
+        facts = [f"{k} = `{info[k]}`" for k in ("n", "arch", "temperature", "seed") if k in info]
+        report.add(f"**Samples** `{folder.path.name}`" + (": " + ", ".join(facts) if facts else "") + ".", "")
+        nearest = (info.get("summary") or {}).get("nearest_train_similarity")
+        reference = (info.get("reference") or {}).get("nearest_train_similarity")
+        if isinstance(nearest, dict) and "mean" in nearest:
+            line = (f"Memorisation check: similarity ({info.get('similarity', 'similarity')}) of each sample to its "
+                    f"nearest training slice: mean {nearest['mean']:.3f}, max {nearest.get('max', math.nan):.3f}")
+            if isinstance(reference, dict) and "mean" in reference:
+                line += f"; unseen validation slices reach {reference['mean']:.3f} on average"
+            report.add(line + ".", "")
+        report.image(folder.grid, f"samples from {folder.path.name}")
+
+
+def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
+    import monai
+
+    from prostate_vq import __version__
+
+    report.add("## Reproduce", "", "```bash")
+    for e in entries:
+        if e.run is not None:
+            if e.run.stop_reason == "max_minutes":
+                report.add(f"# stopped at its time budget after {_epochs_run(e)} epochs: add the same --max-minutes")
+            report.add(" \\\n    ".join(_train_command(e)))
+        for ev in e.evaluations:
+            m = ev.metrics
+            report.add(f"prostate-vq evaluate --checkpoint {_q(m.get('checkpoint'))} --data {_q(m.get('data_root'))} "
+                       f"--split {m.get('split')} --out {_q(ev.path.resolve())}")
+    inputs = " ".join(_q(p.resolve()) for p in _inputs_of(entries))
+    report.add(f"prostate-vq report {inputs} --out {_q(report.out.resolve())}", "```", "")
+    versions = {"prostate_vq": __version__, "torch": torch.__version__, "monai": monai.__version__,
+                "python": platform.python_version()}
+    rows = [[name, now, ", ".join(sorted({str((e.run.payload.get('versions') or {}).get(name, DASH))
+                                           for e in entries if e.run})) or DASH]
+            for name, now in versions.items()]
+    report.add(md_table(["Package", "Report", "Training"], rows), "")
+
+
+_FLAGS = {"training.epochs": "--epochs", "training.batch_size": "--batch-size", "training.lr": "--lr",
+          "training.patience": "--patience", "training.mask_ratio": "--mask-ratio", "training.monitor": "--monitor"}
+
+
+def _train_command(entry: Entry) -> list[str]:
+    """The ``prostate-vq train`` line that rebuilds this run's config: preset, flags, then ``--set`` for the rest."""
+    p = entry.run.payload
+    cmd = ["prostate-vq train"]
+    if p.get("data_root"):
+        cmd.append(f"--data {_q(p['data_root'])}")
+    cmd += [f"--out {_q(entry.run.path.resolve())}", f"--preset {entry.preset}", f"--task {entry.task}"]
+    if p.get("spatial_size"):
+        cmd.append("--spatial-size " + " ".join(str(s) for s in p["spatial_size"]))
+    if p.get("seed") is not None:
+        cmd.append(f"--seed {p['seed']}")
+    try:
+        from prostate_vq.training.engine import TrainOptions, resolve_config
+
+        base = resolve_config(TrainOptions(out=Path("."), preset=entry.preset, task=entry.task,
+                                           spatial_size=tuple(p["spatial_size"]) if p.get("spatial_size") else None))
+        extra = overrides_against(p.get("config", {}), base)
+    except Exception:  # a preset renamed since: the run's config.yaml is the record
+        extra = []
+    flags = [f"{_FLAGS[item.split('=', 1)[0]]} {item.split('=', 1)[1]}" for item in extra
+             if item.split("=", 1)[0] in _FLAGS]
+    rest = [item for item in extra if item.split("=", 1)[0] not in _FLAGS]
+    cmd += flags
+    if rest:
+        cmd.append("--set " + " ".join(_q(item) for item in rest))
+    return cmd
+
+
+def _inputs_of(entries: list[Entry]) -> list[Path]:
+    paths = []
+    for e in entries:
+        if e.run is not None:
+            paths.append(e.run.path)
+        paths += [ev.path for ev in e.evaluations]
+    return paths
+
+
+def _q(value) -> str:
+    return shlex.quote(str(value))
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+# --- entry point ----------------------------------------------------------------------------
+
+def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> Path:
+    """Write one Markdown report comparing every run/evaluation in ``inputs``; returns its path."""
+    entries, samples, priors = collect(list(inputs) if not isinstance(inputs, (str, Path)) else [inputs])
+    if not entries and not samples and not priors:
+        raise UserInputError("nothing to report: no run, evaluation or samples folder found")
+    out = Path(out)
+    if out.is_dir():
+        out = out / "report.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = _Report(out)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    report.add(f"# {title}", "", f"_Generated {stamp} by `prostate-vq report`._", "")
+
+    report.add("## Aim", "",
+               f"Train a VQ-VAE on 2-D prostate MRI slices whose reconstructions are reasonably clear: mean "
+               f"structural similarity (SSIM [3]) above {SSIM_BAR} on the held-out test split.", "")
+    if entries:
+        report.add(md_table(["Model", "Test SSIM", "SSIM > 0.6"], [[e.name, *_verdict(e)] for e in entries]), "")
+
+        report.add("## Results", "", comparison_table(entries), "",
+                   "SSIM: mean ± std over slices, images in [0, 1], 11x11 Gaussian window (sigma 1.5), MONAI "
+                   "`SSIMMetric` [5]. PSNR (dB, peak 1): mean over slices with a finite value. Dice: mean over the foreground "
+                   "classes of the per-class mean over slices where the class is in the reference or the "
+                   "prediction. Codebook usage: share of codes assigned at least once on the split; "
+                   "perplexity exp(H) of the code histogram (= number of codes under uniform use).", "")
+        _dataset_section(report, entries)
+        report.add("## Models", "",
+                   "A VQ-VAE [1] encodes a slice into a grid of vectors, replaces each by its nearest codebook "
+                   "entry (a discrete code) and decodes the codes back; a small, fully used codebook is what "
+                   "makes the codes useful to a generative prior.", "")
+        for entry in entries:
+            _model_section(report, entry)
+        if any(e.run for e in entries):
+            report.add("## Training", "", "Early stopping on the validation split [9]; curves from `history.csv`.", "")
+            for entry in entries:
+                _training_section(report, entry)
+        if any(e.evaluations for e in entries):
+            report.add("## Testing", "")
+            for entry in entries:
+                _testing_section(report, entry)
+    _prior_section(report, priors, samples)
+    if entries:
+        _reproduce_section(report, entries)
+    report.add("## References", "", *[f"{i}. {text}" for i, (_, text) in enumerate(REFERENCES, 1)], "")
+    out.write_text("\n".join(report.lines), encoding="utf-8")
+    return out

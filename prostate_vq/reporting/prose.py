@@ -1,0 +1,52 @@
+"""The fixed text of a report: loss descriptions, split rationale, references."""
+
+from __future__ import annotations
+
+TASK_LOSS = {
+    "image": "mean squared error between the reconstruction and the input slice (both in [0, 1])",
+    "mask": "cross-entropy plus MONAI's soft Dice loss (foreground classes) on the reconstructed label map",
+    "joint": "image MSE plus cross-entropy and soft Dice on the segmentation head",
+}
+
+QUANTIZER_LOSS = {
+    "vq": "codebook loss ||sg[z_e] - e||² plus beta times the commitment loss ||z_e - sg[e]||² "
+          "(straight-through gradients) [1]",
+    "ema": "beta times the commitment loss only; the codebook follows an exponential moving average of "
+           "the encoder outputs assigned to each code [2]",
+    "rq": "commitment losses of every residual level; codebooks updated by EMA [6]",
+    "fsq": "none: finite scalar quantisation has an implicit, fixed codebook [7]",
+    "lfq": "commitment loss plus an entropy term that spreads codes over the binary codebook [8]",
+    "soft": "codebook and commitment losses on a softmax-weighted (soft) assignment during training; "
+            "hard nearest-code assignment at evaluation",
+}
+
+SPLIT_RATIONALE = (
+    "Splits are **by patient** (HipMRI ships them that way): every slice of a patient, all weekly scans "
+    "included, sits in one split, so no anatomy seen in training is scored at test time; slices of one "
+    "patient are strongly correlated and a slice-level split would inflate every metric. The validation "
+    "split only drives early stopping and the choice of `best.pt`; the test split is used once, by "
+    "`prostate-vq evaluate`."
+)
+
+REFERENCES = [
+    ("vq", "A. van den Oord, O. Vinyals, K. Kavukcuoglu. *Neural Discrete Representation Learning.* "
+           "NeurIPS 2017. arXiv:1711.00937"),
+    ("ema", "A. Razavi, A. van den Oord, O. Vinyals. *Generating Diverse High-Fidelity Images with "
+            "VQ-VAE-2.* NeurIPS 2019. arXiv:1906.00446"),
+    ("ssim", "Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli. *Image quality assessment: from error "
+             "visibility to structural similarity.* IEEE TIP 13(4), 2004."),
+    ("data", "J. Dowling, P. Greer. *Labelled weekly MR images of the male pelvis* (HipMRI). CSIRO Data "
+             "Access Portal, 2021. doi:10.25919/45t8-p065"),
+    ("monai", "M. J. Cardoso et al. *MONAI: An open-source framework for deep learning in healthcare.* "
+              "arXiv:2211.02701, 2022."),
+    ("rq", "D. Lee, C. Kim, S. Kim, M. Cho, W.-S. Han. *Autoregressive Image Generation using Residual "
+           "Quantization.* CVPR 2022. arXiv:2203.01941"),
+    ("fsq", "F. Mentzer, D. Minnen, E. Agustsson, M. Tschannen. *Finite Scalar Quantization: VQ-VAE Made "
+            "Simple.* ICLR 2024. arXiv:2309.15505"),
+    ("lfq", "L. Yu et al. *Language Model Beats Diffusion: Tokenizer is Key to Visual Generation.* "
+            "ICLR 2024. arXiv:2310.05737"),
+    ("stop", "L. Prechelt. *Early Stopping - But When?* In: Neural Networks: Tricks of the Trade, "
+             "Springer, 1998."),
+    ("vqlib", "P. Wang (lucidrains). *vector-quantize-pytorch.* "
+              "https://github.com/lucidrains/vector-quantize-pytorch"),
+]

@@ -1,0 +1,225 @@
+"""Evaluation: metric conventions against hand-computed values, then evaluate_checkpoint end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from prostate_vq.evaluation.metrics import (LABEL_NAMES, codebook_metrics, dice_per_slice,
+                                            reconstruction_per_slice, summarize_dice,
+                                            summarize_reconstruction)
+
+
+def _summary(recon, image):
+    return summarize_reconstruction({k: v.numpy() for k, v in reconstruction_per_slice(recon, image).items()})
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+def test_identical_images_give_ssim_one_and_infinite_psnr_as_null():
+    image = torch.rand(3, 1, 24, 20, generator=torch.Generator().manual_seed(0))
+    values = reconstruction_per_slice(image, image)
+    assert torch.allclose(values["ssim"], torch.ones(3), atol=1e-5)
+    assert torch.isinf(values["psnr"]).all()
+    summary = _summary(image, image)
+    assert summary.psnr_infinite == 3 and summary.ssim_pass_rate == 1.0 and summary.verdict == "pass"
+    as_json = json.loads(json.dumps(summary.to_dict(), allow_nan=False))
+    assert as_json["psnr_mean"] is None and as_json["mse_mean"] == 0.0
+
+
+def test_psnr_mse_mae_match_hand_computed_values():
+    image = torch.full((2, 1, 16, 16), 0.5)
+    recon = image.clone()
+    recon[0] += 0.1  # uniform error 0.1 -> MSE 0.01, PSNR 20 dB
+    summary = _summary(recon, image)
+    values = reconstruction_per_slice(recon, image)
+    assert values["mse"][0].item() == pytest.approx(0.01, rel=1e-5)
+    assert values["mae"][0].item() == pytest.approx(0.1, rel=1e-5)
+    assert values["psnr"][0].item() == pytest.approx(20.0, rel=1e-4)
+    # one perfect slice: the mean is over the finite slice only, the perfect one is counted
+    assert summary.psnr_mean == pytest.approx(20.0, rel=1e-4) and summary.psnr_infinite == 1
+    assert summary.mse_mean == pytest.approx(0.005, rel=1e-5)
+
+
+def test_reconstruction_is_clamped_to_unit_range_before_scoring():
+    image = torch.ones(1, 1, 16, 16)
+    values = reconstruction_per_slice(image * 3.0, image)  # unbounded decoder output above 1
+    assert values["mse"].item() == 0.0 and values["ssim"].item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_ssim_pass_rate_and_verdict_follow_the_point_six_bar():
+    summary = summarize_reconstruction({"ssim": np.array([0.9, 0.7, 0.6, 0.1]), "psnr": np.array([30.0] * 4),
+                                        "mse": np.zeros(4), "mae": np.zeros(4)})
+    assert summary.ssim_pass_rate == 0.5  # 0.6 itself does not pass (strictly greater)
+    assert summary.ssim_mean == pytest.approx(0.575) and summary.verdict == "fail"
+
+
+def test_ssim_rejects_slices_smaller_than_the_window():
+    with pytest.raises(ValueError, match="11x11"):
+        reconstruction_per_slice(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8))
+
+
+def test_dice_known_values_and_empty_class_handling():
+    target = torch.zeros(1, 1, 4, 4, dtype=torch.long)
+    target[0, 0, :2] = 1  # 8 pixels body, 8 background
+    pred = target.clone()
+    pred[0, 0, 0, 0] = 5  # one body pixel predicted as prostate (absent from the reference)
+    dice = dice_per_slice(pred, target)[0]
+    assert dice[0].item() == pytest.approx(1.0)
+    assert dice[1].item() == pytest.approx(2 * 7 / (7 + 8))
+    assert torch.isnan(dice[2:5]).all()  # absent from both: not scored
+    assert dice[5].item() == 0.0  # predicted but absent from the reference: a real miss
+    summary = summarize_dice(np.stack([dice.numpy(), dice_per_slice(target, target)[0].numpy()]))
+    assert summary.dice_per_class["body"] == pytest.approx((14 / 15 + 1) / 2)
+    assert summary.dice_per_class["bones"] is None and summary.slices_scored["prostate"] == 1
+    assert summary.dice_mean == pytest.approx(np.mean([(14 / 15 + 1) / 2, 0.0]))
+    assert set(summary.to_dict()["dice_per_class"]) == set(LABEL_NAMES)
+
+
+def test_codebook_usage_and_perplexity():
+    stats = codebook_metrics(torch.tensor([5, 5, 5, 5, 0, 0, 0, 0]))
+    assert (stats.codes_used, stats.codebook_size, stats.codebook_usage_pct) == (4, 8, 50.0)
+    assert stats.perplexity == pytest.approx(4.0)  # uniform over 4 codes
+    skewed = codebook_metrics(np.array([97, 1, 1, 1]))
+    assert 1.0 < skewed.perplexity < 1.3
+    assert codebook_metrics(torch.zeros(3)).perplexity == 0.0
+
+
+# --- evaluate_checkpoint on tiny trained runs -----------------------------------------------
+
+from prostate_vq.cli import main  # noqa: E402
+from prostate_vq.errors import DataError, UserInputError  # noqa: E402
+from prostate_vq.evaluation import evaluate_checkpoint  # noqa: E402
+
+REQUIRED_KEYS = {"ssim_mean", "ssim_std", "ssim_pass_rate", "psnr_mean", "mse_mean", "mae_mean", "codes_used",
+                 "codebook_size", "codebook_usage_pct", "perplexity", "n_slices", "split", "checkpoint",
+                 "preset", "task", "verdict"}
+
+
+def _strict_json(path):
+    def reject(constant):
+        raise AssertionError(f"non-standard JSON constant {constant} in {path}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=reject)
+
+
+def _rows(path):
+    with path.open(encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def image_eval(tiny_run, phantom_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_image")
+    return evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, split="test", out=out, device="cpu"), out
+
+
+def test_evaluate_image_run_writes_metrics_csv_and_figures(image_eval):
+    result, out = image_eval
+    metrics = _strict_json(out / "metrics.json")
+    assert REQUIRED_KEYS <= set(metrics)
+    assert metrics["split"] == "test" and metrics["task"] == "image" and metrics["n_slices"] == 6
+    assert 0.0 <= metrics["ssim_mean"] <= 1.0 and 0.0 <= metrics["ssim_pass_rate"] <= 1.0
+    assert metrics["verdict"] == ("pass" if metrics["ssim_mean"] > 0.6 else "fail")
+    assert metrics["codebook_size"] == 32 and 1 <= metrics["codes_used"] <= 32
+    assert metrics["codebook_usage_pct"] == pytest.approx(100 * metrics["codes_used"] / 32)
+    assert 1.0 <= metrics["perplexity"] <= metrics["codes_used"] + 1e-6
+    assert len(metrics["code_counts"]) == 32 and sum(c > 0 for c in metrics["code_counts"]) == metrics["codes_used"]
+    assert "dice_mean" not in metrics  # nothing segmented in the image task
+    rows = _rows(out / "per_slice.csv")
+    assert len(rows) == 6 and {"file", "case", "week", "slice", "ssim", "psnr"} <= set(rows[0])
+    assert rows[0]["file"].startswith("case_004_week_0_slice_") and rows[0]["case"] == "004"
+    assert np.mean([float(r["ssim"]) for r in rows]) == pytest.approx(metrics["ssim_mean"], abs=1e-5)
+    for name in ("reconstructions", "best_slices", "worst_slices", "ssim_histogram", "codebook_usage"):
+        png = out / metrics["figures"][name]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    table = result.summary_table()
+    assert "SSIM" in table and "codes used" in table and result.verdict.upper() in table
+
+
+def test_evaluation_matches_the_training_validation_metrics(tiny_run, phantom_root, tmp_path):
+    """Same model, same validation slices: evaluation must reproduce the numbers training logged."""
+    from prostate_vq.training.checkpoints import load_checkpoint
+
+    logged = load_checkpoint(tiny_run / "best.pt")["metrics"]
+    result = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, split="validate", out=tmp_path,
+                                 device="cpu", batch_size=1, figures=False)
+    assert result.reconstruction.ssim_mean == pytest.approx(logged["val_ssim"], abs=1e-4)
+    assert result.codebook.codebook_usage_pct == pytest.approx(logged["codebook_usage_pct"], abs=1e-6)
+    assert not (tmp_path / "figures").exists()
+
+
+def test_image_task_needs_no_masks(tiny_run, phantom_root, tmp_path):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom_root, data)
+    shutil.rmtree(data / "keras_slices_seg_test")
+    result = evaluate_checkpoint(tiny_run / "best.pt", data=data, out=tmp_path / "eval", device="cpu",
+                                 max_slices=3, figures=False)
+    assert result.n_slices == 3 and result.segmentation is None
+    assert _strict_json(tmp_path / "eval" / "metrics.json")["n_slices"] == 3
+
+
+def test_joint_run_reports_dice_per_class_and_overlays(tiny_joint_run, phantom_root, tmp_path):
+    from prostate_vq.data import LABEL_NAMES
+
+    evaluate_checkpoint(tiny_joint_run / "best.pt", data=phantom_root, out=tmp_path, device="cpu")
+    metrics = _strict_json(tmp_path / "metrics.json")
+    assert metrics["task"] == "joint" and metrics["ssim_mean"] is not None
+    assert list(metrics["dice_per_class"]) == list(LABEL_NAMES)
+    scored = [v for k, v in metrics["dice_per_class"].items() if k != "background" and v is not None]
+    assert metrics["dice_mean"] == pytest.approx(np.mean(scored))
+    assert all(0.0 <= v <= 1.0 for v in scored)
+    rows = _rows(tmp_path / "per_slice.csv")
+    assert {f"dice_{name}" for name in LABEL_NAMES} <= set(rows[0])
+    assert (tmp_path / metrics["figures"]["segmentation_overlays"]).is_file()
+
+
+def test_mask_task_has_dice_and_no_ssim(phantom_root, tiny_model_overrides, tmp_path):
+    from prostate_vq.training import TrainOptions, train
+
+    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, task="mask", epochs=1, spatial_size=(64, 32),
+                             batch_size=4, overrides=tiny_model_overrides, device="cpu", progress=False))
+    result = evaluate_checkpoint(run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu")
+    metrics = _strict_json(tmp_path / "eval" / "metrics.json")
+    assert metrics["ssim_mean"] is None and metrics["verdict"] == "n/a" and metrics["dice_mean"] is not None
+    assert "ssim" not in _rows(tmp_path / "eval" / "per_slice.csv")[0]
+    assert {"best_slices", "worst_slices", "segmentation_overlays"} <= set(result.figures)
+
+
+def test_batch_size_does_not_change_the_numbers(tiny_run, phantom_root, tmp_path):
+    one = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "a", device="cpu",
+                              batch_size=1, figures=False).to_dict()
+    many = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "b", device="cpu",
+                               batch_size=5, figures=False).to_dict()
+    for key in ("ssim_mean", "psnr_mean", "mse_mean", "codes_used", "perplexity"):
+        assert one[key] == pytest.approx(many[key], rel=1e-5), key
+
+
+def test_bad_inputs_are_user_errors(tiny_run, phantom_root, tmp_path):
+    with pytest.raises(UserInputError, match="checkpoint not found"):
+        evaluate_checkpoint(tmp_path / "missing.pt", data=phantom_root, out=tmp_path)
+    with pytest.raises(DataError):
+        evaluate_checkpoint(tiny_run / "best.pt", data=tmp_path / "nowhere", out=tmp_path)
+    with pytest.raises(UserInputError, match="batch-size"):
+        evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path, batch_size=0)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(UserInputError, match="garbage.pt"):
+        evaluate_checkpoint(garbage, data=phantom_root, out=tmp_path)
+
+
+def test_cli_evaluate(tiny_run, phantom_root, tmp_path, capsys):
+    code = main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root),
+                 "--out", str(tmp_path), "--device", "cpu", "--max-slices", "4"])
+    captured = capsys.readouterr()
+    assert code == 0 and "SSIM" in captured.out and "metrics.json" in captured.out
+    assert _strict_json(tmp_path / "metrics.json")["n_slices"] == 4
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
