@@ -1,0 +1,307 @@
+"""`prostate-vq train-prior`: encode the splits with the frozen VQ-VAE, then fit an autoregressive prior
+over the code maps with the conventions of `train` (early stopping on validation NLL, atomic best/last
+checkpoints, exact resume, a wall-clock budget, tqdm, history.csv) and report NLL in bits per code.
+
+A prior checkpoint is self-contained: it stores the prior (``model_state``/``config``, ``kind="prior"``),
+the code layout, and a copy of the VQ-VAE payload (weights, config, task, spatial size), so `sample`
+needs nothing else.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from prostate_vq.errors import TrainingDiverged, UserInputError
+from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
+from prostate_vq.prior.networks import build_prior
+from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain, save_checkpoint
+from prostate_vq.training.early_stopping import EarlyStopping
+from prostate_vq.training.config import make_optimizer, make_scheduler
+from prostate_vq.training.history import write_text_atomic
+from prostate_vq.training.run_files import epoch_bar, versions
+from prostate_vq.training.runtime import autocast, configure_cpu_threads, resolve_device
+from prostate_vq.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+
+log = logging.getLogger("prostate_vq.prior")
+
+# Network sizes per architecture (the prior's own config; stored in its checkpoint).
+ARCH_DEFAULTS = {
+    "pixelcnn": {"dim": 64, "layers": 8, "kernel": 3, "first_kernel": 7},
+    "transformer": {"dim": 128, "layers": 4, "heads": 4, "dropout": 0.1},
+}
+# Optimisation; keys follow the engine's training section so its optimizer/scheduler factories apply.
+TRAINING_DEFAULTS = {
+    "pixelcnn": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "patience": 8},
+    "transformer": {"epochs": 60, "batch_size": 32, "lr": 5e-4, "patience": 8},
+}
+COMMON_TRAINING = {"optimizer": "adamw", "weight_decay": 0.0, "scheduler": "cosine", "min_lr_ratio": 0.05,
+                   "monitor": "loss", "grad_clip": 1.0, "min_delta": 0.0}
+HISTORY_COLUMNS = ("epoch", "train_nll_bits", "val_nll_bits", "lr", "seconds")
+
+
+def _write_history(path: Path, rows: list[dict]) -> None:
+    import csv
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _vqvae_copy(payload: dict) -> dict:
+    """What `sample` needs to rebuild and run the VQ-VAE (no optimizer or history)."""
+    keys = ("format_version", "model_state", "config", "preset", "task", "spatial_size", "intensity", "data_root",
+            "seed", "epoch", "metrics")
+    return {k: payload[k] for k in keys if k in payload}
+
+
+@torch.no_grad()
+def mean_nll_bits(prior, codes: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Average bits per code over a whole split (every map has the same number of codes)."""
+    if len(codes) == 0:
+        return math.nan
+    was_training = prior.training
+    prior.eval()
+    total = 0.0
+    for start in range(0, len(codes), batch_size):
+        batch = codes[start:start + batch_size].to(device)
+        with autocast(device):
+            total += float(prior.nll(batch, reduction="none").sum())
+    prior.train(was_training)
+    return total / len(codes)
+
+
+def unigram_bits(train_codes: torch.Tensor, codes: torch.Tensor, vocab_sizes: list[int]) -> float:
+    """Bits per code of ``codes`` under the training split's code frequencies (add-one smoothing): the
+    baseline a prior must beat to have learned anything spatial."""
+    if len(codes) == 0:
+        return math.nan
+    bits = 0.0
+    for level, k in enumerate(vocab_sizes):
+        counts = torch.bincount(train_codes[..., level].reshape(-1), minlength=k).double() + 1.0
+        logp = torch.log2(counts / counts.sum())
+        bits += float(-logp[codes[..., level].reshape(-1)].mean())
+    return bits / len(vocab_sizes)
+
+
+def train_epoch(prior, codes: torch.Tensor, optimizer, training: dict, device: torch.device, shuffle_seed: int,
+                deadline: float | None) -> tuple[float, bool]:
+    """One pass over ``codes`` in a seeded order; ``(mean train bits per code, ran out of time)``.
+    The loss stays on the device (one host sync per epoch, not per step)."""
+    prior.train()
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(shuffle_seed)).to(device)
+    batch = int(training["batch_size"])
+    total = torch.zeros((), device=device)
+    seen, out_of_time = 0, False
+    for start in range(0, len(order), batch):
+        x = codes[order[start:start + batch]]
+        with autocast(device):
+            loss = prior.nll(x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if training.get("grad_clip"):
+            torch.nn.utils.clip_grad_norm_(prior.parameters(), float(training["grad_clip"]))
+        optimizer.step()
+        total += loss.detach() * len(x)
+        seen += len(x)
+        if deadline is not None and time.monotonic() >= deadline:
+            out_of_time = True
+            break
+    return float(total) / max(1, seen), out_of_time
+
+
+def _encode_splits(model, root: Path, payload: dict, layout: CodeLayout, device, max_slices):
+    from prostate_vq.data import make_dataset
+    from prostate_vq.errors import DataError
+
+    spatial = tuple(int(s) for s in payload["spatial_size"])
+    splits = {}
+    for split in ("train", "validate", "test"):
+        try:
+            dataset = make_dataset(root, split, payload["task"], spatial_size=spatial, max_slices=max_slices)
+        except DataError:
+            if split == "train":
+                raise
+            dataset = None
+        if dataset is None or len(dataset) == 0:
+            if split != "test":
+                raise UserInputError(f"no {split} slices found (keras_slices_{split})", root)
+            splits[split] = torch.zeros((0, *layout.grid, layout.depth), dtype=torch.long)
+            continue
+        splits[split] = layout.to_prior(encode_dataset_tensors(model, dataset, 64, device))
+    return splits
+
+
+def train_prior(checkpoint, data=None, out=None, arch: str = "pixelcnn", epochs: int | None = None,
+                max_minutes: float | None = None, device: str = "auto", seed: int = 0, resume: bool = False,
+                batch_size: int | None = None, lr: float | None = None, patience: int | None = None,
+                max_slices: int | None = None, progress: bool = True, arch_options: dict | None = None) -> Path:
+    """Train a prior over the codes of the VQ-VAE ``checkpoint``; returns the run folder (best.pt, last.pt,
+    history.csv, metrics.json). ``arch_options`` overrides network sizes (e.g. ``{"dim": 32}``)."""
+    started = time.monotonic()
+    if out is None:
+        raise UserInputError("train-prior needs --out")
+    out = Path(out)
+    last_path = out / "last.pt"
+    device = resolve_device(device)
+    if device.type == "cpu":
+        configure_cpu_threads(0)
+
+    resume_payload = None
+    if resume:
+        if not last_path.is_file():
+            raise UserInputError("--resume: no last.pt in the prior run folder", out)
+        resume_payload = load_checkpoint(last_path)
+        if resume_payload.get("kind") != "prior":
+            raise UserInputError("--resume: last.pt is not a prior run", last_path)
+        vq_payload = resume_payload["vqvae"]
+        from prostate_vq.prior.codes import model_from_payload
+
+        model = model_from_payload(vq_payload, device)
+        prior_cfg = dict(resume_payload["config"])
+        training = dict(resume_payload["training"])
+        for key, value in (("epochs", epochs), ("patience", patience)):
+            if value is not None:
+                training[key] = value
+        seed = int(resume_payload["seed"])
+        max_slices = max_slices if max_slices is not None else resume_payload.get("max_slices")
+        checkpoint_path = resume_payload["vqvae_checkpoint"]
+    else:
+        if last_path.exists():
+            raise UserInputError("the folder already holds a prior run (last.pt): pass --resume or choose "
+                                 "another --out", out)
+        if arch not in ARCH_DEFAULTS:
+            raise UserInputError(f"unknown prior architecture {arch!r}; choose pixelcnn or transformer")
+        model, vq_payload = load_vqvae(checkpoint, device)
+        checkpoint_path = str(Path(checkpoint).resolve())
+        training = {**COMMON_TRAINING, **TRAINING_DEFAULTS[arch]}
+        training.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
+                                            ("patience", patience)) if v is not None})
+        prior_cfg = None
+    for key, minimum in (("epochs", 1), ("batch_size", 1)):
+        if int(training[key]) < minimum:
+            raise UserInputError(f"--{key.replace('_', '-')} must be at least {minimum}, got {training[key]}")
+    if not float(training["lr"]) > 0:
+        raise UserInputError(f"--lr must be positive, got {training['lr']}")
+
+    spatial = tuple(int(s) for s in vq_payload["spatial_size"])
+    layout = CodeLayout.for_model(model, spatial)
+    root = resolve_data_root(data, resume_payload if resume_payload is not None else vq_payload)
+    # Code maps are small (16 KiB per 64x32 map as int64, 190 MB for the HipMRI train split): keep them
+    # on the device so a training step never waits for a host copy.
+    codes = {split: c.to(device) for split, c in _encode_splits(model, root, vq_payload, layout, device,
+                                                                max_slices).items()}
+    del model
+
+    seed_everything(seed)
+    if prior_cfg is None:
+        prior_cfg = {"arch": arch, "vocab_sizes": layout.vocab_sizes, **ARCH_DEFAULTS[arch], **(arch_options or {})}
+        if arch == "transformer":
+            prior_cfg["code_shape"] = list(layout.grid)
+    prior = build_prior(prior_cfg).to(device)
+    optimizer = make_optimizer(prior, training)
+    scheduler = make_scheduler(optimizer, training)
+    stopper = EarlyStopping(monitor="loss", patience=int(training["patience"]), min_delta=float(training["min_delta"]))
+    history: list[dict] = []
+    start_epoch = 1
+    if resume_payload is None:
+        prior.init_output_bias(codes["train"])
+    else:
+        prior.load_state_dict(resume_payload["model_state"])
+        optimizer.load_state_dict(resume_payload["optimizer_state"])
+        if scheduler is not None and resume_payload.get("scheduler_state"):
+            scheduler.load_state_dict(resume_payload["scheduler_state"])
+        stopper.load_state_dict(resume_payload["early_stopping"])
+        history = [dict(row) for row in resume_payload.get("history", [])]
+        start_epoch = int(resume_payload["epoch"]) + 1
+        restore_rng_state(resume_payload["rng_state"])
+
+    base_payload = plain({
+        "format_version": FORMAT_VERSION, "kind": "prior", "arch": prior_cfg["arch"], "config": prior_cfg,
+        "training": training, "layout": layout.to_dict(), "vqvae_checkpoint": checkpoint_path,
+        "vqvae": _vqvae_copy(vq_payload), "task": vq_payload["task"], "spatial_size": list(spatial),
+        "data_root": str(root), "seed": seed, "max_slices": max_slices, "versions": versions(),
+    })
+    out.mkdir(parents=True, exist_ok=True)
+    batch = int(training["batch_size"])
+    epochs_total = int(training["epochs"])
+    deadline = None if max_minutes is None else started + 60.0 * float(max_minutes)
+    bar = epoch_bar(progress, start_epoch, epochs_total)
+    stop_reason = "early_stopping" if stopper.stopped else ("epochs" if start_epoch > epochs_total else None)
+    train_codes = codes["train"]
+    try:
+        for epoch in range(start_epoch, epochs_total + 1):
+            if stop_reason:
+                break
+            if deadline is not None and time.monotonic() >= deadline and history:
+                stop_reason = "max_minutes"
+                break
+            t0 = time.monotonic()
+            train_bits, out_of_time = train_epoch(prior, train_codes, optimizer, training, device,
+                                                  seed * 100_003 + epoch, deadline)
+            if not math.isfinite(train_bits):
+                raise TrainingDiverged(f"the prior's loss became {train_bits} in epoch {epoch}; the last good "
+                                       "checkpoint is kept. Lower --lr")
+            val_bits = mean_nll_bits(prior, codes["validate"], batch, device)
+            lr_now = optimizer.param_groups[0]["lr"]
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_bits)
+            elif scheduler is not None:
+                scheduler.step()
+            row = {"epoch": epoch, "train_nll_bits": train_bits, "val_nll_bits": val_bits, "lr": lr_now,
+                   "seconds": time.monotonic() - t0}
+            history.append(row)
+            improved = stopper.update(val_bits, epoch)
+            if out_of_time:
+                stop_reason = "max_minutes"
+            elif stopper.stopped:
+                stop_reason = "early_stopping"
+            elif epoch == epochs_total:
+                stop_reason = "epochs"
+            state = {k: v.detach().to("cpu", copy=True) for k, v in prior.state_dict().items()}
+            payload = {**base_payload, "model_state": state, "epoch": epoch, "metrics": plain(row)}
+            if improved:
+                save_checkpoint(out / "best.pt", payload)
+            save_checkpoint(last_path, {
+                **payload, "optimizer_state": optimizer.state_dict(),
+                "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
+                "rng_state": capture_rng_state(), "early_stopping": stopper.state_dict(), "history": plain(history),
+                "finished": stop_reason is not None, "stop_reason": stop_reason, "best_epoch": stopper.best_epoch})
+            _write_history(out / "history.csv", history)
+            if bar is not None:
+                bar.set_postfix(train_bits=f"{row['train_nll_bits']:.3f}", val_bits=f"{val_bits:.3f}", refresh=False)
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if not (out / "best.pt").is_file():
+        raise TrainingDiverged("no epoch produced a finite validation NLL; no best.pt was written")
+    best = load_checkpoint(out / "best.pt", map_location="cpu")
+    prior.load_state_dict(best["model_state"])
+    metrics = {
+        "kind": "prior", "arch": prior_cfg["arch"], "layout": layout.describe(), "vocab_sizes": layout.vocab_sizes,
+        "codes_per_slice": int(layout.grid[0] * layout.grid[1] * layout.depth),
+        "val_nll_bits_per_code": mean_nll_bits(prior, codes["validate"], batch, device),
+        "test_nll_bits_per_code": mean_nll_bits(prior, codes["test"], batch, device),
+        "uniform_bits_per_code": sum(math.log2(k) for k in layout.vocab_sizes) / layout.depth,
+        "unigram_val_bits_per_code": unigram_bits(train_codes, codes["validate"], layout.vocab_sizes),
+        "n_train": len(codes["train"]), "n_val": len(codes["validate"]), "n_test": len(codes["test"]),
+        "best_epoch": int(best["epoch"]), "epochs_run": len(history), "stop_reason": stop_reason,
+        "checkpoint": checkpoint_path, "data_root": str(root), "seed": seed,
+        "parameters": sum(p.numel() for p in prior.parameters()),
+    }
+    metrics["test_bits_per_slice"] = metrics["test_nll_bits_per_code"] * metrics["codes_per_slice"]
+    write_text_atomic(out / "metrics.json", json.dumps(
+        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}, indent=1))
+    log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f)", metrics["val_nll_bits_per_code"],
+             metrics["test_nll_bits_per_code"], metrics["uniform_bits_per_code"])
+    return out
