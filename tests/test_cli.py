@@ -26,7 +26,7 @@ def test_cli_reference_is_up_to_date():
 
 
 def test_cli_reference_mentions_every_option_of_train():
-    doc = (ROOT / "docs" / "cli.md").read_text()
+    doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
     for option in ("--data", "--out", "--preset", "--task", "--epochs", "--max-minutes", "--spatial-size",
                    "--batch-size", "--lr", "--seed", "--patience", "--mask-ratio", "--device", "--resume",
                    "--set"):

@@ -35,7 +35,7 @@ def test_stale_or_half_written_phantom_is_replaced(tiny_default, tmp_path):
     root = tmp_path / "cache" / "demo-phantom"
     (root / "keras_slices_train").mkdir(parents=True)  # a half dataset without phantom.json
     assert cache.default_data_root() == root
-    info = json.loads((root / "phantom.json").read_text())
+    info = json.loads((root / "phantom.json").read_text(encoding="utf-8"))
     assert info["cases"] == 3 and len(tiny_default) == 1
     assert sorted(p.name for p in root.parent.iterdir()) == ["demo-phantom"]
 

@@ -29,7 +29,7 @@ def test_volumes_are_deterministic_and_independent_of_case_count():
 
 
 def test_synthesize_writes_hipmri_layout_with_quirks(phantom_root):
-    info = json.loads((phantom_root / "phantom.json").read_text())
+    info = json.loads((phantom_root / "phantom.json").read_text(encoding="utf-8"))
     assert info["cases"] == 4 and info["quirks"]["wide_256x144"] == ["001", 0]
     wide = nib.load(phantom_root / "keras_slices_train" / "case_001_week_0_slice_0.nii.gz")
     assert wide.shape == (256, 144)

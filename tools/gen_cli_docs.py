@@ -38,11 +38,11 @@ def main() -> int:
     check = "--check" in sys.argv[1:]
     text = render()
     if check:
-        if not DOC.exists() or DOC.read_text() != text:
+        if not DOC.exists() or DOC.read_text(encoding="utf-8") != text:
             print(f"{DOC} is stale: run python tools/gen_cli_docs.py", file=sys.stderr)
             return 1
         return 0
-    DOC.write_text(text)
+    DOC.write_text(text, encoding="utf-8")
     print(f"wrote {DOC}")
     return 0
 

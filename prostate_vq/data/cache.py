@@ -19,7 +19,7 @@ def cache_dir() -> Path:
 
 def _is_complete(root: Path) -> bool:
     try:
-        info = json.loads((root / "phantom.json").read_text())
+        info = json.loads((root / "phantom.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
     return info.get("phantom_version") == PHANTOM_VERSION

@@ -247,7 +247,7 @@ def synthesize(out, cases: int = 12, seed: int = 0, slices_per_volume: int = 24,
         info = {"phantom_version": PHANTOM_VERSION, "cases": cases, "seed": seed,
                 "slices_per_volume": slices_per_volume, "weeks": weeks, "splits": case_splits(cases),
                 "quirks": {name: list(where) for name, where in special.items()}}
-        (tmp / "phantom.json").write_text(json.dumps(info, indent=1) + "\n")
+        (tmp / "phantom.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # checked empty above
         os.replace(tmp, out)
