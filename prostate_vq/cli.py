@@ -12,9 +12,9 @@ import warnings
 from pathlib import Path
 
 from prostate_vq import __version__
+from prostate_vq.data.layout import TASKS
 from prostate_vq.errors import UserInputError
 
-TASKS = ("image", "mask", "joint")
 
 
 def _spatial(parser: argparse.ArgumentParser, default=None) -> None:

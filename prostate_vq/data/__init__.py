@@ -18,7 +18,7 @@ _LAZY = {
     "BatchAugment": "prostate_vq.data.transforms",
     "slice_transforms": "prostate_vq.data.transforms",
     "SliceDataset": "prostate_vq.data.dataset",
-    "TASKS": "prostate_vq.data.dataset",
+    "TASKS": "prostate_vq.data.layout",
     "make_dataset": "prostate_vq.data.dataset",
     "make_loader": "prostate_vq.data.dataset",
     "collate_batch": "prostate_vq.data.dataset",

@@ -15,11 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from prostate_vq.data.layout import SliceRecord, discover
+from prostate_vq.data.layout import TASKS, SliceRecord, discover
 from prostate_vq.data.transforms import GEOMETRY, INTENSITY_SCALING, BatchAugment, slice_transforms
 from prostate_vq.errors import UserInputError
 
-TASKS = ("image", "mask", "joint")
 
 
 class SliceDataset(Dataset):

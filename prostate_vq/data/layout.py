@@ -14,6 +14,7 @@ from prostate_vq.errors import DataError
 
 LABEL_NAMES = ("background", "body", "bones", "bladder", "rectum", "prostate")
 NUM_CLASSES = len(LABEL_NAMES)
+TASKS = ("image", "mask", "joint")  # image: reconstruct the slice; mask: the 6-class mask; joint: image in, both out
 SPLITS = ("train", "validate", "test")
 
 # Case ids are letters/digits/hyphens so that the underscore-separated name parses back unambiguously.

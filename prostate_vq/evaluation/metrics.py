@@ -17,16 +17,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from monai.metrics import PSNRMetric, SSIMMetric, compute_dice
+from monai.metrics import PSNRMetric, SSIMMetric
 
-try:  # the data helper owns the names; the fallback keeps this module importable on its own
-    from prostate_vq.data import LABEL_NAMES
-except ImportError:  # pragma: no cover - only while the data package is being written
-    LABEL_NAMES = ("background", "body", "bones", "bladder", "rectum", "prostate")
+from prostate_vq.data import LABEL_NAMES
+from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.training.validation import dice_per_slice as training_dice
 
 SSIM_THRESHOLD = 0.6
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
 
 
 
@@ -63,16 +60,12 @@ def reconstruction_per_slice(recon: torch.Tensor, image: torch.Tensor) -> dict[s
 
 
 def dice_per_slice(pred: torch.Tensor, target: torch.Tensor, num_classes: int = len(LABEL_NAMES)) -> torch.Tensor:
-    """Dice ``[B, C]`` of label maps ``[B, 1, H, W]`` (or ``[B, H, W]``); NaN where a class is in neither."""
+    """Dice ``[B, C]`` of label maps ``[B, 1, H, W]`` (or ``[B, H, W]``); NaN where a class is in neither.
+
+    The convention is the one training validates with (one implementation, so val and test agree)."""
     if pred.ndim == 3:
         pred, target = pred.unsqueeze(1), target.unsqueeze(1)
-    pred, target = pred.detach().long().cpu(), target.detach().long().cpu()
-    # ignore_empty=False scores "absent in reference, predicted anyway" as 0 (and both-empty as 1) ...
-    dice = compute_dice(pred, target, include_background=True, ignore_empty=False, num_classes=num_classes)
-    classes = torch.arange(num_classes).view(1, -1, 1, 1, 1)
-    present = ((pred.unsqueeze(1) == classes) | (target.unsqueeze(1) == classes)).flatten(2).any(-1)
-    # ... and both-empty is then marked "not scored" so it cannot inflate the mean.
-    return torch.where(present, dice.float(), torch.full_like(dice.float(), float("nan")))
+    return training_dice(pred.detach().long().cpu(), target.detach().long().cpu(), num_classes)
 
 
 # --- summaries ------------------------------------------------------------------------------

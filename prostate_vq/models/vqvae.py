@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prostate_vq.data.layout import NUM_CLASSES, TASKS
 from prostate_vq.errors import UserInputError
 
 from .networks import Decoder, Encoder
 from .quantizers import Quantizer, QuantizerOutput, build_quantizer
 
-NUM_CLASSES = 6  # background, body, bones, bladder, rectum, prostate (prostate_vq.data.NUM_CLASSES)
-TASKS = ("image", "mask", "joint")
 
 MODEL_DEFAULTS = {
     "architecture": "vqvae",   # or "vqvae2" (two-level top/bottom hierarchy)

@@ -14,7 +14,8 @@ from monai.metrics import compute_dice
 from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor
 
-NUM_CLASSES = 6
+from prostate_vq.data.layout import NUM_CLASSES
+
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
 
