@@ -18,7 +18,6 @@ Output folder:
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +27,10 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.prior.checks import sample_checks
 from prostate_vq.prior.codes import CodeLayout, model_from_payload, resolve_data_root
 from prostate_vq.prior.networks import build_prior
+from prostate_vq.reporting.figures import sample_grid
 
 SAMPLE_NAME = "case_sample_week_0_slice_{k}.nii.gz"
 SEG_NAME = "seg_sample_week_0_slice_{k}.nii.gz"
-GRID_MAX = 64
 
 
 def load_prior(path: str | Path, device: torch.device | str = "cpu"):
@@ -69,40 +68,6 @@ def _write_nifti(array: np.ndarray, path: Path) -> None:
     image = nib.Nifti1Image(array, np.eye(4))
     image.header.set_data_dtype(array.dtype)
     nib.save(image, str(path))
-
-
-def _grid(images, labels, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import ListedColormap
-
-    n = min(GRID_MAX, len(images if images is not None else labels))
-    cols = min(8, n)
-    rows = math.ceil(n / cols)
-    base = images if images is not None else labels
-    h, w = base.shape[-2:]
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols * w / h + 0.2, 1.6 * rows + 0.4), squeeze=False)
-    organs = ListedColormap(["#00000000", "#1f77b4", "#ffffff", "#ff7f0e", "#2ca02c", "#d62728"])
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k >= n:
-            continue
-        if images is not None:
-            ax.imshow(images[k, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-        if labels is not None:
-            label = labels[k, 0].numpy()
-            if images is not None:  # overlay the organs, not body/background
-                ax.imshow(np.ma.masked_where(label < 3, label), cmap=organs, vmin=0, vmax=5, alpha=0.45,
-                          interpolation="nearest")
-            else:
-                ax.imshow(label, cmap="tab10", vmin=0, vmax=9, interpolation="nearest")
-        ax.set_title(str(k), fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _stacked(dataset, key: str) -> torch.Tensor:
@@ -211,6 +176,6 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         "samples": records,
     }
     (out / "samples.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-    _grid(images, labels, out / "samples_grid.png",
+    sample_grid(images, labels, out / "samples_grid.png",
           f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}")
     return out

@@ -82,6 +82,31 @@ def segmentation_overlay(images, targets, preds, path, titles=None, suptitle: st
     return _save(fig, path)
 
 
+def sample_grid(images, labels, path, title: str, max_cells: int = 64) -> Path:
+    """Sampled slices, up to 8 a row: images with their organ labels over them, or label maps alone."""
+    base = images if images is not None else labels
+    n = min(max_cells, len(base))
+    cols = min(8, n)
+    rows = -(-n // cols)
+    fig, axes = _grid(rows, cols, cell=1.6, aspect=_aspect(np.asarray(base[0]).squeeze()))
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k >= n:
+            continue
+        if images is not None:
+            ax.imshow(np.asarray(images[k], dtype=np.float32).squeeze(), cmap="gray", vmin=0, vmax=1)
+        if labels is not None:
+            label = np.asarray(labels[k]).squeeze()
+            if images is not None:
+                ax.imshow(np.ma.masked_equal(label, 0), cmap=_LABEL_CMAP, vmin=0, vmax=len(_LABEL_COLOURS) - 1,
+                          alpha=0.45, interpolation="nearest")
+            else:
+                ax.imshow(label, cmap=_LABEL_CMAP, vmin=0, vmax=len(_LABEL_COLOURS) - 1, interpolation="nearest")
+        ax.set_title(str(k), fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
 def ssim_histogram(ssim, path, threshold: float = 0.6) -> Path:
     ssim = np.asarray(ssim, dtype=np.float64)
     fig = Figure(figsize=(5, 3.2))
