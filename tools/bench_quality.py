@@ -52,8 +52,10 @@ def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str
     from prostate_vq.training import TrainOptions, train
 
     start = time.monotonic()
+    # Time-bound like the stock model below: the budget, not the preset's epoch cap or patience, ends training.
     run = train(TrainOptions(out=out / "run", data=root, preset="default", task=task, max_minutes=minutes,
-                             spatial_size=spatial, device=device, seed=seed, max_slices=max_slices, progress=False))
+                             epochs=100_000, patience=100_000, spatial_size=spatial, device=device, seed=seed,
+                             max_slices=max_slices, progress=False))
     trained = time.monotonic() - start
     result = evaluate_checkpoint(run / "best.pt", data=root, split="test", out=out / "eval", device=device,
                                  max_slices=max_slices)
