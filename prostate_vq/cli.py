@@ -137,8 +137,7 @@ def cmd_sweep(args):
 def cmd_demo(args):
     from prostate_vq.workflows import demo
 
-    path = demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)
-    print(f"demo report: {path}")
+    demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)  # prints its own steps
 
 
 # --- generative prior -----------------------------------------------------------------------
