@@ -137,7 +137,8 @@ def cmd_sweep(args):
 def cmd_demo(args):
     from prostate_vq.workflows import demo
 
-    demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)  # prints its own steps
+    path = demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)
+    print(f"demo report: {path}")
 
 
 # --- generative prior -----------------------------------------------------------------------
