@@ -103,25 +103,26 @@ def images_per_second(step, x, steps: int, device: torch.device) -> float:
 
 
 def bench_train_throughput(quick: bool, device: torch.device) -> list[dict]:
+    """Per slice size: MONAI, default and v1-vq steps alternate round by round; medians of the rounds."""
     records = []
     batch = 8 if quick else 32
-    steps, rounds = (2, 1) if quick else (6, 3)
+    steps, rounds = (2, 1) if quick else (3, 3)
+    presets = ("default", "v1-vq")
     for size in ((128, 128), (256, 128)):
         x = torch.rand(batch, 1, *size, device=device)
-        peer_model = monai_vqvae().to(device)
-        peer_step = step_fn(peer_model, True, device)
-        peer_step(x)  # warm-up (allocations, k-means init)
-        for preset in ("default", "v1-vq"):
-            model = ours_model(preset).to(device)
-            our_step = step_fn(model, False, device)
-            our_step(x)
-            ours, peer = [], []
-            for _ in range(rounds):
-                ours.append(images_per_second(our_step, x, steps, device))
-                peer.append(images_per_second(peer_step, x, steps, device))
-            records.append(line(f"train_throughput_{size[0]}x{size[1]}_{preset}", statistics.median(ours),
-                                statistics.median(peer), "monai.networks.nets.VQVAE (64,128), 2 res, /4, K=512, D=64",
-                                "images/s", batch=batch, steps=steps * rounds, device=str(device),
+        contenders = {"peer": step_fn(monai_vqvae().to(device), True, device)}
+        contenders.update({p: step_fn(ours_model(p).to(device), False, device) for p in presets})
+        for step in contenders.values():
+            step(x)  # warm-up: allocations, k-means init
+        speed = {name: [] for name in contenders}
+        for _ in range(rounds):
+            for name, step in contenders.items():
+                speed[name].append(images_per_second(step, x, steps, device))
+        peer = statistics.median(speed["peer"])
+        for preset in presets:
+            records.append(line(f"train_throughput_{size[0]}x{size[1]}_{preset}", statistics.median(speed[preset]),
+                                peer, "monai.networks.nets.VQVAE (64,128), 2 res, /4, K=512, D=64", "images/s",
+                                batch=batch, steps=steps * rounds, device=str(device),
                                 threads=torch.get_num_threads()))
     return records
 
