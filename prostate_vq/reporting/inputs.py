@@ -142,12 +142,16 @@ def load_run(folder: Path) -> RunFolder:
     return RunFolder(folder, checkpoint, payload, history, summary, stop_reason)
 
 
-def load_eval(folder: Path) -> EvalFolder:
-    path = folder / "metrics.json"
+def _read_json(path: Path):
     try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise UserInputError(f"not valid JSON ({error})", path) from None
+
+
+def load_eval(folder: Path) -> EvalFolder:
+    path = folder / "metrics.json"
+    metrics = _read_json(path)
     missing = [k for k in REQUIRED_METRICS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise UserInputError(f"not a prostate-vq metrics file (missing {', '.join(missing)})", path)
@@ -155,11 +159,7 @@ def load_eval(folder: Path) -> EvalFolder:
 
 
 def load_samples(folder: Path) -> SampleFolder:
-    path = folder / "samples.json"
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise UserInputError(f"not valid JSON ({error})", path) from None
+    info = _read_json(folder / "samples.json")
     grid = folder / "samples_grid.png"
     return SampleFolder(folder, info if isinstance(info, dict) else {"samples": info},
                         grid if grid.is_file() else None)

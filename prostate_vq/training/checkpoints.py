@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,16 @@ def plain(value: Any) -> Any:
     return value
 
 
-def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write `payload` atomically: a crash mid-write leaves the previous file intact."""
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
+    """Write through a temporary file beside `path`, fsync it, then rename it over `path`: a crash
+    mid-write leaves the previous file intact and no half-written one (checkpoints, history, JSON)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+        with os.fdopen(fd, mode, **kwargs) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -49,7 +52,13 @@ def save_checkpoint(path: str | Path, payload: dict) -> Path:
             pass
         raise
     _fsync_dir(path.parent)
-    return path
+
+
+def save_checkpoint(path: str | Path, payload: dict) -> Path:
+    """Write `payload` atomically: a crash mid-write leaves the previous file intact."""
+    with atomic_open(path, "wb") as handle:
+        torch.save(payload, handle)
+    return Path(path)
 
 
 def _fsync_dir(folder: Path) -> None:

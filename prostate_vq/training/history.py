@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
+
+from prostate_vq.training.checkpoints import atomic_open
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_ssim", "val_dice", "codebook_usage_pct",
                    "perplexity", "dead_codes_restarted", "lr", "seconds")
@@ -34,15 +34,6 @@ def write_history(path: str | Path, rows: list[dict]) -> Path:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    with atomic_open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    return Path(path)
