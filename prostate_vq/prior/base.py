@@ -117,25 +117,36 @@ class CodePrior(nn.Module):
             drawn.append(torch.multinomial(probs, 1, generator=generator))
         return torch.cat(drawn, dim=1)
 
+    def _check_shape(self, h: int, w: int) -> None:
+        """Refuse code-map sizes the network cannot produce (the transformer's positions are finite)."""
+
     @torch.no_grad()
     def sample(self, n: int, shape: Sequence[int], temperature: float = 1.0,
                generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
         """Draw ``n`` code maps of ``shape = (h, w)`` position by position in raster order.
 
         Returns ``[n, h, w]`` (one level) or ``[n, h, w, depth]``. Reproducible for a seeded ``generator``
-        (which must live on ``device``). Each step re-runs the network on the rows the next output can
-        see (``receptive_rows``), which is exact because the network is causal.
+        (which must live on ``device``). Subclasses draw the same distribution faster by overriding ``_fill``.
         """
         self._check_sampling(n, temperature)
         h, w = (int(s) for s in shape)
+        self._check_shape(h, w)
         device = torch.device(device) if device is not None else self.offsets.device
         was_training = self.training
         self.eval()
         codes = torch.zeros(n, h, w, self.depth, dtype=torch.long, device=device)
+        try:
+            self._fill(codes, temperature, generator)
+        finally:
+            self.train(was_training)
+        return codes[..., 0] if self.depth == 1 else codes
+
+    def _fill(self, codes: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
+        """The reference sampler: each step re-runs the network on the rows the next output can see
+        (``receptive_rows``), which is exact because the network is causal. ``codes`` is ``[n, h, w, depth]``."""
+        h, w = codes.shape[1:3]
         for i in range(h):
             top = 0 if self.receptive_rows is None else max(0, i - self.receptive_rows)
             for j in range(w):
                 logits = self(codes[:, top:i + 1])[:, :, i - top, j]  # [n, sum K]
                 codes[:, i, j] = self._draw(logits, temperature, generator)
-        self.train(was_training)
-        return codes[..., 0] if self.depth == 1 else codes

@@ -82,28 +82,19 @@ class GatedPixelCNN(CodePrior):
             v, h = layer(v, h)
         return h
 
-    @torch.no_grad()
-    def sample(self, n: int, shape: Sequence[int], temperature: float = 1.0,
-               generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        """Raster sampling, same distribution as ``CodePrior.sample`` but much cheaper: the vertical stack
-        (rows above) is run once per row on the ``receptive_rows`` it can see, and only the one-row
-        horizontal stack is re-run per position."""
-        self._check_sampling(n, temperature)
-        h, w = (int(s) for s in shape)
-        device = torch.device(device) if device is not None else self.offsets.device
-        was_training = self.training
-        self.eval()
-        codes = torch.zeros(n, h, w, self.depth, dtype=torch.long, device=device)
+    def _fill(self, codes: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
+        """Same distribution as ``CodePrior._fill`` but much cheaper: the vertical stack (rows above) is run
+        once per row on the ``receptive_rows`` it can see, and only the one-row horizontal stack is re-run
+        per position."""
+        n, h, w = codes.shape[:3]
         for i in range(h):
-            links = self._row_links(codes[:, max(0, i - self.receptive_rows):i], n, w, device)
+            links = self._row_links(codes[:, max(0, i - self.receptive_rows):i], n, w, codes.device)
             for j in range(w):
                 x = self.embed_codes(codes[:, i:i + 1])  # [n, C, 1, w]; columns >= j are not seen
                 for layer, link in zip(self.layers, links):
                     x = layer.horizontal(x, link)
                 logits = self.head(x[..., j:j + 1])[:, :, 0, 0]
                 codes[:, i, j] = self._draw(logits, temperature, generator)
-        self.train(was_training)
-        return codes[..., 0] if self.depth == 1 else codes
 
     def _row_links(self, above: torch.Tensor, n: int, w: int, device) -> list[torch.Tensor]:
         """Each layer's vertical contribution ``v_to_h(v_down)`` to the next row, from the rows ``above`` it."""

@@ -88,25 +88,18 @@ class CodeTransformer(CodePrior):
         y = self.norm(x[:, -1])  # [n, C]
         return self.head(y[:, :, None, None])[:, :, 0, 0]  # the 1x1-conv head on one position
 
-    @torch.no_grad()
-    def sample(self, n: int, shape: Sequence[int], temperature: float = 1.0,
-               generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
-        """Raster-order sampling with a key/value cache (same distribution as ``CodePrior.sample``)."""
-        self._check_sampling(n, temperature)
-        h, w = (int(s) for s in shape)
+    def _check_shape(self, h: int, w: int) -> None:
         if h * w > self.max_positions:
             raise UserInputError(f"cannot sample {h}x{w} maps from a transformer built for "
                                  f"{self.max_positions} positions")
-        device = torch.device(device) if device is not None else self.offsets.device
-        was_training = self.training
-        self.eval()
-        codes = torch.zeros(n, h * w, self.depth, dtype=torch.long, device=device)
+
+    def _fill(self, codes: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
+        """Raster-order sampling with a key/value cache (same distribution as ``CodePrior._fill``)."""
+        n, h, w, _ = codes.shape
+        flat = codes.view(n, h * w, self.depth)  # shares storage with ``codes``
         caches: list[dict] = [{} for _ in self.blocks]
         x = self.start.expand(n, 1, self.dim) + self.position[:, :1]
         for t in range(h * w):
-            codes[:, t] = self._draw(self._step_logits(x, caches), temperature, generator)
+            flat[:, t] = self._draw(self._step_logits(x, caches), temperature, generator)
             if t + 1 < h * w:
-                x = self.embed(codes[:, t] + self.offsets).sum(1, keepdim=True) + self.position[:, t + 1:t + 2]
-        self.train(was_training)
-        codes = codes.view(n, h, w, self.depth)
-        return codes[..., 0] if self.depth == 1 else codes
+                x = self.embed(flat[:, t] + self.offsets).sum(1, keepdim=True) + self.position[:, t + 1:t + 2]
