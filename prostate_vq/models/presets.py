@@ -94,7 +94,8 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
 
 
 # Keys the training engine reads from a preset's `training` section.
-TRAINING_KEYS = ("lr", "batch_size", "epochs", "patience", "weight_decay", "grad_clip")
+TRAINING_KEYS = ("lr", "batch_size", "epochs", "patience", "patience_steps", "min_steps", "weight_decay",
+                 "grad_clip", "augment", "ssim_weight")
 
 
 def _number(value):

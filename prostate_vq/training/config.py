@@ -21,9 +21,12 @@ TRAINING_DEFAULTS = {
     "optimizer": "adam",        # adam | adamw
     "scheduler": "cosine",      # cosine | plateau | none
     "min_lr_ratio": 0.05,       # cosine floor as a share of lr
-    "patience": 10,
+    "patience": 10,             # validations without improvement before early stopping (<= 0: never stop)
+    "patience_steps": 0,        # ... and at least this many optimizer steps since the best one
+    "min_steps": 0,             # never stop early before this many optimizer steps
     "min_delta": 0.0,
     "l1_weight": 0.0,
+    "ssim_weight": 0.0,           # image tasks: weight of a 1 - SSIM term beside the MSE
     "dice_weight": 1.0,
     "seg_weight": 1.0,
     "grad_clip": None,            # max gradient norm, None = off
@@ -70,6 +73,11 @@ def check_training_config(training: dict, task: str) -> None:
         bad(f"--batch-size must be at least 1, got {training['batch_size']}")
     if not float(training["lr"]) > 0:
         bad(f"--lr must be positive, got {training['lr']}")
+    for key in ("patience_steps", "min_steps"):
+        if int(training[key]) < 0:
+            bad(f"training.{key} must be 0 or more, got {training[key]}")
+    if not float(training["ssim_weight"]) >= 0:
+        bad(f"training.ssim_weight must be 0 or more, got {training['ssim_weight']}")
     if not 0.0 <= float(training["mask_ratio"]) < 1.0:
         bad(f"--mask-ratio must be in [0, 1), got {training['mask_ratio']}")
     size = training["spatial_size"]

@@ -1,4 +1,9 @@
-"""Early stopping on one validation metric, with state that round-trips through last.pt."""
+"""Early stopping on one validation metric, with state that round-trips through last.pt.
+
+Patience is counted in optimizer steps as well as in validations: on a small dataset an epoch is a
+handful of steps, so "10 epochs" would stop a run after a few dozen updates. A run stops only when
+both counts are exhausted and it has trained for at least `min_steps` steps.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +17,13 @@ MONITOR_MODES = {"loss": "min", "ssim": "max", "dice": "max"}
 @dataclass
 class EarlyStopping:
     monitor: str = "loss"
-    patience: int = 10
+    patience: int = 10          # validations (epochs) without improvement; <= 0 disables early stopping
     min_delta: float = 0.0
+    patience_steps: int = 0     # optimizer steps since the best validation
+    min_steps: int = 0          # never stop before this many optimizer steps
     best: float | None = None
     best_epoch: int = 0
+    best_step: int = 0
     bad_epochs: int = 0
     stopped: bool = False
 
@@ -32,13 +40,15 @@ class EarlyStopping:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def update(self, value: float, epoch: int) -> bool:
-        """Record one epoch's metric; returns True when it is the new best (write best.pt)."""
+    def update(self, value: float, epoch: int, step: int | None = None) -> bool:
+        """Record one validation (after `step` optimizer steps in all); True when it is the new best."""
+        step = int(epoch if step is None else step)
         if self.improved(value):
-            self.best, self.best_epoch, self.bad_epochs = float(value), int(epoch), 0
+            self.best, self.best_epoch, self.best_step, self.bad_epochs = float(value), int(epoch), step, 0
             return True
         self.bad_epochs += 1
-        if self.patience is not None and self.patience > 0 and self.bad_epochs >= self.patience:
+        if (self.patience is not None and self.patience > 0 and self.bad_epochs >= self.patience
+                and step - self.best_step >= self.patience_steps and step >= self.min_steps):
             self.stopped = True
         return False
 
@@ -47,6 +57,6 @@ class EarlyStopping:
 
     def load_state_dict(self, state: dict) -> None:
         for key, value in state.items():
-            # monitor/patience/min_delta come from the (possibly changed) options of the resumed run
-            if hasattr(self, key) and key not in ("monitor", "patience", "min_delta"):
+            # the settings come from the (possibly changed) options of the resumed run
+            if hasattr(self, key) and key not in ("monitor", "patience", "min_delta", "patience_steps", "min_steps"):
                 setattr(self, key, value)

@@ -146,6 +146,7 @@ class _Run:
         self.out = Path(options.out)
         self.history: list[dict] = []
         self.start_epoch = 1
+        self.step = 0  # optimizer steps over the whole run (patience and min_steps count these)
 
     def release(self) -> None:
         """Drop the model (and its DDP wrapper), optimizer and data, even if a traceback keeps `self` alive."""
@@ -170,7 +171,8 @@ class _Run:
         model = build_model(self.cfg, self.task).to(device)
         if hasattr(model, "code_shape"):  # a spatial size the network cannot divide fails now, as exit 2
             model.code_shape(tuple(int(s) for s in training["spatial_size"]))
-        self.criterion = TaskLoss(self.task, training["l1_weight"], training["dice_weight"], training["seg_weight"])
+        self.criterion = TaskLoss(self.task, training["l1_weight"], training["dice_weight"], training["seg_weight"],
+                                  training["ssim_weight"])
         self.settings = StepSettings(device=device, channels_last=device.type == "cuda",
                                      mask_ratio=float(training["mask_ratio"]),
                                      mask_patch=downsample_factor(self.cfg, model),
@@ -186,7 +188,9 @@ class _Run:
         self.optimizer = make_optimizer(model, training)
         self.scheduler = make_scheduler(self.optimizer, training)
         self.stopper = EarlyStopping(monitor=training["monitor"], patience=int(training["patience"]),
-                                     min_delta=float(training["min_delta"]))
+                                     min_delta=float(training["min_delta"]),
+                                     patience_steps=int(training["patience_steps"]),
+                                     min_steps=int(training["min_steps"]))
         if self.resume is not None:
             self._restore(model)
         else:
@@ -232,6 +236,7 @@ class _Run:
             self.scheduler.load_state_dict(resume["scheduler_state"])
         self.stopper.load_state_dict(resume["early_stopping"])
         self.history = [dict(row) for row in resume.get("history", [])]
+        self.step = int(self.history[-1].get("step") or 0) if self.history else 0
         self.start_epoch = int(resume["epoch"]) + 1
         if "refit" in resume:
             self.extra_payload["refit"] = resume["refit"]
@@ -258,7 +263,7 @@ class _Run:
                     stop_reason = "max_minutes"
                     break
                 row, metrics, out_of_time, val_seconds = self._epoch(epoch, epochs)
-                improved = self.stopper.update(metrics[MONITOR_KEYS[self.training["monitor"]]], epoch)
+                improved = self.stopper.update(metrics[MONITOR_KEYS[self.training["monitor"]]], epoch, self.step)
                 stop_reason = ("max_minutes" if out_of_time else "early_stopping" if self.stopper.stopped
                                else "epochs" if epoch == epochs else None)
                 if self.dist.is_main:
@@ -294,6 +299,7 @@ class _Run:
         finally:
             if bar is not None:
                 bar.close()
+        self.step += result.steps
         restarted = restarted_codes(self.model)
         t_val = time.monotonic()
         val_loader = make_loader(self.val_ds, self.batch_size, train=False, seed=self.seed, epoch=epoch,
@@ -312,7 +318,9 @@ class _Run:
         row = {"epoch": epoch, "train_loss": result.train_loss, "val_loss": metrics["val_loss"],
                "val_ssim": metrics["val_ssim"], "val_dice": metrics["val_dice"],
                "codebook_usage_pct": metrics["codebook_usage_pct"], "perplexity": metrics["perplexity"],
-               "dead_codes_restarted": restarted, "lr": lr, "seconds": time.monotonic() - t0}
+               "dead_codes_restarted": restarted, "lr": lr, "seconds": time.monotonic() - t0,
+               "train_quantizer_loss": result.train_quantizer_loss,
+               "val_quantizer_loss": metrics["val_quantizer_loss"], "step": self.step}
         self.history.append(row)
         return row, metrics, result.out_of_time, val_seconds
 

@@ -11,6 +11,7 @@ import torch
 
 from prostate_vq.errors import TrainingDiverged
 from prostate_vq.training.distributed import DistContext, all_reduce_sum, unwrap
+from prostate_vq.training.losses import split_loss
 from prostate_vq.training.masking import mask_patches
 from prostate_vq.training.runtime import autocast, to_device
 from prostate_vq.training.validation import ValidationAccumulator
@@ -33,6 +34,7 @@ class EpochResult:
     train_loss: float
     steps: int
     out_of_time: bool
+    train_quantizer_loss: float = math.nan  # the quantizer's auxiliary terms alone (inside train_loss)
 
 
 def _model_input(model, batch: dict, settings: StepSettings):
@@ -55,19 +57,21 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
     model.train()
     device = settings.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    aux_sum = torch.zeros((), dtype=torch.float64, device=device)
     steps, out_of_time = 0, False
     for step, batch in enumerate(loader, start=1):
         x, image, label = _model_input(model, batch, settings)
         x = mask_patches(x, settings.mask_ratio, settings.mask_patch)
         with autocast(device):
             output = model(x)
-            loss, _ = criterion(output, image, label)
+            loss, parts = criterion(output, image, label)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
         loss_sum += loss.detach().double()
+        aux_sum += split_loss(parts)[1].detach().double()
         steps = step
         late = settings.deadline is not None and time.monotonic() >= settings.deadline
         if step % settings.sync_every == 0 or (late and not settings.dist.enabled):
@@ -85,18 +89,19 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
             bar.update(1)
         if out_of_time:
             break
-    totals = torch.stack([loss_sum, loss_sum.new_tensor(float(steps))])
+    totals = torch.stack([loss_sum, aux_sum, loss_sum.new_tensor(float(steps))])
     totals = all_reduce_sum(totals, settings.dist)
-    loss_total, step_total = totals.tolist()
+    loss_total, aux_total, step_total = totals.tolist()
     train_loss = loss_total / step_total if step_total else math.nan
     if not math.isfinite(train_loss):
         raise _diverged(train_loss, epoch, steps)
-    return EpochResult(train_loss=train_loss, steps=steps, out_of_time=out_of_time)
+    return EpochResult(train_loss=train_loss, steps=steps, out_of_time=out_of_time,
+                       train_quantizer_loss=aux_total / step_total if step_total else math.nan)
 
 
 @torch.no_grad()
 def validate(model, loader, criterion, settings: StepSettings) -> dict:
-    """Validation loss, SSIM, Dice and code statistics over the whole split (all ranks together)."""
+    """Validation task loss (no quantizer terms), quantizer loss, SSIM, Dice and code statistics over the whole split (all ranks together)."""
     model.eval()
     core = unwrap(model)
     acc = ValidationAccumulator(core.num_codes, settings.device)
@@ -104,8 +109,9 @@ def validate(model, loader, criterion, settings: StepSettings) -> dict:
         x, image, label = _model_input(model, batch, settings)
         with autocast(settings.device):
             output = core(x)  # no DDP forward: nothing to synchronise in eval
-            loss, _ = criterion(output, image, label)
-        acc.add(loss, output, image, label, core.code_counts(output.indices))
+            _, parts = criterion(output, image, label)
+        task_loss, quantizer_loss = split_loss(parts)
+        acc.add(task_loss, output, image, label, core.code_counts(output.indices), quantizer_loss)
     totals = all_reduce_sum(acc.totals(), settings.dist)
     return acc.compute(totals)
 

@@ -46,15 +46,20 @@ class ValidationAccumulator:
         self.slices = 0  # host-side counts: no device round trip per batch
         self.ssim_slices = 0
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.quantizer_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.ssim_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.dice_sum = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.dice_count = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.counts = torch.zeros(self.num_codes, dtype=torch.float64, device=device)
 
-    def add(self, loss: Tensor, output, image: Tensor, label: Tensor | None, code_counts: Tensor) -> None:
+    def add(self, loss: Tensor, output, image: Tensor, label: Tensor | None, code_counts: Tensor,
+            quantizer_loss: Tensor | None = None) -> None:
+        """`loss` is the task loss (what selection uses); `quantizer_loss` the auxiliary terms, logged apart."""
         n = image.shape[0]
         self.slices += n
         self.loss_sum += loss.detach().double() * n
+        if quantizer_loss is not None:
+            self.quantizer_sum += quantizer_loss.detach().double() * n
         if output.recon is not None:
             self.ssim_sum += ssim_per_slice(output.recon.detach(), image).double().sum()
             self.ssim_slices += n
@@ -66,18 +71,18 @@ class ValidationAccumulator:
         self.counts += code_counts.to(self.counts.device).double()
 
     def totals(self) -> Tensor:
-        """[loss_sum, slices, ssim_sum, ssim_slices, dice_sum (C), dice_count (C), code counts (K)]."""
+        """[loss_sum, slices, ssim_sum, ssim_slices, quantizer_sum, dice_sum (C), dice_count (C), code counts (K)]."""
         host = torch.tensor([float(self.slices), float(self.ssim_slices)], dtype=torch.float64, device=self.device)
-        return torch.cat([self.loss_sum[None], host[:1], self.ssim_sum[None], host[1:], self.dice_sum,
-                          self.dice_count, self.counts])
+        return torch.cat([self.loss_sum[None], host[:1], self.ssim_sum[None], host[1:], self.quantizer_sum[None],
+                          self.dice_sum, self.dice_count, self.counts])
 
     def compute(self, totals: Tensor | None = None) -> dict:
         """Final metrics from (possibly all-reduced) totals: one host transfer."""
         t = (self.totals() if totals is None else totals).cpu()
         c = self.num_classes
-        loss_sum, loss_n, ssim_sum, ssim_n = t[:4].tolist()
-        dice_sum, dice_count = t[4:4 + c], t[4 + c:4 + 2 * c]
-        counts = t[4 + 2 * c:]
+        loss_sum, loss_n, ssim_sum, ssim_n, quantizer_sum = t[:5].tolist()
+        dice_sum, dice_count = t[5:5 + c], t[5 + c:5 + 2 * c]
+        counts = t[5 + 2 * c:]
         per_class = torch.where(dice_count > 0, dice_sum / dice_count.clamp(min=1), torch.full_like(dice_sum, math.nan))
         foreground = per_class[1:]
         foreground = foreground[~torch.isnan(foreground)]
@@ -86,6 +91,7 @@ class ValidationAccumulator:
         entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
         return {
             "val_loss": loss_sum / loss_n if loss_n else math.nan,
+            "val_quantizer_loss": quantizer_sum / loss_n if loss_n else math.nan,
             "val_ssim": ssim_sum / ssim_n if ssim_n else math.nan,
             "val_dice": float(foreground.mean()) if foreground.numel() else math.nan,
             "val_dice_per_class": per_class.tolist(),
