@@ -224,7 +224,7 @@ def test_entropy_regulariser():
 
 def test_soft_quantizer_trains_soft_and_evaluates_hard():
     torch.manual_seed(0)
-    q = build_quantizer({"kind": "soft", "codebook_size": 8, "temperature": 1.0}, 2)
+    q = build_quantizer({"kind": "soft", "codebook_size": 8, "temperature": 1.0, "hard_forward": False}, 2)
     z = torch.randn(1, 2, 3, 3)
     hard = q.eval()(z)
     codes = q.codebook[hard.indices.reshape(-1)]
@@ -233,6 +233,42 @@ def test_soft_quantizer_trains_soft_and_evaluates_hard():
     assert not torch.allclose(soft.quantized, hard.quantized)
     soft.quantized.pow(2).sum().backward()  # reconstruction-like loss only, no aux losses
     assert q.embedding.grad is not None and q.embedding.grad.abs().sum() > 0
+
+
+def test_soft_hard_forward_decodes_the_hard_codes_with_soft_gradients():
+    torch.manual_seed(0)
+    q = build_quantizer({"kind": "soft", "codebook_size": 8, "temperature": 1.0}, 2)
+    z = torch.randn(1, 2, 3, 3)
+    hard = q.eval()(z)
+    train = q.train()(z)
+    assert torch.allclose(train.quantized, hard.quantized, atol=1e-6)  # training decodes what evaluation decodes
+    train.quantized.pow(2).sum().backward()
+    assert (q.embedding.grad.abs().sum(1) > 0).sum() > len(hard.indices.unique())  # unused codes learn too
+
+
+def test_soft_assignment_is_not_uniform_at_initialisation():
+    """Old behaviour: the temperature scaled raw squared distances to codes initialised in +-1/K, every code
+    was equally far, the softmax uniform (max weight 1/K) and the decoder input a constant."""
+    torch.manual_seed(0)
+    q = build_quantizer({"kind": "soft", "codebook_size": 512, "temperature": 0.1}, 64).train()
+    q.hard_forward = False  # the decoder sees the soft mixture
+    z = torch.randn(4, 64, 8, 8)
+    out = q(z)
+    x = q.project(z)
+    probs, _ = q.assignment(x, q.codebook)
+    assert probs.max(1).values.mean() > 20 / 512
+    spread = out.quantized.std(dim=(0, 2, 3)).mean() / out.quantized.abs().mean()
+    assert spread > 0.3  # positions get different vectors
+
+
+def test_rq_has_one_straight_through_on_the_sum():
+    """Old behaviour: one straight-through per level multiplied the encoder's gradient by the depth."""
+    for depth in (1, 2, 4):
+        torch.manual_seed(0)
+        q = build_quantizer({"kind": "rq", "codebook_size": 16, "depth": depth}, DIM).train()
+        z = torch.randn(2, DIM, 4, 4, requires_grad=True)
+        q(z).quantized.sum().backward()
+        assert torch.allclose(z.grad, torch.ones_like(z)), depth
 
 
 def test_bad_quantizer_config():

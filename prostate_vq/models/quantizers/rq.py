@@ -1,7 +1,9 @@
 """Residual quantisation (RQ-VAE, Lee et al. 2022) via vector-quantize-pytorch's ResidualVQ.
 
 `depth` EMA codebooks quantise the successive residuals; the codes of a position are its `depth`
-indices, returned as [B, depth, h, w] (coarse to fine).
+indices, returned as [B, depth, h, w] (coarse to fine). As in the paper, one straight-through estimator
+carries the gradient past the summed codes: the library's per-level estimators would multiply the
+encoder's gradient by the depth.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ class ResidualQuantizer(Quantizer):
                  codebook_dim: int | None = None, l2_normalize: bool = False, dead_code_threshold: float = 0.0,
                  kmeans_init: bool = False, shared_codebook: bool = False):
         super().__init__()
+        if codebook_dim not in (None, dim):
+            raise ValueError("rq: codebook_dim must equal the embedding dimension (one straight-through "
+                             "estimator on the sum of the codes needs codes in the encoder's space)")
         self.depth = depth
         self.level_size = codebook_size
         self.codebook_size = codebook_size
@@ -27,7 +32,7 @@ class ResidualQuantizer(Quantizer):
             shared_codebook=shared_codebook, decay=decay, commitment_weight=beta,
             use_cosine_sim=l2_normalize, kmeans_init=kmeans_init,
             threshold_ema_dead_code=self.dead_code_threshold,
-            rotation_trick=False,  # plain straight-through per level
+            rotation_trick=False,  # plain straight-through; replaced by one on the sum in forward()
             sync_kmeans=False)  # the library's cross-rank sampling races; see ema.py
 
     @property
@@ -44,7 +49,10 @@ class ResidualQuantizer(Quantizer):
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
-        q, indices, commit = self.rvq(to_vectors(z).reshape(b, h * w, -1))
+        x = to_vectors(z).reshape(b, h * w, -1)
+        q, indices, commit = self.rvq(x)
+        if self.training:
+            q = x + (q - x).detach()  # one straight-through on the sum (RQ-VAE, Lee et al. 2022)
         losses = {"commitment": commit.sum()} if self.training else {}
         if self.training:
             broadcast_buffers(self)
