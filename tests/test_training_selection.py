@@ -75,3 +75,23 @@ def test_history_logs_quantizer_terms_and_steps(phantom_root, tmp_path, tiny_spa
         assert float(row["train_quantizer_loss"]) > 0
         assert float(row["val_quantizer_loss"]) > 0
         assert float(row["train_loss"]) > float(row["train_quantizer_loss"])
+
+
+def test_ssim_loss_matches_monai_ssim():
+    from monai.losses import SSIMLoss
+
+    from prostate_vq.training.losses import ssim_mean
+
+    torch.manual_seed(0)
+    x, y = torch.rand(3, 1, 40, 24), torch.rand(3, 1, 40, 24)
+    y = (0.7 * x + 0.3 * y).clamp(0, 1)
+    monai = 1 - SSIMLoss(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=11, kernel_sigma=1.5)(x, y)
+    assert abs(ssim_mean(x, y).item() - monai.item()) < 1e-5
+
+
+def test_ssim_weight_adds_a_task_term():
+    image = torch.rand(2, 1, 32, 16)
+    out = type("Out", (), {"recon": 0.8 * image + 0.1, "seg_logits": None, "aux_losses": {}})()
+    total, parts = TaskLoss("image", ssim_weight=0.5)(out, image, None)
+    assert set(parts) == {"mse", "ssim"} and 0 < parts["ssim"].item() < 0.25
+    assert split_loss(parts)[1].item() == 0  # a task term: selection sees it

@@ -24,6 +24,7 @@ MODEL_DEFAULTS = {
     "res_channels": 32,
     "embedding_dim": 64,       # D: encoder output channels fed to the quantizer
     "dlcr_stages": 0,          # >0: dense channel-reduction head instead of one 1x1 conv
+    "top_codebook_size": None,  # vqvae2: K of the top level (None: the quantizer's codebook_size)
 }
 
 
@@ -146,7 +147,9 @@ class VQVAE2(VQVAE):
         top_ch = ch[-1]
         self.encoder = Encoder(in_channels, ch, self.downsample, out_channels=top_ch, **net)
         self.encoder_top = Encoder(top_ch, [top_ch], 2, out_channels=d, **net)
-        self.quantizer_top: Quantizer = build_quantizer(quantizer_cfg, d)
+        top_size = cfg.get("top_codebook_size")
+        top_cfg = {**quantizer_cfg, "codebook_size": int(top_size)} if top_size else quantizer_cfg
+        self.quantizer_top: Quantizer = build_quantizer(top_cfg, d)
         self.decoder_top = Decoder(d, [top_ch], 2, out_channels=d, **net)
         self.pre_bottom = nn.Conv2d(top_ch + d, d, 1)
         self.quantizer: Quantizer = build_quantizer(quantizer_cfg, d)
