@@ -73,13 +73,18 @@ def test_reference_grid_matches_the_table():
         assert cfg["quantizer"]["kind"] == "vq"
     v1, v2 = get_preset("v1-vq"), get_preset("v2-refit")
     assert v2["refit"]["codebook_size"] == 256 and v2["model"] == v1["model"] and v2["quantizer"] == v1["quantizer"]
-    assert get_preset("fsq")["quantizer"]["levels"] == [8, 5, 5, 5]
+    assert get_preset("fsq")["quantizer"]["levels"] == [8, 8, 8]  # 512 implicit codes: the family's rate
+    for name, k in (("model200", 256), ("model201", 128)):  # ReFiT of model100
+        cfg = get_preset(name)
+        assert cfg["refit"]["codebook_size"] == k
+        assert {s: cfg[s] for s in ("model", "quantizer")} == {s: get_preset("model100")[s] for s in ("model", "quantizer")}
 
 
 def test_get_preset_is_a_deep_copy_and_unknown_names_fail():
     cfg = get_preset("v1-vq")
     cfg["model"]["channels"].append(1)
-    assert get_preset("v1-vq")["model"]["channels"] == [64, 128]
+    assert get_preset("v1-vq")["model"]["channels"] == [32, 64]
+    assert get_preset("l2-codes")["model"]["channels"] == [32, 64]  # presets sharing a YAML anchor stay apart
     with pytest.raises(UserInputError, match="valid presets: default"):
         get_preset("nope")
 
@@ -124,8 +129,9 @@ def test_encode_decode_round_trip(name):
     assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
 
 
-def test_encode_does_not_update_a_training_model():
-    model = build_model(apply_overrides(get_preset("v3-ema"), TINY), "image").train()
+@pytest.mark.parametrize("name", ["v3-ema", "v4-rq"])
+def test_encode_does_not_update_a_training_model(name):
+    model = build_model(apply_overrides(get_preset(name), TINY), "image").train()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     model.encode(_batch()["image"])
     assert model.training and all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
@@ -148,7 +154,8 @@ def test_refit_flow_resizes_and_reloads():
 
 
 def test_vqvae2_counts_both_levels():
-    model = build_model(apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=16"]), "image")
+    model = build_model(apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=16",
+                                                                      "model.top_codebook_size=16"]), "image")
     indices = model.encode(_batch()["image"])
     assert indices.shape == (2, 2, 8, 8)
     assert torch.equal(indices[:, 0, ::2, ::2].repeat_interleave(2, 1).repeat_interleave(2, 2), indices[:, 0])
@@ -185,3 +192,25 @@ def test_summary_reports_parameters():
     assert "Mult-Adds" in text and "[1, 6, 32, 32]" in text and "code map [8, 8]" in text
     with pytest.raises(UserInputError):
         model_summary("v1-vq", spatial_size=(30, 32))
+
+
+def test_vqvae2_top_level_has_its_own_codebook_size():
+    model = build_model(apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=8",
+                                                                      "model.top_codebook_size=32"]), "image")
+    assert (model.quantizer_top.codebook_size, model.quantizer.codebook_size, model.num_codes) == (32, 8, 40)
+
+
+def test_variant_family_varies_only_the_quantizer():
+    """Issue 11: a variant comparison compares quantizers, not backbones or recipes."""
+    family = ["default", "v1-vq", "v2-refit", "v3-ema", "l2-codes", "entropy", "soft", "fsq", "lfq", "v4-rq", "vqvae2"]
+    base = get_preset("v1-vq")
+    for name in family:
+        cfg = get_preset(name)
+        assert cfg["training"] == base["training"], name
+        model = {k: v for k, v in cfg["model"].items() if k not in ("architecture", "top_codebook_size")}
+        same = {k: v for k, v in base["model"].items() if k not in ("architecture", "top_codebook_size")}
+        if name == "v4-rq":  # its equal-rate form: 4 levels at /8 (one more stride-2 stage, same widths)
+            assert model["downsample"] == 8 and model["channels"][:2] == same["channels"]
+            model = {k: v for k, v in model.items() if k not in ("downsample", "channels")}
+            same = {k: v for k, v in same.items() if k not in ("downsample", "channels")}
+        assert model == same, name

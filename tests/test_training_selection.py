@@ -95,3 +95,18 @@ def test_ssim_weight_adds_a_task_term():
     total, parts = TaskLoss("image", ssim_weight=0.5)(out, image, None)
     assert set(parts) == {"mse", "ssim"} and 0 < parts["ssim"].item() < 0.25
     assert split_loss(parts)[1].item() == 0  # a task term: selection sees it
+
+
+def test_warmup_scales_the_first_steps_and_restores_the_schedule():
+    from prostate_vq.training.loop import _step_with_warmup
+
+    param = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([param], lr=1.0)
+    moves = []
+    for step in (1, 2, 4, 5):
+        param.grad = torch.ones(1)
+        before = param.item()
+        _step_with_warmup(optimizer, step, warmup_steps=4)
+        moves.append(before - param.item())
+    assert moves == [0.25, 0.5, 1.0, 1.0]
+    assert optimizer.param_groups[0]["lr"] == 1.0

@@ -18,8 +18,9 @@ SECTIONS = ("description", "model", "quantizer", "training", "refit")
 
 @lru_cache(maxsize=1)
 def _presets() -> dict:
+    """name -> preset; keys starting with "_" are shared YAML fragments (anchors), not presets."""
     text = resources.files(__package__).joinpath("presets.yaml").read_text(encoding="utf-8")
-    return yaml.safe_load(text)
+    return {name: cfg for name, cfg in yaml.safe_load(text).items() if not name.startswith("_")}
 
 
 def list_presets() -> list[tuple[str, str]]:
@@ -95,7 +96,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
 
 # Keys the training engine reads from a preset's `training` section.
 TRAINING_KEYS = ("lr", "batch_size", "epochs", "patience", "patience_steps", "min_steps", "weight_decay",
-                 "grad_clip", "augment", "ssim_weight")
+                 "grad_clip", "augment", "ssim_weight", "warmup_steps")
 
 
 def _number(value):

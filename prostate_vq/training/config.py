@@ -21,6 +21,7 @@ TRAINING_DEFAULTS = {
     "optimizer": "adam",        # adam | adamw
     "scheduler": "cosine",      # cosine | plateau | none
     "min_lr_ratio": 0.05,       # cosine floor as a share of lr
+    "warmup_steps": 0,          # linear learning-rate warmup over the first optimizer steps
     "patience": 10,             # validations without improvement before early stopping (<= 0: never stop)
     "patience_steps": 0,        # ... and at least this many optimizer steps since the best one
     "min_steps": 0,             # never stop early before this many optimizer steps
@@ -73,7 +74,7 @@ def check_training_config(training: dict, task: str) -> None:
         bad(f"--batch-size must be at least 1, got {training['batch_size']}")
     if not float(training["lr"]) > 0:
         bad(f"--lr must be positive, got {training['lr']}")
-    for key in ("patience_steps", "min_steps"):
+    for key in ("patience_steps", "min_steps", "warmup_steps"):
         if int(training[key]) < 0:
             bad(f"training.{key} must be 0 or more, got {training[key]}")
     if not float(training["ssim_weight"]) >= 0:

@@ -176,7 +176,8 @@ class _Run:
         self.settings = StepSettings(device=device, channels_last=device.type == "cuda",
                                      mask_ratio=float(training["mask_ratio"]),
                                      mask_patch=downsample_factor(self.cfg, model),
-                                     grad_clip=training.get("grad_clip"), dist=self.dist)
+                                     grad_clip=training.get("grad_clip"), dist=self.dist,
+                                     warmup_steps=int(training["warmup_steps"]))
         self.batch_size = int(training["batch_size"])
         self.writer = RunWriter(self.out, self.dist.is_main, self.options.tensorboard)  # inputs checked by now
         if init is not None and self.resume is None:
@@ -294,6 +295,7 @@ class _Run:
                              num_workers=self.options.num_workers, dist_ctx=self.dist,
                              pin_memory=self.device.type == "cuda")
         bar = step_bar(self.options.progress and self.dist.is_main, len(loader), epoch, epochs)
+        self.settings.steps_before = self.step
         try:
             result = train_one_epoch(self.model, loader, self.criterion, self.optimizer, self.settings, epoch, bar)
         finally:

@@ -26,6 +26,8 @@ class StepSettings:
     grad_clip: float | None = None
     sync_every: int = 20
     deadline: float | None = None  # time.monotonic() value after which no new step starts
+    warmup_steps: int = 0  # linear learning-rate warmup over the run's first optimizer steps
+    steps_before: int = 0  # optimizer steps of the run before this epoch (the engine sets it)
     dist: DistContext = field(default_factory=DistContext)
 
 
@@ -53,6 +55,20 @@ def _diverged(value: float, epoch: int, step: int) -> TrainingDiverged:
                             "training stopped. Lower --lr or check the data")
 
 
+def _step_with_warmup(optimizer, step: int, warmup_steps: int) -> None:
+    """optimizer.step() at lr x step / warmup_steps during the warmup: the encoder then cannot outrun a
+    codebook that Adam moves by about lr per step (the first steps' large gradients blow latents away)."""
+    if step >= warmup_steps:
+        optimizer.step()
+        return
+    scheduled = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = group["lr"] * step / warmup_steps
+    optimizer.step()
+    for group, lr in zip(optimizer.param_groups, scheduled):
+        group["lr"] = lr
+
+
 def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings, epoch: int, bar=None) -> EpochResult:
     model.train()
     device = settings.device
@@ -69,7 +85,7 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
         loss.backward()
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
+        _step_with_warmup(optimizer, settings.steps_before + step, settings.warmup_steps)
         loss_sum += loss.detach().double()
         aux_sum += split_loss(parts)[1].detach().double()
         steps = step

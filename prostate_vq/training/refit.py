@@ -29,6 +29,7 @@ from prostate_vq.training.runtime import autocast
 
 log = logging.getLogger("prostate_vq.training")
 
+REFIT_DEAD_CODE_THRESHOLD = 1.0  # usage EMA below which a code is restarted during fine-tuning (`refit.dead_code_threshold`)
 MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipMRI train split has ~23 M)
 
 
@@ -51,6 +52,10 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     cfg = copy.deepcopy(base["config"])
     refit_cfg = cfg.get("refit") or {}
     cfg["quantizer"]["codebook_size"] = int(codebook_size)
+    # Fine-tuning moves the encoder away from the k-means centroids; codes that fall out of use are
+    # re-seeded from current encoder outputs, so the re-built codebook stays in use (reference: 100%).
+    restart = float(refit_cfg.get("dead_code_threshold", REFIT_DEAD_CODE_THRESHOLD))
+    cfg["quantizer"]["dead_code_threshold"] = max(restart, float(cfg["quantizer"].get("dead_code_threshold") or 0))
     training = cfg["training"]
     training["epochs"] = int(epochs or refit_cfg.get("epochs") or training["epochs"])
     if refit_cfg.get("lr"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -77,6 +78,20 @@ def entropy_loss(neg_distance: Tensor, temperature: float) -> Tensor:
     mean_p = p.mean(0)
     batch = -(mean_p * torch.log(mean_p.clamp(min=1e-12))).sum()
     return per_vector - batch
+
+
+@contextlib.contextmanager
+def no_lazy_init(codebooks, active: bool):
+    """vector-quantize-pytorch k-means-initialises a codebook on its first forward, even in eval mode;
+    evaluation (`active`) must not change the model, so uninitialised codebooks pass through unchanged."""
+    pending = [cb for cb in codebooks if active and not bool(cb.initted)]
+    for cb in pending:
+        cb.initted.fill_(True)
+    try:
+        yield
+    finally:
+        for cb in pending:
+            cb.initted.fill_(False)
 
 
 def is_distributed() -> bool:

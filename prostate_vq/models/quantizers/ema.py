@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
-from .base import Quantizer, QuantizerOutput, broadcast_buffers, to_map, to_vectors
+from .base import Quantizer, QuantizerOutput, broadcast_buffers, no_lazy_init, to_map, to_vectors
 
 
 class EMAQuantizer(Quantizer):
@@ -73,7 +73,8 @@ class EMAQuantizer(Quantizer):
     def forward(self, z: Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
         x = to_vectors(z).reshape(b, h * w, -1)
-        q, indices, _, breakdown = self.vq(x, return_loss_breakdown=True)
+        with no_lazy_init([self._codebook], not self.training):
+            q, indices, _, breakdown = self.vq(x, return_loss_breakdown=True)
         losses = {}
         if self.training:
             broadcast_buffers(self)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from vector_quantize_pytorch import ResidualVQ
 
-from .base import Quantizer, QuantizerOutput, broadcast_buffers, code_counts, to_map, to_vectors
+from .base import Quantizer, QuantizerOutput, broadcast_buffers, code_counts, no_lazy_init, to_map, to_vectors
 
 
 class ResidualQuantizer(Quantizer):
@@ -50,7 +50,8 @@ class ResidualQuantizer(Quantizer):
     def forward(self, z: Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
         x = to_vectors(z).reshape(b, h * w, -1)
-        q, indices, commit = self.rvq(x)
+        with no_lazy_init([layer._codebook for layer in self.rvq.layers], not self.training):
+            q, indices, commit = self.rvq(x)
         if self.training:
             q = x + (q - x).detach()  # one straight-through on the sum (RQ-VAE, Lee et al. 2022)
         losses = {"commitment": commit.sum()} if self.training else {}
