@@ -97,7 +97,9 @@ def test_same_seed_same_metrics(options):
 
 def test_early_stopping_and_best_checkpoint(options):
     # min_delta 1.0: no epoch after the first can count as an improvement, patience 2 -> stop after 3.
-    run = train(options(epochs=20, patience=2, extra_overrides=["training.min_delta=1.0"]))
+    # (the preset's step-based patience and minimum length are switched off: this tests the epoch count)
+    run = train(options(epochs=20, patience=2, extra_overrides=["training.min_delta=1.0", "training.min_steps=0",
+                                                                "training.patience_steps=0"]))
     assert len(read_history(run)) == 3
     last = load_checkpoint(run / "last.pt")
     assert last["stop_reason"] == "early_stopping" and last["early_stopping"]["stopped"]
