@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from prostate_vq.training.checkpoints import atomic_open
+from prostate_vq.files import write_text_atomic  # noqa: F401 - also imported from here
 
 HISTORY_COLUMNS = ("epoch", "train_loss", "val_loss", "val_ssim", "val_dice", "codebook_usage_pct",
                    "perplexity", "dead_codes_restarted", "lr", "seconds")
@@ -31,9 +31,3 @@ def write_history(path: str | Path, rows: list[dict]) -> Path:
         writer.writerow({key: _cell(row.get(key)) for key in HISTORY_COLUMNS})
     write_text_atomic(path, buffer.getvalue())
     return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return Path(path)
