@@ -270,3 +270,58 @@ def test_report_refuses_an_evaluation_folder_mixing_two_runs(tiny_run, phantom_r
     err = _one_line(capsys)
     assert "per_slice.csv" in err and "2 rows" in err and "6 slices" in err
     assert not (tmp_path / "report.md").exists()
+
+
+# --- every other output ---------------------------------------------------------------------
+
+@pytest.fixture
+def full_disk(monkeypatch):
+    """From now on writes fail as on a full disk when they are made durable (fsync): every write, or only
+    those to a file whose name contains `only` (Linux: the name is read from /proc)."""
+    original = os.fsync
+
+    def fill(only: str | None = None):
+        def fsync(fd):
+            if only is None or only in os.readlink(f"/proc/self/fd/{fd}"):
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return original(fd)
+        monkeypatch.setattr(os, "fsync", fsync)
+    return fill
+
+
+def _unchanged_after_disk_full(capsys, path, args, full_disk, only=None) -> None:
+    before = path.read_bytes()
+    capsys.readouterr()
+    full_disk(only)
+    assert main(args) == 2
+    err = _one_line(capsys)
+    assert "No space left" in err and str(path.parent) in err
+    assert path.read_bytes() == before and _own_temps(path.parent) == []
+
+
+def test_manifest_out_is_atomic(phantom_root, tmp_path, capsys, full_disk):
+    args = ["manifest", "--data", str(phantom_root), "--out", str(tmp_path / "manifest.csv")]
+    assert main(args) == 0
+    _unchanged_after_disk_full(capsys, tmp_path / "manifest.csv", args, full_disk)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names open files through /proc")
+def test_report_is_atomic(tiny_run, tmp_path, capsys, full_disk):
+    args = ["report", str(tiny_run), "--out", str(tmp_path / "report.md")]
+    assert main(args) == 0
+    _unchanged_after_disk_full(capsys, tmp_path / "report.md", args, full_disk, only="report.md")
+
+
+def test_samples_and_codes_are_atomic(tiny_run, tmp_path, capsys, full_disk):
+    from prostate_vq.prior.train import train_prior
+
+    prior = train_prior(tiny_run / "best.pt", out=tmp_path / "prior", epochs=1, batch_size=4, device="cpu",
+                        progress=False, arch_options={"dim": 16, "layers": 2})
+    samples = ["sample", "--prior", str(prior / "best.pt"), "--n", "2", "--out", str(tmp_path / "s"), "--device", "cpu"]
+    encode = ["encode", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "codes.npz"),
+              "--device", "cpu"]
+    assert main(samples) == 0 and main(encode) == 0
+    slices = sorted((tmp_path / "s" / "slices").iterdir())
+    assert slices and all(p.read_bytes()[:2] == b"\x1f\x8b" for p in slices)  # still gzipped NIfTI
+    _unchanged_after_disk_full(capsys, tmp_path / "s" / "samples.json", samples, full_disk)
+    _unchanged_after_disk_full(capsys, tmp_path / "codes.npz", encode, full_disk)
