@@ -325,3 +325,12 @@ def test_samples_and_codes_are_atomic(tiny_run, tmp_path, capsys, full_disk):
     assert slices and all(p.read_bytes()[:2] == b"\x1f\x8b" for p in slices)  # still gzipped NIfTI
     _unchanged_after_disk_full(capsys, tmp_path / "s" / "samples.json", samples, full_disk)
     _unchanged_after_disk_full(capsys, tmp_path / "codes.npz", encode, full_disk)
+
+
+def test_evaluate_and_sample_out_pointing_at_a_file_is_one_line(tiny_run, phantom_root, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main(_evaluate_args(tiny_run / "best.pt", phantom_root, blocker)) == 2
+    assert "a-file" in _one_line(capsys) and blocker.read_text() == "not a folder"
+    assert main(_evaluate_args(tiny_run / "best.pt", phantom_root, blocker / "eval")) == 2
+    assert "a-file" in _one_line(capsys)

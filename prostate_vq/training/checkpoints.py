@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.files import atomic_open  # noqa: F401 - also imported from here
+from prostate_vq.files import atomic_open
 
 FORMAT_VERSION = 1
 
