@@ -12,12 +12,14 @@ import re
 import warnings
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
 from prostate_vq.data.layout import CASE_ID, NUM_CLASSES, SPLITS, image_dir, mask_dir, parse_name, slice_name
-from prostate_vq.data.nifti import save_slice
+from prostate_vq.data.nifti import check_finite, save_slice
 from prostate_vq.errors import DataError, UserInputError
+from prostate_vq.files import staged_folder
 
 _ORIENTATION = re.compile(r"^(?=.*[LR])(?=.*[AP])(?=.*[SI])[LRAPSI]{3}$")
 _GEOMETRY_TOL = 1e-3
@@ -36,6 +38,8 @@ def read_volume(path: str | Path) -> sitk.Image:
         raise DataError(f"cannot read as a 3-D image ({_sitk_reason(error)})", path) from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(warnings_shown)
+    if _is_nifti(path):
+        _check_nifti_data(path)
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise DataError("expected a scalar (grey-level) volume, got a multi-component image", path)
     if image.GetDimension() == 2:
@@ -55,8 +59,58 @@ def _read_series(folder: Path) -> sitk.Image:
     if len(series) > 1:
         raise DataError(f"{len(series)} DICOM series in this folder; import each from its own folder", folder)
     # GDCM orders the files by their position along the slice normal, not by name.
-    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder), series[0]))
-    return reader.Execute()
+    files = reader.GetGDCMSeriesFileNames(str(folder), series[0])
+    _check_every_file_read(folder, files)
+    reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
+    image = reader.Execute()
+    _check_even_spacing(reader, image, files, folder)
+    return image
+
+
+def _is_nifti(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _check_nifti_data(path: Path) -> None:
+    """SimpleITK reads a NIfTI cut short as zeros and NaN voxels as 0: nibabel reads it once more and
+    notices both."""
+    try:
+        voxels = np.asanyarray(nib.load(str(path)).dataobj)
+    except Exception as error:  # EOFError, zlib.error, "Expected N bytes, got M": a damaged file
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise DataError(f"truncated or corrupt NIfTI file ({reason})", path) from None
+    check_finite(voxels, path)
+
+
+def _check_every_file_read(folder: Path, files) -> None:
+    """GDCM leaves out a truncated or damaged file without a word: every file of the folder must be in the series."""
+    in_series = {Path(name).name for name in files}
+    others = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in in_series)
+    if others:
+        raise DataError(f"not part of the DICOM series read from this folder (truncated or damaged?); "
+                        f"{len(others)} of {len(others) + len(in_series)} files left out. Import from a folder "
+                        "that holds only the series' complete files", others[0])
+
+
+def _check_even_spacing(reader, image: sitk.Image, files, folder: Path) -> None:
+    """ITK spreads the slices evenly between the first and the last position: a missing file would stretch
+    the spacing (3 mm slices read as 3.75 mm). Every gap between neighbouring slice positions must be equal."""
+    if len(files) < 3:
+        return
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")]
+                              for k in range(len(files))])
+    except (RuntimeError, ValueError):
+        return  # no Image Position (Patient) to check against
+    normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
+    gaps = np.diff(positions @ normal)
+    typical = float(np.median(np.abs(gaps)))
+    worst = int(np.argmax(np.abs(np.abs(gaps) - typical)))
+    if abs(abs(gaps[worst]) - typical) > max(0.01, 0.02 * typical):
+        raise DataError(f"slice positions are not evenly spaced: {abs(gaps[worst]):.3g} mm between "
+                        f"{Path(files[worst]).name} and {Path(files[worst + 1]).name}, {typical:.3g} mm elsewhere; "
+                        "a file of the series is missing", folder)
 
 
 def _sitk_reason(error: RuntimeError) -> str:
@@ -131,6 +185,27 @@ def _check_destination(out: Path, case: str, split: str, week: int) -> None:
                 raise UserInputError(f"case {case} week {week} is already imported here", path)
 
 
+def _corners(image: sitk.Image) -> np.ndarray:
+    """Physical positions of the 8 outer corners of the voxel grid (half a voxel beyond the centres)."""
+    size = np.array(image.GetSize()) - 0.5
+    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner])
+                     for corner in np.array(np.meshgrid(*[(-0.5, s) for s in size], indexing="ij")).reshape(3, -1).T])
+
+
+def _resample_onto(seg: sitk.Image, image: sitk.Image, path: Path) -> sitk.Image:
+    """Nearest-neighbour resampling onto the image grid; a segmentation that does not overlap the image
+    (or keeps no label on its grid) is refused instead of becoming all-background masks."""
+    a, b = _corners(seg), _corners(image)
+    if np.any(a.max(0) < b.min(0) - _GEOMETRY_TOL) or np.any(b.max(0) < a.min(0) - _GEOMETRY_TOL):
+        raise DataError("the segmentation does not overlap the image (their physical extents are disjoint: "
+                        "another patient, or another coordinate system?)", path)
+    resampled = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, seg.GetPixelID())
+    if not sitk.GetArrayViewFromImage(resampled).any() and sitk.GetArrayViewFromImage(seg).any():
+        raise DataError("no label of the segmentation falls on the image grid: they barely overlap (another "
+                        "patient, or another coordinate system?)", path)
+    return resampled
+
+
 def _labels(seg: sitk.Image, path: Path) -> np.ndarray:
     array = sitk.GetArrayFromImage(seg)
     if np.issubdtype(array.dtype, np.floating):
@@ -153,13 +228,14 @@ def import_volume(path, out, case, split, week: int = 0, seg=None, orientation: 
     case = _check_arguments(case, split, week, orientation)
     week = int(week)
     out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserInputError("is a file; --out takes the HipMRI root folder to import into", out)
     image = read_volume(path)
     labels = None
     if seg is not None:
         seg_image = read_volume(seg)
         if not _same_grid(seg_image, image):
-            seg_image = sitk.Resample(seg_image, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0,
-                                      seg_image.GetPixelID())
+            seg_image = _resample_onto(seg_image, image, Path(seg))
         labels = sitk.DICOMOrient(seg_image, orientation.upper())
     _warn_if_resliced(image, orientation.upper(), path)
     image = sitk.DICOMOrient(image, orientation.upper())
@@ -169,21 +245,17 @@ def import_volume(path, out, case, split, week: int = 0, seg=None, orientation: 
     label_voxels = _labels(labels, Path(seg)) if labels is not None else None
 
     _check_destination(out, case, split, week)
-    image_dir(out, split).mkdir(parents=True, exist_ok=True)
-    if label_voxels is not None:
-        mask_dir(out, split).mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    try:
+    # Into a folder inside `out` first, moved in only when every slice is written: an interrupted or
+    # disk-full import leaves nothing behind, and a retry is not refused as "already imported".
+    with staged_folder(out, new_files_only=True) as stage:
+        image_dir(stage, split).mkdir()
+        if label_voxels is not None:
+            mask_dir(stage, split).mkdir()
         for k in range(voxels.shape[0]):
             affine = _slice_affine(image, k)
             # numpy holds [y, x]; HipMRI slices are read by nibabel as [x, y] (rows along the first axis).
-            written.append(save_slice(np.ascontiguousarray(voxels[k].T), image_dir(out, split) / slice_name(case, week, k),
-                                      affine))
+            save_slice(np.ascontiguousarray(voxels[k].T), image_dir(stage, split) / slice_name(case, week, k), affine)
             if label_voxels is not None:
-                written.append(save_slice(np.ascontiguousarray(label_voxels[k].T),
-                                          mask_dir(out, split) / slice_name(case, week, k, kind="mask"), affine))
-    except BaseException:
-        for done in written:
-            done.unlink(missing_ok=True)
-        raise
-    return [p for p in written if p.parent == image_dir(out, split)]
+                save_slice(np.ascontiguousarray(label_voxels[k].T),
+                           mask_dir(stage, split) / slice_name(case, week, k, kind="mask"), affine)
+    return [image_dir(out, split) / slice_name(case, week, k) for k in range(voxels.shape[0])]

@@ -13,6 +13,7 @@ import pandas as pd
 from prostate_vq.data.layout import NUM_CLASSES, SPLITS, SliceRecord, check_root, discover, orphan_masks, present_splits
 from prostate_vq.data.nifti import check_finite, read_array
 from prostate_vq.errors import DataError, UserInputError
+from prostate_vq.files import atomic_open
 
 COLUMNS = ["image", "mask", "split", "case", "week", "slice", "shape", "mask_shape", "labels", "problem"]
 MAX_PROBLEM_LINES = 50
@@ -130,8 +131,8 @@ def manifest_command(data, out=None, check: bool = False, resplit=None, seed: in
     print(summarize(df))
     if out is not None:
         out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        df.to_csv(out, index=False)
+        with atomic_open(out, "w", newline="", encoding="utf-8") as handle:
+            df.to_csv(handle, index=False)
         print(f"manifest with {len(df)} rows written to {out}")
     if check:
         problems = check_manifest(df, root)

@@ -18,6 +18,7 @@ from prostate_vq.errors import DataError, UserInputError
 from prostate_vq.evaluation.metrics import (LABEL_NAMES, SSIM_THRESHOLD, codebook_metrics, dice_per_slice,
                                             reconstruction_per_slice, summarize_dice, summarize_reconstruction)
 from prostate_vq.evaluation.results import EvaluationResult
+from prostate_vq.files import atomic_open, ensure_dir, staged_folder
 
 GRID_SLICES = 6
 BEST_WORST = 4
@@ -76,7 +77,7 @@ def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
         columns += ["ssim", "psnr", "mse", "mae"]
     if values["dice"] is not None:
         columns += [f"dice_{name}" for name in LABEL_NAMES]
-    with path.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
         for i, row in enumerate(rows):
@@ -193,17 +194,24 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     start = time.perf_counter()
     values = _run(model, dataset, torch_device, batch_size)
     rows = _records(dataset, len(dataset))
-    out.mkdir(parents=True, exist_ok=True)
-    _write_per_slice(out / "per_slice.csv", rows, values)
-    written = _figures(model, dataset, torch_device, values, rows, out) if figures else {}
-    result = EvaluationResult(
-        checkpoint=str(checkpoint.resolve()), preset=str(payload.get("preset", "?")), task=task, split=split,
-        data_root=str(Path(data).resolve()), spatial_size=[int(s) for s in payload["spatial_size"]],
-        n_slices=len(dataset), codebook=codebook_metrics(values["counts"]),
+    # Everything is written into a folder beside the results and moved in only when complete, metrics.json
+    # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
+    with staged_folder(ensure_dir(out), last="metrics.json") as stage:
+        _write_per_slice(stage / "per_slice.csv", rows, values)
+        written = _figures(model, dataset, torch_device, values, rows, stage) if figures else {}
+        result = _result(checkpoint, payload, split, data, len(dataset), values, written, out, torch_device, start)
+        result.write_json(stage / "metrics.json")
+    return result
+
+
+def _result(checkpoint: Path, payload: dict, split: str, data, n: int, values: dict, written: dict, out: Path,
+            torch_device, start: float) -> EvaluationResult:
+    return EvaluationResult(
+        checkpoint=str(checkpoint.resolve()), preset=str(payload.get("preset", "?")), task=payload["task"],
+        split=split, data_root=str(Path(data).resolve()), spatial_size=[int(s) for s in payload["spatial_size"]],
+        n_slices=n, codebook=codebook_metrics(values["counts"]),
         reconstruction=None if values["ssim"] is None else summarize_reconstruction(values),
         segmentation=None if values["dice"] is None else summarize_dice(values["dice"]),
         figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
         epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
     )
-    result.write_json(out / "metrics.json")
-    return result

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from prostate_vq.evaluation.metrics import (SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics,
                                             SegmentationMetrics, json_float)
+from prostate_vq.files import write_text_atomic
 
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
@@ -62,7 +63,7 @@ class EvaluationResult:
 
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
         return path
 
     def summary_table(self) -> str:

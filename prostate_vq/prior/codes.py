@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.files import atomic_open
 
 
 @dataclass
@@ -173,10 +174,10 @@ def encode_dataset(checkpoint: str | Path, data: str | Path | None = None, split
             "layout": CodeLayout.for_model(model, spatial).to_dict(),
             "codes_layout": "native indices of model.decode_indices"}
     records = dataset.records
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out, codes=indices.astype(dtype), files=np.array([r.image.name for r in records]),
-                        case=np.array([r.case for r in records]), week=np.array([r.week for r in records]),
-                        slice=np.array([r.slice for r in records]), meta=np.array(json.dumps(meta)))
+    with atomic_open(out, "wb") as handle:
+        np.savez_compressed(handle, codes=indices.astype(dtype), files=np.array([r.image.name for r in records]),
+                            case=np.array([r.case for r in records]), week=np.array([r.week for r in records]),
+                            slice=np.array([r.slice for r in records]), meta=np.array(json.dumps(meta)))
     return out
 
 

@@ -17,6 +17,7 @@ Output folder:
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.files import atomic_open, ensure_dir, write_text_atomic
 from prostate_vq.prior.checks import sample_checks
 from prostate_vq.prior.codes import CodeLayout, model_from_payload, resolve_data_root
 from prostate_vq.prior.networks import build_prior
@@ -63,11 +65,14 @@ def decode_codes(vqvae, layout: CodeLayout, codes: torch.Tensor, batch_size: int
 
 
 def _write_nifti(array: np.ndarray, path: Path) -> None:
+    """Atomically, like every file prostate-vq writes (gzip without a time stamp: same seed, same bytes)."""
     import nibabel as nib
 
     image = nib.Nifti1Image(array, np.eye(4))
     image.header.set_data_dtype(array.dtype)
-    nib.save(image, str(path))
+    data = image.to_bytes()
+    with atomic_open(path, "wb") as handle:
+        handle.write(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
 
 
 def _stacked(dataset, key: str) -> torch.Tensor:
@@ -141,7 +146,7 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
     images, labels = decode_codes(vqvae, layout, codes.to(device))
 
     slices = out / "slices"
-    slices.mkdir(parents=True, exist_ok=True)
+    ensure_dir(slices)
     records = []
     for k in range(n):
         record = {"index": k, "nll_bits_per_code": float(sample_bits[k])}
@@ -152,7 +157,8 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
             record["seg_file"] = f"slices/{SEG_NAME.format(k=k)}"
             _write_nifti(labels[k, 0].numpy().astype(np.uint8), out / record["seg_file"])
         records.append(record)
-    np.savez_compressed(out / "codes.npz", codes=layout.to_model(codes.cpu()).numpy().astype(np.int32))
+    with atomic_open(out / "codes.npz", "wb") as handle:
+        np.savez_compressed(handle, codes=layout.to_model(codes.cpu()).numpy().astype(np.int32))
 
     generated = labels if task == "mask" else images
     per_sample, summary, reference, n_train = memorisation_check(
@@ -175,7 +181,7 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         "reference": reference,
         "samples": records,
     }
-    (out / "samples.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    write_text_atomic(out / "samples.json", json.dumps(info, indent=1))
     sample_grid(images, labels, out / "samples_grid.png",
           f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}")
     return out

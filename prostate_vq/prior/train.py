@@ -19,12 +19,12 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import TrainingDiverged, UserInputError
+from prostate_vq.files import ensure_dir, folder_lock, remove_stale_temps, write_text_atomic
 from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
 from prostate_vq.prior.networks import build_prior
 from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain, save_checkpoint
 from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.config import make_optimizer, make_scheduler
-from prostate_vq.training.history import write_text_atomic
 from prostate_vq.training.run_files import epoch_bar, versions
 from prostate_vq.training.runtime import autocast, configure_cpu_threads, resolve_device
 from prostate_vq.training.seeding import capture_rng_state, restore_rng_state, seed_everything
@@ -145,11 +145,18 @@ def train_prior(checkpoint, data=None, out=None, arch: str = "pixelcnn", epochs:
                 batch_size: int | None = None, lr: float | None = None, patience: int | None = None,
                 max_slices: int | None = None, progress: bool = True, arch_options: dict | None = None) -> Path:
     """Train a prior over the codes of the VQ-VAE ``checkpoint``; returns the run folder (best.pt, last.pt,
-    history.csv, metrics.json). ``arch_options`` overrides network sizes (e.g. ``{"dim": 32}``)."""
-    started = time.monotonic()
+    history.csv, metrics.json). ``arch_options`` overrides network sizes (e.g. ``{"dim": 32}``). The folder is
+    locked meanwhile: a second process is refused."""
     if out is None:
         raise UserInputError("train-prior needs --out")
-    out = Path(out)
+    with folder_lock(out, create=not resume):
+        return _train_prior(checkpoint, data, Path(out), arch, epochs, max_minutes, device, seed, resume, batch_size,
+                            lr, patience, max_slices, progress, arch_options)
+
+
+def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device, seed, resume, batch_size, lr,
+                 patience, max_slices, progress, arch_options) -> Path:
+    started = time.monotonic()
     last_path = out / "last.pt"
     device = resolve_device(device)
     if device.type == "cpu":
@@ -230,7 +237,8 @@ def train_prior(checkpoint, data=None, out=None, arch: str = "pixelcnn", epochs:
         "vqvae": _vqvae_copy(vq_payload), "task": vq_payload["task"], "spatial_size": list(spatial),
         "data_root": str(root), "seed": seed, "max_slices": max_slices, "versions": versions(),
     })
-    out.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out)
+    remove_stale_temps(out)  # our own writes cut short by a kill -9
     batch = int(training["batch_size"])
     epochs_total = int(training["epochs"])
     deadline = None if max_minutes is None else started + 60.0 * float(max_minutes)

@@ -9,6 +9,8 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from prostate_vq.files import atomic_open
+
 # background (masked out, never drawn); body, bones, bladder, rectum, prostate
 _LABEL_COLOURS = ["#000000", "#4c72b0", "#dddddd", "#f2c12e", "#8c564b", "#d62728"]
 _LABEL_CMAP = ListedColormap(_LABEL_COLOURS)
@@ -16,9 +18,10 @@ _DPI = 110
 
 
 def _save(fig: Figure, path: str | Path) -> Path:
+    """Atomically: a full disk leaves the previous figure, never a truncated one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format=path.suffix.lstrip(".") or "png", dpi=_DPI, bbox_inches="tight")
     return path
 
 

@@ -155,7 +155,24 @@ def load_eval(folder: Path) -> EvalFolder:
     missing = [k for k in REQUIRED_METRICS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise UserInputError(f"not a prostate-vq metrics file (missing {', '.join(missing)})", path)
+    _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
     return EvalFolder(folder, metrics)
+
+
+def _check_per_slice(path: Path, n_slices) -> None:
+    """per_slice.csv must belong to metrics.json (one row per slice): a folder mixing two evaluations is refused."""
+    if not path.is_file():
+        return
+    import csv
+
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            rows = sum(1 for _ in csv.reader(handle)) - 1
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise UserInputError(f"unreadable per_slice.csv ({error})", path) from None
+    if rows != n_slices:
+        raise UserInputError(f"{rows} rows but metrics.json counts {n_slices} slices: the folder mixes two "
+                             "evaluations; run evaluate again", path)
 
 
 def load_samples(folder: Path) -> SampleFolder:

@@ -338,13 +338,15 @@ def _slug(name: str) -> str:
 
 def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> Path:
     """Write one Markdown report comparing every run/evaluation in ``inputs``; returns its path."""
+    from prostate_vq.files import ensure_dir, write_text_atomic
+
     entries, samples, priors = collect(list(inputs) if not isinstance(inputs, (str, Path)) else [inputs])
     if not entries and not samples and not priors:
         raise UserInputError("nothing to report: no run, evaluation or samples folder found")
     out = Path(out)
     if out.is_dir():
         out = out / "report.md"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out.parent)
     report = _Report(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report.add(f"# {title}", "", f"_Generated {stamp} by `prostate-vq report`._", "")
@@ -380,5 +382,5 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> 
     if entries:
         _reproduce_section(report, entries)
     report.add("## References", "", *[f"{i}. {text}" for i, (_, text) in enumerate(REFERENCES, 1)], "")
-    out.write_text("\n".join(report.lines), encoding="utf-8")
+    write_text_atomic(out, "\n".join(report.lines))
     return out

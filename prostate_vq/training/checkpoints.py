@@ -7,14 +7,13 @@ A payload holds only tensors, dicts, lists, strings, numbers, bools and None, so
 from __future__ import annotations
 
 import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.files import atomic_open
 
 FORMAT_VERSION = 1
 
@@ -32,47 +31,12 @@ def plain(value: Any) -> Any:
     return value
 
 
-@contextmanager
-def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
-    """Write through a temporary file beside `path`, fsync it, then rename it over `path`: a crash
-    mid-write leaves the previous file intact and no half-written one (checkpoints, history, JSON)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **kwargs) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
 def save_checkpoint(path: str | Path, payload: dict) -> Path:
-    """Write `payload` atomically: a crash mid-write leaves the previous file intact."""
+    """Write `payload` atomically: a crash or a full disk mid-write leaves the previous file intact (and a
+    full disk is one line naming the file)."""
     with atomic_open(path, "wb") as handle:
         torch.save(payload, handle)
     return Path(path)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist the rename itself (POSIX); harmless where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

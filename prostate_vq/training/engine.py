@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 
 from prostate_vq.errors import TrainingDiverged, UserInputError
+from prostate_vq.files import folder_lock
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain
 from prostate_vq.training.config import (MONITOR_KEYS, TRAINING_DEFAULTS, downsample_factor, make_optimizer,
@@ -96,7 +97,14 @@ def train(options: TrainOptions) -> Path | None:
 def fit(options: TrainOptions, cfg: dict | None = None, *, init: Callable | None = None,
         extra_payload: dict | None = None, data_root: Path | None = None) -> Path | None:
     """The training engine. `init(model, InitContext) -> dict` prepares a fresh model (ReFiT installs its
-    codebook there) and returns payload entries; `extra_payload` is stored in every checkpoint of the run."""
+    codebook there) and returns payload entries; `extra_payload` is stored in every checkpoint of the run.
+    The run folder is locked meanwhile (by rank 0 under torchrun): a second process is refused."""
+    with folder_lock(options.out, active=ddp.is_main_process(), create=not options.resume):
+        return _fit(options, cfg, init=init, extra_payload=extra_payload, data_root=data_root)
+
+
+def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extra_payload: dict | None,
+         data_root: Path | None) -> Path | None:
     started = time.monotonic()
     out = Path(options.out)
     resume = None

@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from prostate_vq.training.checkpoints import atomic_open
+from prostate_vq.files import write_text_atomic  # noqa: F401 - also imported from here
 
 # train_loss includes the quantizer's auxiliary terms (what the optimizer minimises); val_loss is the task
 # loss alone (what selection and early stopping use); the quantizer terms have columns of their own.
@@ -34,9 +34,3 @@ def write_history(path: str | Path, rows: list[dict]) -> Path:
         writer.writerow({key: _cell(row.get(key)) for key in HISTORY_COLUMNS})
     write_text_atomic(path, buffer.getvalue())
     return path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    with atomic_open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    return Path(path)

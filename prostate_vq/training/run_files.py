@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.files import ensure_dir, remove_stale_temps
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import save_checkpoint
 from prostate_vq.training.history import write_history, write_text_atomic
@@ -29,9 +30,8 @@ class RunWriter:
         self.active = active
         self.tb = None
         if active:
-            self.out.mkdir(parents=True, exist_ok=True)
-            for stale in self.out.glob(".*.tmp"):  # a write cut short by a kill -9
-                stale.unlink(missing_ok=True)
+            ensure_dir(self.out)
+            remove_stale_temps(self.out)  # our own writes cut short by a kill -9 (never a user's .tmp file)
         if active and tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
