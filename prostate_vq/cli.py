@@ -54,12 +54,13 @@ def cmd_import(args):
 # --- models ---------------------------------------------------------------------------------
 
 def cmd_presets(args):
-    from prostate_vq.models.presets import list_presets
+    from prostate_vq.models.presets import list_presets, preset_bits_per_pixel
 
     rows = list_presets()
     width = max(len(name) for name, _ in rows)
+    print(f"{'preset':<{width}}  {'bpp':>6}  description (bpp: bits per pixel at 256x128, after ReFiT where the preset has it)")
     for name, description in rows:
-        print(f"{name:<{width}}  {description}")
+        print(f"{name:<{width}}  {preset_bits_per_pixel(name):>6.4g}  {description}")
 
 
 def cmd_summary(args):

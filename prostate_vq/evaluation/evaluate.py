@@ -18,6 +18,7 @@ from prostate_vq.errors import DataError, UserInputError
 from prostate_vq.evaluation.metrics import (LABEL_NAMES, SSIM_THRESHOLD, codebook_metrics, dice_per_slice,
                                             reconstruction_per_slice, summarize_dice, summarize_reconstruction)
 from prostate_vq.evaluation.results import EvaluationResult
+from prostate_vq.models.rate import level_health
 from prostate_vq.files import atomic_open, ensure_dir, staged_folder
 
 GRID_SLICES = 6
@@ -193,6 +194,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
 
     start = time.perf_counter()
     values = _run(model, dataset, torch_device, batch_size)
+    spatial = [int(s) for s in payload["spatial_size"]]
+    values["levels"] = level_health(values["counts"], model.code_levels(spatial), spatial)
     rows = _records(dataset, len(dataset))
     # Everything is written into a folder beside the results and moved in only when complete, metrics.json
     # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
@@ -214,4 +217,5 @@ def _result(checkpoint: Path, payload: dict, split: str, data, n: int, values: d
         segmentation=None if values["dice"] is None else summarize_dice(values["dice"]),
         figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
         epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
+        levels=values["levels"],
     )

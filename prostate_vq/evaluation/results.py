@@ -34,6 +34,12 @@ class EvaluationResult:
     epoch: int | None = None
     seed: int | None = None
     versions: dict = field(default_factory=dict)
+    levels: list[dict] = field(default_factory=list)  # per code map: usage, perplexity, its bits per pixel
+
+    @property
+    def bits_per_pixel(self) -> float | None:
+        """The rate: bits of one slice's codes (all levels) per input pixel."""
+        return sum(level["bits_per_pixel"] for level in self.levels) if self.levels else None
 
     @property
     def verdict(self) -> str:
@@ -58,6 +64,9 @@ class EvaluationResult:
         out.update(codebook)
         out.update({"device": self.device, "seconds": json_float(self.seconds), "epoch": self.epoch,
                     "seed": self.seed, "versions": dict(self.versions), "figures": dict(self.figures),
+                    "bits_per_pixel": json_float(self.bits_per_pixel),
+                    "levels": [{k: (json_float(v) if isinstance(v, float) else v) for k, v in level.items()}
+                               for level in self.levels],
                     "code_counts": counts})
         return out
 
@@ -85,6 +94,11 @@ class EvaluationResult:
         c = self.codebook
         rows += [("codes used", f"{c.codes_used} / {c.codebook_size} ({c.codebook_usage_pct:.1f}%)"),
                  ("perplexity", f"{c.perplexity:.1f}")]
+        if len(self.levels) > 1:
+            rows += [(f"  level {lv['name']}", f"{lv['codes_used']} / {lv['codebook_size']} "
+                      f"({lv['codebook_usage_pct']:.1f}%), perplexity {lv['perplexity']:.1f}") for lv in self.levels]
+        if self.bits_per_pixel is not None:
+            rows.append(("rate", f"{self.bits_per_pixel:.4g} bits per pixel"))
         width = max(len(k) for k, _ in rows)
         title = f"{self.preset} ({self.task} task) - {Path(self.checkpoint).name}"
         return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])

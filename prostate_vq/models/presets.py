@@ -11,7 +11,7 @@ import yaml
 from prostate_vq.errors import UserInputError
 
 from .quantizers import QUANTIZERS, quantizer_options
-from .vqvae import MODEL_DEFAULTS
+from .vqvae import MODEL_DEFAULTS, build_model
 
 SECTIONS = ("description", "model", "quantizer", "training", "refit")
 
@@ -107,3 +107,11 @@ def _number(value):
         except ValueError:
             return value
     return value
+
+
+def preset_bits_per_pixel(name: str, spatial_size=(256, 128)) -> float:
+    """The rate of a preset's final model (after ReFiT for presets that have a `refit` section)."""
+    cfg = get_preset(name)
+    if cfg.get("refit", {}).get("codebook_size"):
+        cfg["quantizer"]["codebook_size"] = int(cfg["refit"]["codebook_size"])
+    return build_model(cfg).bits_per_pixel(spatial_size)

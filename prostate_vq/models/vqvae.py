@@ -13,6 +13,7 @@ from prostate_vq.data.layout import NUM_CLASSES, TASKS
 from prostate_vq.errors import UserInputError
 
 from .networks import Decoder, Encoder
+from .rate import CodeLevel, bits_per_pixel
 from .quantizers import Quantizer, QuantizerOutput, build_quantizer
 
 
@@ -122,6 +123,15 @@ class VQVAE(nn.Module):
         h, w = (int(s) // self.downsample for s in spatial_size)
         return self.quantizer.index_shape(h, w)
 
+    def code_levels(self, spatial_size: tuple[int, int]) -> list[CodeLevel]:
+        """The code maps of one slice of `spatial_size`, one entry per level (see models.rate)."""
+        self._check_size(spatial_size)
+        h, w = (int(s) // self.downsample for s in spatial_size)
+        return self.quantizer.code_levels(h, w)
+
+    def bits_per_pixel(self, spatial_size: tuple[int, int]) -> float:
+        return bits_per_pixel(self.code_levels(spatial_size), spatial_size)
+
     def dead_codes_restarted(self) -> int:
         """Dead codes restarted since the last call (all quantizers)."""
         return sum(m.pop_restarted() for m in self.modules() if isinstance(m, Quantizer))
@@ -190,6 +200,13 @@ class VQVAE2(VQVAE):
         self._check_size(spatial_size)
         h, w = (int(s) // self.downsample for s in spatial_size)
         return (2, h, w)
+
+    def code_levels(self, spatial_size: tuple[int, int]) -> list[CodeLevel]:
+        """Top codes on their own (half-resolution) grid, then the bottom codes (code_counts' order)."""
+        self._check_size(spatial_size)
+        h, w = (int(s) // self.downsample for s in spatial_size)
+        return (self.quantizer_top.code_levels(h // 2, w // 2, "top")
+                + self.quantizer.code_levels(h, w, "bottom"))
 
 
 def _repeat2(indices: Tensor) -> Tensor:

@@ -17,6 +17,7 @@ import torch
 
 from prostate_vq.errors import TrainingDiverged, UserInputError
 from prostate_vq.files import folder_lock
+from prostate_vq.models.rate import level_health
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain
 from prostate_vq.training.config import (MONITOR_KEYS, TRAINING_DEFAULTS, downsample_factor, make_optimizer,
@@ -276,7 +277,7 @@ class _Run:
                 stop_reason = ("max_minutes" if out_of_time else "early_stopping" if self.stopper.stopped
                                else "epochs" if epoch == epochs else None)
                 if self.dist.is_main:
-                    warn_if_collapsed(metrics, epoch, self.core.num_codes)
+                    warn_if_collapsed(metrics, epoch, self.core.num_codes, self._levels(metrics))
                     self._save(epoch, row, metrics, improved, stop_reason)
                 if bar is not None:
                     bar.set_postfix(loss=f"{row['train_loss']:.4g}", val_ssim=_fmt(row["val_ssim"]),
@@ -334,6 +335,11 @@ class _Run:
         self.history.append(row)
         return row, metrics, result.out_of_time, val_seconds
 
+    def _levels(self, metrics: dict) -> list[dict]:
+        """Usage and perplexity per code map (RQ depths, VQ-VAE-2 top and bottom) on the validation split."""
+        spatial = [int(s) for s in self.training["spatial_size"]]
+        return level_health(metrics["code_counts"], self.core.code_levels(spatial), spatial)
+
     def _save(self, epoch: int, row: dict, metrics: dict, improved: bool, stop_reason: str | None) -> None:
         """best.pt (when improved) before last.pt: a kill between the two only replays this epoch."""
         scalars = plain({k: v for k, v in row.items() if k != "epoch"})
@@ -367,15 +373,20 @@ class CodebookCollapseWarning(UserWarning):
     """The validation set uses under 10% of the codes: the codebook has (nearly) collapsed."""
 
 
-def warn_if_collapsed(metrics: dict, epoch: int, num_codes: int) -> bool:
-    """One warning line when the validation set uses under 10% of the codes."""
-    usage = metrics["codebook_usage_pct"]
-    if not (math.isfinite(usage) and usage < COLLAPSE_USAGE_PCT):
-        return False
-    warnings.warn(f"codebook collapse: epoch {epoch} uses {usage:.1f}% of {num_codes} codes (perplexity "
-                  f"{metrics['perplexity']:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
-                  CodebookCollapseWarning, stacklevel=2)
-    return True
+def warn_if_collapsed(metrics: dict, epoch: int, num_codes: int, levels: list[dict] | None = None) -> bool:
+    """One warning line when the validation set uses under 10% of the codes, of any one level when the model
+    has several (pooled usage hides a collapsed level: a VQ-VAE-2 whose top uses 1 code reports 50%)."""
+    candidates = [(lv["name"], lv["codebook_usage_pct"], lv["perplexity"], lv["codebook_size"])
+                  for lv in levels] if levels and len(levels) > 1 else []
+    candidates.append(("", metrics["codebook_usage_pct"], metrics["perplexity"], num_codes))
+    for name, usage, perplexity, size in candidates:
+        if math.isfinite(usage) and usage < COLLAPSE_USAGE_PCT:
+            where = f"level {name} " if name else ""
+            warnings.warn(f"codebook collapse: epoch {epoch} {where}uses {usage:.1f}% of {size} codes (perplexity "
+                          f"{perplexity:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
+                          CodebookCollapseWarning, stacklevel=2)
+            return True
+    return False
 
 
 def _fmt(value) -> str:

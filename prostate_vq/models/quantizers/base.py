@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prostate_vq.models.rate import CodeLevel
+
 
 class QuantizerOutput(NamedTuple):
     """`quantized` [B, C, h, w] (straight-through in training), `indices` LongTensor code map,
@@ -140,6 +142,10 @@ class Quantizer(nn.Module):
     def index_shape(self, h: int, w: int) -> tuple[int, ...]:
         """Shape of one sample's index map for an h x w latent grid."""
         return (h, w)
+
+    def code_levels(self, h: int, w: int, prefix: str = "") -> list[CodeLevel]:
+        """The code maps this quantizer emits on an h x w grid (one level unless overridden)."""
+        return [CodeLevel(prefix or "codes", (h, w), int(self.codebook_size))]
 
     def lookup(self, indices: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

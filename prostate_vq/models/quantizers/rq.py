@@ -12,6 +12,8 @@ import torch
 from torch import Tensor
 from vector_quantize_pytorch import ResidualVQ
 
+from prostate_vq.models.rate import CodeLevel
+
 from .base import Quantizer, QuantizerOutput, broadcast_buffers, code_counts, no_lazy_init, to_map, to_vectors
 
 
@@ -46,6 +48,10 @@ class ResidualQuantizer(Quantizer):
 
     def index_shape(self, h: int, w: int) -> tuple[int, ...]:
         return (self.depth, h, w)
+
+    def code_levels(self, h: int, w: int, prefix: str = "") -> list[CodeLevel]:
+        """One level per residual depth (coarse to fine), each with its own codebook."""
+        return [CodeLevel(f"{prefix or 'rq'}{i + 1}", (h, w), int(self.level_size)) for i in range(self.depth)]
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         b, _, h, w = z.shape
