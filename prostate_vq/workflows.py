@@ -52,6 +52,8 @@ def _evaluate(tag: str, run: Path, out: Path, *, data, device: str, max_slices):
     if m.get("dice_mean") is not None:
         parts.append(f"Dice {100 * m['dice_mean']:.2f}%")
     parts.append(f"codebook usage {m['codebook_usage_pct']:.1f}%")
+    if m.get("bits_per_pixel") is not None:
+        parts.append(f"{m['bits_per_pixel']:.4g} bits per pixel")
     _say(tag, f"{result.preset}: " + ", ".join(parts))
     return result
 

@@ -14,7 +14,8 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation import evaluate_checkpoint
 from prostate_vq.reporting.markdown import write_report
 
-TABLE_HEADER = "| Model | Parameters | SSIM | PSNR | Dice (%) | Codes used | Codebook usage (%) | Perplexity |"
+TABLE_HEADER = ("| Model | Parameters | Bits per pixel | SSIM | PSNR | Dice (%, per slice) | Codes used | "
+                "Codebook usage (%) | Perplexity |")
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +55,7 @@ def test_report_has_table_details_verdict_and_resolving_links(evaluated, tmp_pat
     joint_row = next(row for row in table if "joint" in row)
     joint_metrics = json.loads((evaluated["joint_eval"] / "metrics.json").read_text(encoding="utf-8"))
     assert f"{100 * joint_metrics['dice_mean']:.2f}" in joint_row and "K=32" in joint_row and "epochs=2" in joint_row
+    assert f"| {joint_metrics['bits_per_pixel']:.4g} |" in joint_row  # the rate beside every score
     assert "<details><summary>Architecture (torchinfo)</summary>" in text and "Total params" in text
     assert "SSIM > 0.6" in text and ("**PASS**" in text or "**FAIL**" in text)
     for section in ("## Aim", "## Results", "## Dataset and split", "## Models", "## Training", "## Testing",

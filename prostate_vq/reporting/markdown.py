@@ -56,8 +56,21 @@ def _epochs_run(entry: Entry) -> int | None:
     return run.payload.get("epoch")
 
 
+def _rate(entry: Entry, metrics: dict) -> str:
+    """Bits per pixel: from metrics.json, else from the run's config and slice size."""
+    if metrics.get("bits_per_pixel") is not None:
+        return fmt(metrics["bits_per_pixel"], ".4g")
+    payload = entry.run.payload if entry.run else {}
+    try:
+        from prostate_vq.models import build_model
+
+        return fmt(build_model(payload["config"]).bits_per_pixel(payload["spatial_size"]), ".4g")
+    except Exception:  # a report never fails on an old or partial run folder
+        return DASH
+
+
 def _row(entry: Entry) -> list[str]:
-    """Model | Parameters | SSIM | PSNR | Dice (%) | Codes used | Codebook usage (%) | Perplexity."""
+    """Model | Parameters | Bits per pixel | SSIM | PSNR | Dice (%, per slice) | Codes used | Usage (%) | Perplexity."""
     config = entry.run.payload.get("config", {}) if entry.run else {}
     refit_info = entry.run.payload.get("refit") if entry.run else None
     params = hyperparameters(config, _epochs_run(entry), refit_info if isinstance(refit_info, dict) else None) \
@@ -69,18 +82,20 @@ def _row(entry: Entry) -> list[str]:
         m = ev.metrics
         name = entry.name if m.get("split") == "test" else f"{entry.name} ({m.get('split')})"
         ssim = DASH if m.get("ssim_mean") is None else f"{fmt(m['ssim_mean'], '.4f')} ± {fmt(m.get('ssim_std'), '.3f')}"
-        return [name, params, ssim, fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
+        return [name, params, _rate(entry, m), ssim, fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
                 fmt(m.get("codes_used"), ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
     m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
     counts = entry.run.payload.get("code_counts")
     used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())
-    return [f"{entry.name} (validation)", params, fmt(m.get("val_ssim"), ".4f"), DASH, fmt(m.get("val_dice"), ".2f", 100),
+    return [f"{entry.name} (validation)", params, _rate(entry, {}), fmt(m.get("val_ssim"), ".4f"), DASH,
+            fmt(m.get("val_dice"), ".2f", 100),
             fmt(used, ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
 
 
 def comparison_table(entries: list[Entry]) -> str:
-    header = ["Model", "Parameters", "SSIM", "PSNR", "Dice (%)", "Codes used", "Codebook usage (%)", "Perplexity"]
-    return md_table(header, [_row(e) for e in entries], ["l", "l", "c", "c", "c", "c", "c", "c"])
+    header = ["Model", "Parameters", "Bits per pixel", "SSIM", "PSNR", "Dice (%, per slice)", "Codes used",
+              "Codebook usage (%)", "Perplexity"]
+    return md_table(header, [_row(e) for e in entries], ["l", "l", "c", "c", "c", "c", "c", "c", "c"])
 
 
 def _verdict(entry: Entry) -> tuple[str, str]:
