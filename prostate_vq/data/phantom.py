@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from prostate_vq.data.layout import SPLITS, image_dir, mask_dir, slice_name
 from prostate_vq.data.nifti import save_slice
@@ -72,9 +71,27 @@ def _profile(z, centre, half_width):
     return np.sqrt(np.clip(1.0 - ((z - centre) / half_width) ** 2, 0.0, None))
 
 
+def gaussian_filter(x: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndarray:
+    """Gaussian blur of the last two axes, as scipy.ndimage.gaussian_filter(x, (0, sigma, sigma), mode=mode)
+    computes it (kernel radius int(4 sigma + 0.5), 'reflect' = numpy's 'symmetric' padding). Written here so
+    that the package needs no scipy for one blur; a test compares it with scipy where scipy is installed."""
+    radius = int(4.0 * sigma + 0.5)
+    t = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (t / sigma) ** 2)
+    kernel /= kernel.sum()
+    pad_mode = {"reflect": "symmetric", "wrap": "wrap"}[mode]
+    out = x.astype(np.float64)
+    for axis in (-2, -1):
+        widths = [(0, 0)] * out.ndim
+        widths[axis] = (radius, radius)
+        windows = np.lib.stride_tricks.sliding_window_view(np.pad(out, widths, mode=pad_mode), 2 * radius + 1, axis)
+        out = windows @ kernel
+    return out.astype(x.dtype)
+
+
 def _smooth_noise(rng, shape, sigma):
     noise = rng.standard_normal(shape).astype(np.float32)
-    noise = ndimage.gaussian_filter(noise, sigma=(0, sigma, sigma), mode="wrap")
+    noise = gaussian_filter(noise, sigma, mode="wrap")
     return noise / (noise.std() + 1e-8)
 
 
@@ -170,7 +187,7 @@ def _volume(seed: int, case: int, week: int, slices: int, cols: int):
 
     # Appearance: tissue texture, partial-volume blur, smooth coil bias field, Rician noise.
     signal *= 1.0 + anatomy["texture"] * _smooth_noise(rng, signal.shape, 1.2)
-    signal = ndimage.gaussian_filter(signal, sigma=(0, 0.8, 0.8))
+    signal = gaussian_filter(signal, 0.8)
     bias = np.exp(anatomy["bias"] * (rng.uniform(-1, 1) * (R - cr) / ROWS + rng.uniform(-1, 1) * (C - cc) / cols
                                      + 0.6 * _smooth_noise(rng, (1, ROWS, cols), 24)))
     signal *= bias
