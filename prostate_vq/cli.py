@@ -7,6 +7,7 @@ Every verb imports its module lazily so that `prostate-vq presets` answers at on
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import warnings
 from pathlib import Path
@@ -327,9 +328,21 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"prostate-vq: warning: {message}\n"
 
 
+def _log_to_stderr() -> None:
+    """The package's info lines (data folder used, end of training) as plain `prostate-vq: ...` lines."""
+    logger = logging.getLogger("prostate_vq")
+    if not any(getattr(h, "_prostate_vq", False) for h in logger.handlers):
+        handler = logging.StreamHandler()  # sys.stderr at the time of the call
+        handler.setFormatter(logging.Formatter("prostate-vq: %(message)s"))
+        handler._prostate_vq = True
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
+    _log_to_stderr()
     try:
         code = args.func(args)
     except UserInputError as error:

@@ -72,3 +72,18 @@ def test_phantom_blur_equals_scipy_where_installed():
         x = rng.standard_normal(shape).astype(np.float32)
         expected = ndimage.gaussian_filter(x, sigma=(0, sigma, sigma), mode=mode)
         assert np.abs(gaussian_filter(x, sigma, mode) - expected).max() < 1e-6
+
+
+def test_training_progress_is_one_plain_line_per_epoch_off_a_terminal(phantom_root, tmp_path, capsys,
+                                                                       tiny_spatial, tiny_model_overrides):
+    """Logs, CI and cluster jobs: no bars, no carriage returns or escape codes (stdout is not a terminal here)."""
+    from prostate_vq.training import TrainOptions, train
+
+    train(TrainOptions(out=tmp_path / "run", data=phantom_root, epochs=3, spatial_size=tiny_spatial, batch_size=4,
+                       overrides=list(tiny_model_overrides), device="cpu", progress=True))
+    captured = capsys.readouterr()
+    lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
+    assert "val_ssim=" in lines[0]
+    for text in (captured.out, captured.err):
+        assert "\r" not in text and "\x1b[" not in text

@@ -6,6 +6,7 @@ HipMRI ships 2-D NIfTI slices in ``keras_slices_<split>`` (images) and ``keras_s
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +92,32 @@ def present_splits(root: str | Path) -> tuple[str, ...]:
     return tuple(split for split in SPLITS if image_dir(root, split).is_dir())
 
 
-def check_root(root: str | Path) -> Path:
-    """The dataset root, or a DataError that says what is missing."""
+# Where the slice folders sit inside the HipMRI download (HipMRI_Study_open/keras_slices_data/keras_slices_*),
+# so that --data may point at the download root or the folder above it.
+DOWNLOAD_SUBFOLDERS = ("keras_slices_data", "HipMRI_Study_open/keras_slices_data")
+_announced: set[Path] = set()
+
+
+def resolve_root(root: str | Path) -> Path:
+    """The folder holding keras_slices_*: `root` itself, or its keras_slices_data/ when `root` is the
+    download root (said once per folder, on the prostate_vq.data logger)."""
     root = Path(root).expanduser()
+    if not root.is_dir() or present_splits(root):
+        return root
+    for sub in DOWNLOAD_SUBFOLDERS:
+        inner = root / sub
+        if inner.is_dir() and present_splits(inner):
+            if inner not in _announced:
+                _announced.add(inner)
+                logging.getLogger("prostate_vq.data").info("using the slices in %s", inner)
+            return inner
+    return root
+
+
+def check_root(root: str | Path) -> Path:
+    """The dataset root (the download root resolves to its keras_slices_data/), or a DataError that says
+    what is missing."""
+    root = resolve_root(root)
     if not root.exists():
         raise DataError("data folder not found", root)
     if not root.is_dir():
