@@ -45,8 +45,15 @@ def cmd_manifest(args):
 
 
 def cmd_import(args):
+    from prostate_vq.data.hipmri3d import MR_FOLDER, import_hipmri_3d
     from prostate_vq.data.importer import import_volume
 
+    if (args.path / MR_FOLDER).is_dir():  # the HipMRI 3D release: every volume with its labels
+        plan = import_hipmri_3d(args.path, args.out, seed=args.seed, orientation=args.orientation)
+        print(f"imported the 3D release into {args.out}; volumes, splits and their source: {plan}")
+        return
+    if args.case is None or args.split is None:
+        raise UserInputError(f"--case and --split are required for one volume ({args.path} holds no {MR_FOLDER}/)")
     written = import_volume(args.path, args.out, case=args.case, split=args.split, week=args.week,
                             seg=args.seg, orientation=args.orientation)
     print(f"wrote {len(written)} slices ({written[0].name} ... {written[-1].name}) into {written[0].parent}")
@@ -194,11 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("import", help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder) as HipMRI slices")
+    p = sub.add_parser("import", help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder), or the whole HipMRI "
+                                      "3D release (a folder with semantic_MRs/ and semantic_labels_only/), as slices")
     p.add_argument("path", type=Path)
     p.add_argument("--out", type=Path, required=True, help="HipMRI root to write into")
-    p.add_argument("--case", required=True)
-    p.add_argument("--split", choices=("train", "validate", "test"), required=True)
+    p.add_argument("--case", default=None, help="case id (one volume)")
+    p.add_argument("--split", choices=("train", "validate", "test"), default=None, help="split (one volume)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="3D release: seed of the patient split for cases the slice release does not place")
     p.add_argument("--week", type=int, default=0)
     p.add_argument("--seg", type=Path, default=None, help="label volume on the same grid")
     p.add_argument("--orientation", default="RAS", help="reorient to this axis code before slicing (default RAS)")
@@ -328,13 +338,24 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"prostate-vq: warning: {message}\n"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a line is logged (not when the handler was made)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def _log_to_stderr() -> None:
     """The package's info lines (data folder used, end of training) as plain `prostate-vq: ...` lines."""
     logger = logging.getLogger("prostate_vq")
-    if not any(getattr(h, "_prostate_vq", False) for h in logger.handlers):
-        handler = logging.StreamHandler()  # sys.stderr at the time of the call
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("prostate-vq: %(message)s"))
-        handler._prostate_vq = True
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 

@@ -85,12 +85,12 @@ def check_manifest(df: pd.DataFrame, root) -> list[str]:
     return problems
 
 
-def resplit_by_case(df: pd.DataFrame, fractions, seed: int = 0) -> pd.DataFrame:
-    """Re-assign ``split`` by patient (case), never by slice: every slice of a case lands in one split."""
+def split_cases(cases, fractions, seed: int = 0) -> dict[str, str]:
+    """case -> split for a seeded patient-level split with `fractions` (train, validate, test)."""
     fractions = [float(f) for f in fractions]
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
+    if len(fractions) != 3 or not all(np.isfinite(fractions)) or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6:
         raise UserInputError(f"--resplit needs three non-negative fractions that sum to 1, not {fractions}")
-    cases = sorted(df["case"].unique())
+    cases = sorted(set(cases))
     order = np.random.default_rng(seed).permutation(len(cases))
     n = len(cases)
     counts = [round(f * n) for f in fractions]
@@ -104,6 +104,12 @@ def resplit_by_case(df: pd.DataFrame, fractions, seed: int = 0) -> pd.DataFrame:
     for position, index in enumerate(order):
         split = "train" if position < counts[0] else "validate" if position < counts[0] + counts[1] else "test"
         assignment[cases[index]] = split
+    return assignment
+
+
+def resplit_by_case(df: pd.DataFrame, fractions, seed: int = 0) -> pd.DataFrame:
+    """Re-assign ``split`` by patient (case), never by slice: every slice of a case lands in one split."""
+    assignment = split_cases(df["case"].unique(), fractions, seed)
     out = df.copy()
     out["split"] = out["case"].map(assignment)
     return out
