@@ -82,7 +82,9 @@ class ScaleIntensityPercentilesd(MapTransform):
 class FitSized(MapTransform):
     """Zoom each slice (aspect ratio kept) so its row count matches, then centre pad/crop the columns.
 
-    Masks are zoomed nearest-neighbour. Slices already at ``spatial_size`` pass through untouched.
+    Masks are zoomed nearest-neighbour at pixel centres ("nearest-exact"; plain "nearest" floors and
+    shifts labels by up to half an input pixel against the area-resampled image). Slices already at
+    ``spatial_size`` pass through untouched.
     """
 
     def __init__(self, keys, spatial_size):
@@ -100,7 +102,7 @@ class FitSized(MapTransform):
             value = d[key]
             if height != rows:
                 if key == "label":
-                    value = Resize(size, mode="nearest")(value)
+                    value = Resize(size, mode="nearest-exact")(value)  # samples pixel centres
                 else:  # area averaging when shrinking (no aliasing), bilinear when enlarging
                     value = Resize(size, mode="area" if rows < height else "bilinear")(value)
             if value.shape[-1] != cols:
