@@ -42,9 +42,10 @@ def _own_temps(folder) -> list[str]:
 
 
 def _one_line(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1, err
-    return err
+    """The error is one line; the CLI's own "prostate-vq: ..." progress lines may precede it."""
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("prostate-vq: ")]
+    assert len(lines) == 1, lines
+    return lines[0]
 
 
 # --- the atomic writer ----------------------------------------------------------------------

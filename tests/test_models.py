@@ -206,7 +206,8 @@ def test_variant_family_varies_only_the_quantizer():
     base = get_preset("v1-vq")
     for name in family:
         cfg = get_preset(name)
-        assert cfg["training"] == base["training"], name
+        if name != "default":  # the recommended preset shares the backbone, not the comparison's recipe
+            assert cfg["training"] == base["training"], name
         model = {k: v for k, v in cfg["model"].items() if k not in ("architecture", "top_codebook_size")}
         same = {k: v for k, v in base["model"].items() if k not in ("architecture", "top_codebook_size")}
         if name == "v4-rq":  # its equal-rate form: 4 levels at /8 (one more stride-2 stage, same widths)

@@ -17,6 +17,8 @@ import torch
 from prostate_vq.errors import DataError, UserInputError
 from prostate_vq.evaluation.metrics import (LABEL_NAMES, SSIM_THRESHOLD, codebook_metrics, dice_per_slice,
                                             reconstruction_per_slice, summarize_dice, summarize_reconstruction)
+from prostate_vq.evaluation.conventions import (DICE_CONVENTIONS, FOREGROUND_THRESHOLD, PROSTATE, class_means, dice_case3d, dice_monai,
+                                                foreground_mean, overlap_counts, per_patient, ssim_in_region)
 from prostate_vq.evaluation.results import EvaluationResult
 from prostate_vq.models.rate import level_health
 from prostate_vq.files import atomic_open, ensure_dir, staged_folder
@@ -58,17 +60,24 @@ def _run(model, dataset, device: torch.device, batch_size: int) -> dict:
     from prostate_vq.data import make_loader
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
-    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "dice": []}
+    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "dice": [], "ssim_region": [],
+                               "dice_monai": [], "overlap": []}
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
+    body = False
     for batch in loader:
         image, recon, label, pred, indices = _predict(model, batch, device)
         counts += model.code_counts(indices).to(device=device, dtype=torch.long)
         if recon is not None:
             for key, value in reconstruction_per_slice(recon, image).items():
                 values[key].append(value)
+            values["ssim_region"].append(ssim_in_region(recon, image, label))
+            body = label is not None
         if pred is not None and label is not None:
             values["dice"].append(dice_per_slice(pred, label))
-    return {"counts": counts.cpu(),
+            values["dice_monai"].append(dice_monai(pred, label))
+            values["overlap"].append(overlap_counts(pred, label))
+    return {"counts": counts.cpu(), "region": "body (label > 0)" if body else
+            f"foreground (reference > {FOREGROUND_THRESHOLD}, dilated by half the SSIM window)",
             **{k: torch.cat(v).numpy() if v else None for k, v in values.items()}}
 
 
@@ -202,20 +211,44 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     with staged_folder(ensure_dir(out), last="metrics.json") as stage:
         _write_per_slice(stage / "per_slice.csv", rows, values)
         written = _figures(model, dataset, torch_device, values, rows, stage) if figures else {}
-        result = _result(checkpoint, payload, split, data, len(dataset), values, written, out, torch_device, start)
+        result = _result(checkpoint, payload, split, data, rows, values, written, out, torch_device, start)
         result.write_json(stage / "metrics.json")
     return result
 
 
-def _result(checkpoint: Path, payload: dict, split: str, data, n: int, values: dict, written: dict, out: Path,
+def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict], values: dict, written: dict, out: Path,
             torch_device, start: float) -> EvaluationResult:
     return EvaluationResult(
         checkpoint=str(checkpoint.resolve()), preset=str(payload.get("preset", "?")), task=payload["task"],
         split=split, data_root=str(Path(data).resolve()), spatial_size=[int(s) for s in payload["spatial_size"]],
-        n_slices=n, codebook=codebook_metrics(values["counts"]),
+        n_slices=len(rows), codebook=codebook_metrics(values["counts"]),
         reconstruction=None if values["ssim"] is None else summarize_reconstruction(values),
         segmentation=None if values["dice"] is None else summarize_dice(values["dice"]),
         figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
         epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
-        levels=values["levels"],
+        levels=values["levels"], conventions=_conventions(values, rows),
     )
+
+
+def _conventions(values: dict, rows: list[dict]) -> dict:
+    """metrics.json keys of the standard conventions (see evaluation.conventions), beside the per-slice ones."""
+    out: dict = {}
+    if values["ssim_region"] is not None:
+        finite = values["ssim_region"][np.isfinite(values["ssim_region"])]
+        out["ssim_region_mean"] = float(finite.mean()) if finite.size else None
+        out["ssim_region"] = values["region"]
+    volume_dice = None
+    if values["dice"] is not None:
+        monai = class_means(values["dice_monai"])
+        volume_dice = dice_case3d(values["overlap"], [(r["case"], r["week"]) for r in rows])
+        case3d = class_means(volume_dice[0])
+        per_slice = class_means(values["dice"])
+        out.update({"dice_conventions": dict(DICE_CONVENTIONS),
+                    "dice_per_class_monai": monai, "dice_mean_monai": foreground_mean(monai),
+                    "dice_per_class_case3d": case3d, "dice_mean_case3d": foreground_mean(case3d),
+                    "dice_prostate_per_slice": per_slice["prostate"], "dice_prostate_monai": monai["prostate"],
+                    "dice_prostate_case3d": case3d["prostate"]})
+    per_slice_metrics = {"ssim": values["ssim"], "ssim_region": values["ssim_region"],
+                         "dice_prostate_monai": None if values["dice"] is None else values["dice_monai"][:, PROSTATE]}
+    out["per_patient"] = per_patient([str(r["case"]) for r in rows], per_slice_metrics, volume_dice)
+    return out

@@ -15,6 +15,15 @@ _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "
                "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean")
 
 
+def _strict(value):
+    """Plain JSON: NaN/Inf become null at any depth."""
+    if isinstance(value, dict):
+        return {str(k): _strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(v) for v in value]
+    return json_float(value) if isinstance(value, float) else value
+
+
 @dataclass
 class EvaluationResult:
     checkpoint: str
@@ -35,6 +44,7 @@ class EvaluationResult:
     seed: int | None = None
     versions: dict = field(default_factory=dict)
     levels: list[dict] = field(default_factory=list)  # per code map: usage, perplexity, its bits per pixel
+    conventions: dict = field(default_factory=dict)  # MONAI / per-case Dice, SSIM in region, per-patient stats
 
     @property
     def bits_per_pixel(self) -> float | None:
@@ -59,6 +69,7 @@ class EvaluationResult:
             out.update({k: None for k in _RECON_KEYS})
         if self.segmentation is not None:
             out.update(self.segmentation.to_dict())
+        out.update(_strict(self.conventions))
         codebook = self.codebook.to_dict()
         counts = codebook.pop("code_counts")
         out.update(codebook)
