@@ -14,8 +14,8 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation import evaluate_checkpoint
 from prostate_vq.reporting.markdown import write_report
 
-TABLE_HEADER = ("| Model | Parameters | Bits per pixel | SSIM | PSNR | Dice (%, per slice) | Codes used | "
-                "Codebook usage (%) | Perplexity |")
+TABLE_HEADER = ("| Model | Parameters | Bits per pixel | SSIM | SSIM in region | PSNR | Dice (%, per slice) | "
+                "Prostate Dice (%, MONAI) | Codes used | Codebook usage (%) | Perplexity |")
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,10 @@ def test_report_has_table_details_verdict_and_resolving_links(evaluated, tmp_pat
     joint_metrics = json.loads((evaluated["joint_eval"] / "metrics.json").read_text(encoding="utf-8"))
     assert f"{100 * joint_metrics['dice_mean']:.2f}" in joint_row and "K=32" in joint_row and "epochs=2" in joint_row
     assert f"| {joint_metrics['bits_per_pixel']:.4g} |" in joint_row  # the rate beside every score
+    assert f"{100 * joint_metrics['dice_prostate_monai']:.2f}" in joint_row  # the headline convention
+    for title in ("Dice (%, MONAI)", "Dice (%, case 3D)", "ignore_empty=True", "mean over patients [95% CI]",
+                  "SSIM in region"):
+        assert title in text, title  # every Dice names its convention; per-patient statistics
     assert "<details><summary>Architecture (torchinfo)</summary>" in text and "Total params" in text
     assert "SSIM > 0.6" in text and ("**PASS**" in text or "**FAIL**" in text)
     for section in ("## Aim", "## Results", "## Dataset and split", "## Models", "## Training", "## Testing",

@@ -14,6 +14,7 @@ import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.reporting import figures
+from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_table, overrides_against
@@ -70,7 +71,8 @@ def _rate(entry: Entry, metrics: dict) -> str:
 
 
 def _row(entry: Entry) -> list[str]:
-    """Model | Parameters | Bits per pixel | SSIM | PSNR | Dice (%, per slice) | Codes used | Usage (%) | Perplexity."""
+    """Model | Parameters | Bits per pixel | SSIM | SSIM in region | PSNR | Dice (%, per slice) |
+    Prostate Dice (%, MONAI) | Codes used | Usage (%) | Perplexity."""
     config = entry.run.payload.get("config", {}) if entry.run else {}
     refit_info = entry.run.payload.get("refit") if entry.run else None
     params = hyperparameters(config, _epochs_run(entry), refit_info if isinstance(refit_info, dict) else None) \
@@ -82,20 +84,21 @@ def _row(entry: Entry) -> list[str]:
         m = ev.metrics
         name = entry.name if m.get("split") == "test" else f"{entry.name} ({m.get('split')})"
         ssim = DASH if m.get("ssim_mean") is None else f"{fmt(m['ssim_mean'], '.4f')} ± {fmt(m.get('ssim_std'), '.3f')}"
-        return [name, params, _rate(entry, m), ssim, fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
-                fmt(m.get("codes_used"), ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
+        return [name, params, _rate(entry, m), ssim, fmt(m.get("ssim_region_mean"), ".4f"),
+                fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
+                fmt(m.get("dice_prostate_monai"), ".2f", 100), fmt(m.get("codes_used"), ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
     m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
     counts = entry.run.payload.get("code_counts")
     used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())
-    return [f"{entry.name} (validation)", params, _rate(entry, {}), fmt(m.get("val_ssim"), ".4f"), DASH,
-            fmt(m.get("val_dice"), ".2f", 100),
+    return [f"{entry.name} (validation)", params, _rate(entry, {}), fmt(m.get("val_ssim"), ".4f"), DASH, DASH,
+            fmt(m.get("val_dice"), ".2f", 100), DASH,
             fmt(used, ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
 
 
 def comparison_table(entries: list[Entry]) -> str:
-    header = ["Model", "Parameters", "Bits per pixel", "SSIM", "PSNR", "Dice (%, per slice)", "Codes used",
-              "Codebook usage (%)", "Perplexity"]
-    return md_table(header, [_row(e) for e in entries], ["l", "l", "c", "c", "c", "c", "c", "c", "c"])
+    header = ["Model", "Parameters", "Bits per pixel", "SSIM", "SSIM in region", "PSNR", "Dice (%, per slice)",
+              "Prostate Dice (%, MONAI)", "Codes used", "Codebook usage (%)", "Perplexity"]
+    return md_table(header, [_row(e) for e in entries], ["l", "l"] + ["c"] * 9)
 
 
 def _verdict(entry: Entry) -> tuple[str, str]:
@@ -233,10 +236,9 @@ def _testing_section(report: _Report, entry: Entry) -> None:
     for ev in entry.evaluations:
         m = ev.metrics
         report.add(f"### {entry.name}: {m.get('split')} split ({m.get('n_slices')} slices)", "")
-        if m.get("dice_per_class"):
-            rows = [[name, fmt(v, ".2f", 100), m.get("dice_slices_scored", {}).get(name, "")]
-                    for name, v in m["dice_per_class"].items()]
-            report.add(md_table(["Class", "Dice (%)", "Slices scored"], rows, ["l", "r", "r"]), "")
+        for table in (dice_table(m), per_patient_table(m), levels_table(m)):
+            if table:
+                report.add(table, "")
         for key, caption in EVAL_FIGURES:
             path = ev.figure(key)
             if path is not None:
@@ -374,9 +376,12 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> 
 
         report.add("## Results", "", comparison_table(entries), "",
                    "SSIM: mean ± std over slices, images in [0, 1], 11x11 Gaussian window (sigma 1.5), MONAI "
-                   "`SSIMMetric` [5]. PSNR (dB, peak 1): mean over slices with a finite value. Dice: mean over the foreground "
-                   "classes of the per-class mean over slices where the class is in the reference or the "
-                   "prediction. Codebook usage: share of codes assigned at least once on the split; "
+                   "`SSIMMetric` [5]; SSIM in region: the SSIM map averaged inside the body (label > 0) or, "
+                   "without masks, inside the unpadded foreground. PSNR (dB, peak 1): mean over slices with a "
+                   "finite value. Dice (per slice): mean over the foreground classes of the per-class mean over "
+                   "slices where the class is in the reference or the prediction. Prostate Dice (MONAI): "
+                   "`DiceMetric(ignore_empty=True)`, slices without prostate in the reference not scored. "
+                   "Bits per pixel: code map size x log2 K over input pixels, all levels. Codebook usage: share of codes assigned at least once on the split; "
                    "perplexity exp(H) of the code histogram (= number of codes under uniform use).", "")
         _dataset_section(report, entries)
         report.add("## Models", "",

@@ -1,0 +1,63 @@
+"""The tables of one evaluation in the report: Dice under each named convention, per-patient statistics with
+their bootstrap interval, and per-level codebook health of multi-level quantizers."""
+
+from __future__ import annotations
+
+from prostate_vq.reporting.tables import DASH, fmt, md_table
+
+DICE_NOTE = ("Dice conventions: *per slice* scores a false positive on a slice without the class as 0; *MONAI* "
+             "is `DiceMetric(ignore_empty=True)` (slices whose reference lacks the class are not scored); "
+             "*case 3D* stacks the slices of a case and week into a volume. Means over scored slices or volumes.")
+
+
+def dice_table(m: dict) -> str | None:
+    """Class | per slice | MONAI | case 3D | slices scored (per-slice convention)."""
+    per_slice = m.get("dice_per_class") or {}
+    if not per_slice:
+        return None
+    monai, case3d = m.get("dice_per_class_monai") or {}, m.get("dice_per_class_case3d") or {}
+    scored = m.get("dice_slices_scored") or {}
+    rows = [[name, fmt(v, ".2f", 100), fmt(monai.get(name), ".2f", 100), fmt(case3d.get(name), ".2f", 100),
+             scored.get(name, "")] for name, v in per_slice.items()]
+    rows.append(["**mean (foreground)**", fmt(m.get("dice_mean"), ".2f", 100), fmt(m.get("dice_mean_monai"), ".2f", 100),
+                 fmt(m.get("dice_mean_case3d"), ".2f", 100), ""])
+    return md_table(["Class", "Dice (%, per slice)", "Dice (%, MONAI)", "Dice (%, case 3D)", "Slices scored (per slice)"],
+                    rows, ["l", "r", "r", "r", "r"]) + "\n\n" + DICE_NOTE
+
+
+_PATIENT_COLUMNS = (("ssim", "SSIM", 1.0, ".4f"), ("ssim_region", "SSIM in region", 1.0, ".4f"),
+                    ("dice_prostate_monai", "Prostate Dice (%, MONAI)", 100.0, ".2f"),
+                    ("dice_prostate_case3d", "Prostate Dice (%, case 3D)", 100.0, ".2f"))
+
+
+def per_patient_table(m: dict) -> str | None:
+    """One row per patient, then the mean over patients with its 95% bootstrap interval."""
+    stats = m.get("per_patient") or {}
+    cases = stats.get("cases") or {}
+    columns = [c for c in _PATIENT_COLUMNS if isinstance(stats.get(c[0]), dict)]
+    if not cases or not columns:
+        return None
+    rows = [[patient] + [fmt(values.get(key), spec, scale) for key, _, scale, spec in columns]
+            for patient, values in cases.items()]
+    summary = ["**mean over patients [95% CI]**"]
+    for key, _, scale, spec in columns:
+        mean, ci = stats[key].get("mean"), stats[key].get("ci95")
+        interval = f" [{fmt(ci[0], spec, scale)}, {fmt(ci[1], spec, scale)}]" if ci else " (one patient: no interval)"
+        summary.append(fmt(mean, spec, scale) + (interval if mean is not None else ""))
+    rows.append(summary)
+    note = ("Each patient counts once (slices of one patient are not independent); interval: 95% percentile "
+            "bootstrap over patients, 2000 draws. SSIM in region: " + str(m.get("ssim_region", DASH)) + ".")
+    return md_table(["Patient"] + [title for _, title, _, _ in columns], rows,
+                    ["l"] + ["r"] * len(columns)) + "\n\n" + note
+
+
+def levels_table(m: dict) -> str | None:
+    """Per code map: its share of the rate, usage and perplexity (pooled numbers hide a collapsed level)."""
+    levels = m.get("levels") or []
+    if len(levels) < 2:
+        return None
+    rows = [[lv.get("name", DASH), fmt(lv.get("codebook_size"), ".0f"), fmt(lv.get("bits_per_pixel"), ".4g"),
+             fmt(lv.get("codes_used"), ".0f"), fmt(lv.get("codebook_usage_pct"), ".2f"), fmt(lv.get("perplexity"), ".1f")]
+            for lv in levels]
+    return md_table(["Level", "Codebook size", "Bits per pixel", "Codes used", "Usage (%)", "Perplexity"],
+                    rows, ["l", "r", "r", "r", "r", "r"])
