@@ -7,6 +7,7 @@ Every verb imports its module lazily so that `prostate-vq presets` answers at on
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import warnings
@@ -338,6 +339,10 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"prostate-vq: warning: {message}\n"
 
 
+_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC,
+                errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG}
+
+
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever sys.stderr is when a line is logged (not when the handler was made)."""
 
@@ -372,6 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"prostate-vq {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # a file or folder the user named cannot be read or written (permissions, ...)
+        if error.errno not in _USER_ERRNOS:
+            raise
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"prostate-vq {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        return 2
     return int(code or 0)
 
 

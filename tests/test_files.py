@@ -70,7 +70,7 @@ def test_torch_save_on_a_full_disk_is_one_line_not_unexpected_pos(tmp_path, monk
     from prostate_vq.training.checkpoints import save_checkpoint
 
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"model_state": {"w": torch.ones(3)}, "config": {}, "epoch": 1})
+    save_checkpoint(path, {"model_state": {"w": torch.ones(3)}, "config": {}, "epoch": 1, "format_version": 1})
 
     def save_to_full_disk(obj, handle, *args, **kwargs):
         class Full:

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from prostate_vq.data.layout import CASE_ID, NUM_CLASSES, SPLITS, image_dir, mask_dir, parse_name, slice_name
-from prostate_vq.data.nifti import check_finite, save_slice
+from prostate_vq.data.nifti import MAX_VOLUME_BYTES, check_declared_size, check_finite, save_slice
 from prostate_vq.errors import DataError, UserInputError
 from prostate_vq.files import staged_folder
 
@@ -32,6 +32,8 @@ def read_volume(path: str | Path) -> sitk.Image:
         raise DataError("file or folder not found", path)
     warnings_shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # ITK warnings would add lines around our one-line error
+    if _is_nifti(path):
+        _check_nifti_header(path)
     try:
         image = _read_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as error:
@@ -70,6 +72,15 @@ def _read_series(folder: Path) -> sitk.Image:
 
 def _is_nifti(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith((".nii", ".nii.gz"))
+
+
+def _check_nifti_header(path: Path) -> None:
+    try:
+        header_only = nib.load(str(path))  # lazy: reads the header, not the voxels
+    except Exception as error:
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise DataError(f"not a readable NIfTI file ({reason})", path) from None
+    check_declared_size(header_only, path, MAX_VOLUME_BYTES)
 
 
 def _check_nifti_data(path: Path) -> None:

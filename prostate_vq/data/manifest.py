@@ -77,6 +77,10 @@ def check_manifest(df: pd.DataFrame, root) -> list[str]:
                 problems.append(f"{root / row.mask}: labels outside 0..{NUM_CLASSES - 1}: {', '.join(outside)}")
     for split in SPLITS:
         problems += [f"{path}: mask has no image" for path in orphan_masks(root, split)]
+    for split in ("train", "validate"):
+        if not (df["split"] == split).any():
+            problems.append(f"{root}: no {split} slices (keras_slices_{split} missing or empty): "
+                            "prostate-vq train needs a train and a validate split")
     splits_per_case = df.groupby("case")["split"].unique()
     for case, splits in splits_per_case.items():
         if len(splits) > 1:

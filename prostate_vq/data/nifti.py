@@ -13,6 +13,25 @@ from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import DataError
 
 
+MAX_SLICE_BYTES = 256 << 20   # a 2-D slice: 8192x8192 float32; the HipMRI ones are 256x128
+MAX_VOLUME_BYTES = 4 << 30    # a 3-D volume for `import`
+
+
+def check_declared_size(image, path: str | Path, limit: int) -> None:
+    """Refuse, before reading a voxel, a header that claims more data than `limit` or than an uncompressed
+    file holds: a 420-byte file claiming 32767x32767 voxels would otherwise allocate gigabytes first."""
+    shape = tuple(int(s) for s in image.header.get_data_shape())
+    dtype = image.header.get_data_dtype()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    claimed = f"header claims {'x'.join(map(str, shape))} voxels of {dtype} ({nbytes / 2 ** 20:.0f} MiB)"
+    if nbytes > limit:
+        raise DataError(f"{claimed}, more than the {limit >> 20} MiB allowed: a damaged header?", path)
+    path = Path(path)
+    offset = int(image.header.get("vox_offset", 0) or 0)
+    if not path.name.lower().endswith(".gz") and path.stat().st_size < offset + nbytes:
+        raise DataError(f"truncated NIfTI file: {claimed} but holds {path.stat().st_size} bytes", path)
+
+
 def read_array(path: str | Path) -> np.ndarray:
     """The voxel array of a 2-D slice as stored (trailing singleton dimensions dropped), or a DataError."""
     path = Path(path)
@@ -22,8 +41,11 @@ def read_array(path: str | Path) -> np.ndarray:
         raise DataError("empty file (0 bytes), not a NIfTI slice", path)
     try:
         image = nib.load(str(path))
+        check_declared_size(image, path, MAX_SLICE_BYTES)
         # dataobj keeps the stored dtype (get_fdata would make float64 copies of every slice).
         array = np.asanyarray(image.dataobj)
+    except DataError:
+        raise
     except Exception as error:  # nibabel/gzip/zlib raise many types for one problem: a broken file
         raise DataError(_describe(error, path), path) from None
     while array.ndim > 2 and array.shape[-1] == 1:  # HipMRI quirk: some slices are (256, 128, 1)

@@ -127,10 +127,7 @@ def load_vqvae(checkpoint: str | Path, device: torch.device | str = "cpu"):
     """``(model, payload)`` of a VQ-VAE checkpoint; a prior checkpoint here gets a clear error."""
     from prostate_vq.training.checkpoints import load_checkpoint
 
-    payload = load_checkpoint(checkpoint)
-    if payload.get("kind") == "prior":
-        raise UserInputError("this is a prior checkpoint; pass the VQ-VAE's best.pt (from prostate-vq train)",
-                             checkpoint)
+    payload = load_checkpoint(checkpoint, kind="model")  # a prior checkpoint here gets its own one line
     return model_from_payload(payload, device, checkpoint), payload
 
 

@@ -166,7 +166,7 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
     if resume:
         if not last_path.is_file():
             raise UserInputError("--resume: no last.pt in the prior run folder", out)
-        resume_payload = load_checkpoint(last_path)
+        resume_payload = load_checkpoint(last_path, kind="prior_resume")
         if resume_payload.get("kind") != "prior":
             raise UserInputError("--resume: last.pt is not a prior run", last_path)
         vq_payload = resume_payload["vqvae"]
@@ -293,7 +293,7 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
 
     if not (out / "best.pt").is_file():
         raise TrainingDiverged("no epoch produced a finite validation NLL; no best.pt was written")
-    best = load_checkpoint(out / "best.pt", map_location="cpu")
+    best = load_checkpoint(out / "best.pt", map_location="cpu", kind="prior")
     prior.load_state_dict(best["model_state"])
     metrics = {
         "kind": "prior", "arch": prior_cfg["arch"], "layout": layout.describe(), "vocab_sizes": layout.vocab_sizes,

@@ -123,7 +123,7 @@ def load_run(folder: Path) -> RunFolder:
     from prostate_vq.training.checkpoints import load_checkpoint
 
     checkpoint = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
-    payload = load_checkpoint(checkpoint)  # raises UserInputError naming the file
+    payload = load_checkpoint(checkpoint, kind="model")  # raises UserInputError naming the file
     payload = {k: v for k, v in payload.items() if not k.endswith("_state")}
     history = None
     if (folder / "history.csv").is_file():

@@ -17,7 +17,7 @@ from prostate_vq.reporting import figures
 from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
-from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_table, overrides_against
+from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_escape as esc, md_table, overrides_against
 
 SSIM_BAR = 0.6
 EVAL_FIGURES = (("reconstructions", "Input / reconstruction / absolute error"),
@@ -140,7 +140,7 @@ def _dataset_section(report: _Report, entries: list[Entry]) -> None:
             if root and root not in roots:
                 roots.append(root)
     for root in roots:
-        report.add(f"Data: `{root}`", "")
+        report.add(f"Data: {md_code(root)}", "")
         counts = _split_counts(root)
         if counts:
             rows, leaks = counts
@@ -162,11 +162,12 @@ def _dataset_section(report: _Report, entries: list[Entry]) -> None:
 
 def _intensity_text(intensity: dict) -> str:
     if intensity.get("method") == "percentile":
-        return (f"**Intensity scaling** (stored in the checkpoint, repeated by evaluation): per {intensity.get('per', 'slice')}, "
-                f"the {intensity.get('lower')}th-{intensity.get('upper')}th percentile range maps to "
-                f"[{intensity.get('b_min')}, {intensity.get('b_max')}]" + (", clipped." if intensity.get("clip") else "."))
+        return esc(f"**Intensity scaling** (stored in the checkpoint, repeated by evaluation): per "
+                   f"{intensity.get('per', 'slice')}, the {intensity.get('lower')}th-{intensity.get('upper')}th "
+                   f"percentile range maps to [{intensity.get('b_min')}, {intensity.get('b_max')}]"
+                   + (", clipped." if intensity.get("clip") else "."))
     return ("**Intensity scaling** (stored in the checkpoint, repeated by evaluation): "
-            + ", ".join(f"{k} = `{v}`" for k, v in intensity.items()) + ".")
+            + ", ".join(f"{esc(k)} = {md_code(v)}" for k, v in intensity.items()) + ".")
 
 
 def _split_counts(root: str) -> tuple[list[list], set[str]] | None:
@@ -186,13 +187,13 @@ def _split_counts(root: str) -> tuple[list[list], set[str]] | None:
 
 def _model_section(report: _Report, entry: Entry) -> None:
     run = entry.run
-    report.add(f"### {entry.name}", "")
+    report.add(f"### {esc(entry.name)}", "")
     if run is None:
-        report.add(f"Preset `{entry.preset}`, task `{entry.task}` (training run folder not given).", "")
+        report.add(f"Preset {md_code(entry.preset)}, task {md_code(entry.task)} (training run folder not given).", "")
         return
     config = run.payload.get("config", {})
     params, summary = _model_summary(entry)
-    report.add(f"Preset `{entry.preset}`, task `{entry.task}`: {config.get('description', '')}", "")
+    report.add(f"Preset {md_code(entry.preset)}, task {md_code(entry.task)}: {esc(config.get('description', ''))}", "")
     if params is not None:
         report.add(f"Trainable parameters: **{params:,}**.", "")
     kind = (config.get("quantizer") or {}).get("kind", "vq")
@@ -212,7 +213,7 @@ def _training_section(report: _Report, entry: Entry) -> None:
     run = entry.run
     if run is None:
         return
-    report.add(f"### {entry.name}", "")
+    report.add(f"### {esc(entry.name)}", "")
     epochs = _epochs_run(entry)
     best = run.payload.get("epoch")
     facts = [f"{epochs} epochs run" if epochs is not None else None,
@@ -220,14 +221,14 @@ def _training_section(report: _Report, entry: Entry) -> None:
              f"seed {run.payload.get('seed')}" if run.payload.get("seed") is not None else None]
     if run.stop_reason:
         facts.append({"max_minutes": "stopped by the time budget", "early_stopping": "stopped early",
-                      "epochs": "all planned epochs done"}.get(run.stop_reason, str(run.stop_reason)))
+                      "epochs": "all planned epochs done"}.get(run.stop_reason, esc(run.stop_reason)))
     if run.history is not None and "seconds" in run.history:
         facts.append(f"{run.history['seconds'].fillna(0).sum() / 60:.1f} min of training")
     report.add(", ".join(f for f in facts if f) + ".", "")
     if run.history is not None:
         try:
             path = figures.training_curves(run.history, report.assets / f"{_slug(entry.name)}_training_curves.png")
-            report.image(path, f"training curves of {entry.name}")
+            report.image(path, f"training curves of {esc(entry.name)}")
         except ValueError:
             pass
 
@@ -235,7 +236,7 @@ def _training_section(report: _Report, entry: Entry) -> None:
 def _testing_section(report: _Report, entry: Entry) -> None:
     for ev in entry.evaluations:
         m = ev.metrics
-        report.add(f"### {entry.name}: {m.get('split')} split ({m.get('n_slices')} slices)", "")
+        report.add(f"### {esc(entry.name)}: {esc(m.get('split'))} split ({esc(m.get('n_slices'))} slices)", "")
         for table in (dice_table(m), per_patient_table(m), levels_table(m)):
             if table:
                 report.add(table, "")
@@ -243,7 +244,7 @@ def _testing_section(report: _Report, entry: Entry) -> None:
             path = ev.figure(key)
             if path is not None:
                 report.add(f"*{caption}*", "")
-                report.image(path, f"{caption} - {entry.name}")
+                report.image(path, f"{caption} - {esc(entry.name)}")
         report.add(f"Per-slice values: [{ev.path.name}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).", "")
 
 
@@ -264,8 +265,8 @@ def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[Sam
                    "", "NLL in bits per code; unigram: the training code frequencies scored on the validation codes.", "")
     for folder in samples:
         info = folder.info
-        facts = [f"{k} = `{info[k]}`" for k in ("n", "arch", "temperature", "seed") if k in info]
-        report.add(f"**Samples** `{folder.path.name}`" + (": " + ", ".join(facts) if facts else "") + ".", "")
+        facts = [f"{k} = {md_code(info[k])}" for k in ("n", "arch", "temperature", "seed") if k in info]
+        report.add(f"**Samples** {md_code(folder.path.name)}" + (": " + ", ".join(facts) if facts else "") + ".", "")
         nearest = (info.get("summary") or {}).get("nearest_train_similarity")
         reference = (info.get("reference") or {}).get("nearest_train_similarity")
         if isinstance(nearest, dict) and "mean" in nearest:
@@ -274,7 +275,7 @@ def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[Sam
             if isinstance(reference, dict) and "mean" in reference:
                 line += f"; unseen validation slices reach {reference['mean']:.3f} on average"
             report.add(line + ".", "")
-        report.image(folder.grid, f"samples from {folder.path.name}")
+        report.image(folder.grid, f"samples from {esc(folder.path.name)}")
 
 
 def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
@@ -291,7 +292,7 @@ def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
         for ev in e.evaluations:
             m = ev.metrics
             report.add(f"prostate-vq evaluate --checkpoint {_q(m.get('checkpoint'))} --data {_q(m.get('data_root'))} "
-                       f"--split {m.get('split')} --out {_q(ev.path.resolve())}")
+                       f"--split {_q(m.get('split'))} --out {_q(ev.path.resolve())}")
     inputs = " ".join(_q(p.resolve()) for p in _inputs_of(entries))
     report.add(f"prostate-vq report {inputs} --out {_q(report.out.resolve())}", "```", "")
     versions = {"prostate_vq": __version__, "torch": torch.__version__, "monai": monai.__version__,
@@ -312,7 +313,7 @@ def _train_command(entry: Entry) -> list[str]:
     cmd = ["prostate-vq train"]
     if p.get("data_root"):
         cmd.append(f"--data {_q(p['data_root'])}")
-    cmd += [f"--out {_q(entry.run.path.resolve())}", f"--preset {entry.preset}", f"--task {entry.task}"]
+    cmd += [f"--out {_q(entry.run.path.resolve())}", f"--preset {_q(entry.preset)}", f"--task {_q(entry.task)}"]
     if p.get("spatial_size"):
         cmd.append("--spatial-size " + " ".join(str(s) for s in p["spatial_size"]))
     if p.get("seed") is not None:
@@ -344,7 +345,8 @@ def _inputs_of(entries: list[Entry]) -> list[Path]:
 
 
 def _q(value) -> str:
-    return shlex.quote(str(value))
+    """Shell-quoted; a newline (which could end the code fence) is shown as a space."""
+    return shlex.quote(str(value).replace("\n", " "))
 
 
 def _slug(name: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import math
 
 DASH = "–"
@@ -21,7 +22,13 @@ def fmt(value, spec: str = ".3f", scale: float = 1.0) -> str:
 
 
 def md_escape(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """Text from run files in a cell or a line: its HTML and link syntax are shown, never rendered."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("](", "]\\(").replace("\n", " ")
+
+
+def md_code(text) -> str:
+    """An inline code span (nothing inside is rendered) that backticks and newlines cannot end early."""
+    return "`" + str(text).replace("`", "'").replace("\n", " ") + "`"
 
 
 def md_table(header: list[str], rows: list[list], align: list[str] | None = None) -> str:

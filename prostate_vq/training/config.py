@@ -4,6 +4,7 @@ for whatever the preset's `training` section leaves out; optimizer and scheduler
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -22,7 +23,7 @@ TRAINING_DEFAULTS = {
     "scheduler": "cosine",      # cosine | plateau | none
     "min_lr_ratio": 0.05,       # cosine floor as a share of lr
     "warmup_steps": 0,          # linear learning-rate warmup over the first optimizer steps
-    "patience": 10,             # validations without improvement before early stopping (<= 0: never stop)
+    "patience": 10,             # validations without improvement before early stopping (0: never stop)
     "patience_steps": 0,        # ... and at least this many optimizer steps since the best one
     "min_steps": 0,             # never stop early before this many optimizer steps
     "min_delta": 0.0,
@@ -74,9 +75,12 @@ def check_training_config(training: dict, task: str) -> None:
         bad(f"--batch-size must be at least 1, got {training['batch_size']}")
     if not float(training["lr"]) > 0:
         bad(f"--lr must be positive, got {training['lr']}")
-    for key in ("patience_steps", "min_steps", "warmup_steps"):
+    for key in ("patience", "patience_steps", "min_steps", "warmup_steps"):
         if int(training[key]) < 0:
             bad(f"training.{key} must be 0 or more, got {training[key]}")
+    clip = training.get("grad_clip")
+    if clip is not None and not (math.isfinite(float(clip)) and float(clip) > 0):
+        bad(f"training.grad_clip must be a positive gradient norm (or null for none), got {clip}")
     if not float(training["ssim_weight"]) >= 0:
         bad(f"training.ssim_weight must be 0 or more, got {training['ssim_weight']}")
     if not 0.0 <= float(training["mask_ratio"]) < 1.0:
@@ -95,6 +99,15 @@ def check_training_config(training: dict, task: str) -> None:
         bad(f"training.scheduler must be cosine, plateau or none, got {training['scheduler']!r}")
     if training["optimizer"] not in ("adam", "adamw"):
         bad(f"training.optimizer must be adam or adamw, got {training['optimizer']!r}")
+
+
+def check_options(options) -> None:
+    """Command-line numbers the config does not hold: a wall-clock budget and loader workers."""
+    minutes = options.max_minutes
+    if minutes is not None and not (math.isfinite(float(minutes)) and float(minutes) > 0):
+        raise UserInputError(f"--max-minutes must be a positive number of minutes, got {minutes}")
+    if int(options.num_workers) < 0:
+        raise UserInputError(f"--num-workers must be 0 or more, got {options.num_workers}")
 
 
 def make_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optimizer:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.training.distributed import DistContext
+
+log = logging.getLogger("prostate_vq.training")
 
 
 def load_datasets(root: Path, task: str, training: dict, max_slices: int | None):
@@ -28,7 +31,19 @@ def load_datasets(root: Path, task: str, training: dict, max_slices: int | None)
     for split, ds in (("train", train_ds), ("validate", val_ds)):
         if len(ds) == 0:
             raise UserInputError(f"no {split} slices found (keras_slices_{split} is empty)", root)
+    warn_if_leaking(train_ds, val_ds, root)
     return train_ds, val_ds
+
+
+def warn_if_leaking(train_ds, val_ds, root) -> list[str]:
+    """The check `manifest --check` makes, said once at the start of training: a patient in both the train and
+    the validate split makes model selection optimistic (a warning, not a refusal: it can be deliberate)."""
+    shared = sorted({r.case for r in train_ds.records} & {r.case for r in val_ds.records})
+    if shared:
+        log.warning("%s: patients in both train and validate: %s; validation scores (and the model kept) are "
+                    "optimistic - split by patient (prostate-vq manifest --resplit)", root,
+                    ", ".join(shared[:10]) + (f" and {len(shared) - 10} more" if len(shared) > 10 else ""))
+    return shared
 
 
 def _user_error_in_chain(error: BaseException) -> UserInputError | None:

@@ -20,8 +20,9 @@ from prostate_vq.files import folder_lock
 from prostate_vq.models.rate import level_health
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain
-from prostate_vq.training.config import (MONITOR_KEYS, TRAINING_DEFAULTS, downsample_factor, make_optimizer,
-                                         make_scheduler, resolve_config)
+from prostate_vq.training.config import (MONITOR_KEYS, TRAINING_DEFAULTS, check_options, check_training_config,
+                                         downsample_factor, make_optimizer, make_scheduler, resolve_config)
+from prostate_vq.training.resume import announce_resume, refuse_other_data, retune_schedule
 from prostate_vq.training.data_loading import first_batch, load_datasets, make_loader
 from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
@@ -82,11 +83,12 @@ class InitContext:
 def train(options: TrainOptions) -> Path | None:
     """Train one preset; presets with a `refit` section continue with ReFiT in the same command
     (stage 1 in RUN/base, the final model in RUN). Returns the run folder (None on torchrun ranks > 0)."""
+    check_options(options)
     base_last = Path(options.out) / "base" / "last.pt"
     if options.resume and base_last.exists():
         from prostate_vq.training.refit import train_then_refit
 
-        return train_then_refit(options, load_checkpoint(base_last)["config"])
+        return train_then_refit(options, load_checkpoint(base_last, kind="resume")["config"])
     cfg = None if options.resume else resolve_config(options)
     if cfg is not None and cfg.get("refit"):
         from prostate_vq.training.refit import train_then_refit
@@ -112,9 +114,9 @@ def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extr
     if options.resume:
         if not (out / "last.pt").is_file():
             raise UserInputError("--resume: no last.pt in the run folder", out)
-        resume = load_checkpoint(out / "last.pt")
+        resume = load_checkpoint(out / "last.pt", kind="resume")
         cfg = copy.deepcopy(resume["config"])
-        for key in ("epochs", "patience"):  # a resumed run may be extended or made more patient
+        for key in ("epochs", "patience", "lr"):  # a resumed run may be extended, made more patient or slower
             if getattr(options, key) is not None:
                 cfg["training"][key] = getattr(options, key)
     elif (out / "last.pt").exists():
@@ -123,6 +125,7 @@ def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extr
     else:
         cfg = cfg if cfg is not None else resolve_config(options)
 
+    check_training_config(cfg["training"], resume["task"] if resume else options.task)
     dist_ctx, device, created = ddp.init_distributed(resolve_device(options.device))
     run, ok = None, False
     try:
@@ -223,15 +226,20 @@ class _Run:
                                       "data_root": str(self.root), "seed": self.seed})
 
     def _data_root(self, data_root) -> Path:
+        """Absolute, so that a checkpoint resumes and evaluates from any working directory."""
         if self.options.data is not None:
-            return Path(self.options.data)
-        if data_root is not None:
-            return Path(data_root)
-        if self.resume is not None:
-            return Path(self.resume["data_root"])
-        from prostate_vq.data import default_data_root
+            root = Path(self.options.data)
+            if self.resume is not None:
+                refuse_other_data(root, self.resume, self.out)
+        elif data_root is not None:
+            root = Path(data_root)
+        elif self.resume is not None:
+            root = Path(self.resume["data_root"])
+        else:
+            from prostate_vq.data import default_data_root
 
-        return default_data_root()
+            root = default_data_root()
+        return root.resolve()
 
     def _intensity(self) -> dict:
         from prostate_vq.data import INTENSITY_SCALING
@@ -250,6 +258,9 @@ class _Run:
         self.start_epoch = int(resume["epoch"]) + 1
         if "refit" in resume:
             self.extra_payload["refit"] = resume["refit"]
+        retune_schedule(self.optimizer, self.scheduler, self.training, self.start_epoch - 1)
+        if self.dist.is_main:
+            announce_resume(self.options, resume, self.training, self.root)
         restore_rng_state(resume["rng_state"])  # last: nothing above may draw from the restored generators
 
     # --- the epochs -----------------------------------------------------------------------------
@@ -320,7 +331,7 @@ class _Run:
         val_seconds = time.monotonic() - t_val
         if not math.isfinite(metrics["val_loss"]):
             raise TrainingDiverged(f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
-                                   "training stopped. Lower --lr or check the data")
+                                   "training stopped. Lower --lr (it applies to --resume too) or check the data")
         lr = self.optimizer.param_groups[0]["lr"]
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(metrics[MONITOR_KEYS[self.training["monitor"]]])

@@ -41,7 +41,7 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     Spatial size, batch size and losses come from the checkpoint's config; the learning rate from its
     `refit.lr` when the preset has one."""
     checkpoint = Path(checkpoint)
-    base = load_checkpoint(checkpoint)
+    base = load_checkpoint(checkpoint, kind="model")
     if int(codebook_size) < 2:
         raise UserInputError(f"--codebook-size must be at least 2, got {codebook_size}")
     kind = base["config"]["quantizer"].get("kind")
@@ -150,7 +150,7 @@ def _write_summary(out: Path) -> None:
     """refit.json: usage before, after k-means and after fine-tuning (best.pt), for the report."""
     if not (out / "best.pt").exists() or not ddp.is_main_process():
         return
-    best = load_checkpoint(out / "best.pt")
+    best = load_checkpoint(out / "best.pt", kind="model")
     info = dict(best.get("refit", {}))
     info.update({"usage_after_finetune_pct": best["metrics"].get("codebook_usage_pct"),
                  "perplexity_after_finetune": best["metrics"].get("perplexity"),

@@ -1,0 +1,231 @@
+"""Issue 13: checkpoints validated by kind and version, option ranges, --resume that says what it keeps and
+makes --epochs/--lr true, absolute data roots, the NIfTI header guard, escaped report text."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from dataclasses import replace
+from types import SimpleNamespace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from prostate_vq.cli import main
+from prostate_vq.errors import DataError, UserInputError
+from prostate_vq.training import TrainOptions, load_checkpoint, train
+from prostate_vq.training.checkpoints import check_payload
+
+
+def _err_line(capsys) -> str:
+    lines = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("prostate-vq: ")]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    return lines[0]
+
+
+def _lrs(run) -> list[float]:
+    with open(run / "history.csv", newline="", encoding="utf-8") as handle:
+        return [float(row["lr"]) for row in csv.DictReader(handle)]
+
+
+@pytest.fixture
+def base(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
+    return TrainOptions(out=tmp_path / "run", data=phantom_root, epochs=2, spatial_size=tiny_spatial, batch_size=4,
+                        device="cpu", progress=False, overrides=list(tiny_model_overrides))
+
+
+# --- checkpoints by kind and version -------------------------------------------------------------
+
+@pytest.mark.parametrize("version", [99, 0, "2.0", None, True])
+def test_other_format_versions_are_refused(tiny_run, version):
+    payload = load_checkpoint(tiny_run / "best.pt")
+    payload.pop("format_version") if version is None else payload.update(format_version=version)
+    with pytest.raises(UserInputError, match="format_version"):
+        check_payload(payload, "model", "x.pt")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: p.pop("task"), "no 'task'"),
+    (lambda p: p.update(spatial_size=[64]), "spatial_size"),
+    (lambda p: p.update(task="audio"), "task 'audio'"),
+    (lambda p: p["config"].update(model=3), "no model section"),
+])
+def test_a_model_checkpoint_lacking_what_evaluation_needs_is_one_line(tiny_run, phantom_root, tmp_path, capsys,
+                                                                       change, message):
+    payload = load_checkpoint(tiny_run / "best.pt")
+    change(payload)
+    torch.save(payload, tmp_path / "broken.pt")
+    assert main(["evaluate", "--checkpoint", str(tmp_path / "broken.pt"), "--data", str(phantom_root),
+                 "--out", str(tmp_path / "e"), "--device", "cpu"]) == 2
+    line = _err_line(capsys)
+    assert message in line and "broken.pt" in line
+
+
+def test_best_copied_over_last_is_refused_for_resume(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    shutil.copy(run / "best.pt", run / "last.pt")
+    assert main(["train", "--out", str(run), "--resume", "--device", "cpu", "--no-progress"]) == 2
+    assert "best.pt holds the weights only" in _err_line(capsys)
+
+
+def test_prior_checkpoint_without_its_vqvae_is_one_line(tiny_run, tmp_path, capsys):
+    payload = load_checkpoint(tiny_run / "best.pt")
+    payload.update(kind="prior", layout={})
+    torch.save(payload, tmp_path / "prior.pt")
+    assert main(["sample", "--prior", str(tmp_path / "prior.pt"), "--out", str(tmp_path / "s")]) == 2
+    assert "no 'vqvae'" in _err_line(capsys)
+
+
+def test_malicious_checkpoint_keeps_its_reason(tmp_path, capsys):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    torch.save({"model_state": Payload(), "config": {}}, tmp_path / "evil.pt")
+    with pytest.raises(UserInputError) as caught:
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not (tmp_path / "owned").exists()
+    assert "system" in str(caught.value) and "refused" in str(caught.value)
+
+
+# --- option ranges ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("extra, message", [
+    (["--set", "training.grad_clip=-1"], "grad_clip"),
+    (["--max-minutes", "0"], "--max-minutes"),
+    (["--max-minutes", "nan"], "--max-minutes"),
+    (["--patience", "-1"], "patience"),
+    (["--num-workers", "-1"], "--num-workers"),
+])
+def test_out_of_range_options_are_one_line(base, capsys, extra, message):
+    h, w = base.spatial_size
+    args = ["train", "--data", str(base.data), "--out", str(base.out), "--epochs", "1", "--spatial-size", str(h),
+            str(w), "--device", "cpu", "--no-progress", *extra]
+    if "--set" not in extra:
+        args += ["--set", *base.overrides]
+    else:
+        args += base.overrides
+    assert main(args) == 2
+    assert message in _err_line(capsys)
+    assert not (base.out / "last.pt").exists()
+
+
+def test_resume_with_negative_epochs_and_refit_with_negative_epochs(tiny_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["train", "--out", str(run), "--resume", "--epochs", "-5", "--device", "cpu", "--no-progress"]) == 2
+    assert "--epochs must be at least 1" in _err_line(capsys)
+    assert main(["refit", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "r"),
+                 "--codebook-size", "8", "--epochs", "-1", "--device", "cpu"]) == 2
+    assert "--epochs must be at least 1" in _err_line(capsys)
+
+
+def test_manifest_check_wants_a_validate_split(phantom_root, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(phantom_root, root)
+    for name in ("keras_slices_validate", "keras_slices_seg_validate"):
+        shutil.rmtree(root / name)
+    assert main(["manifest", "--data", str(root), "--check"]) == 2
+    assert "no validate slices" in capsys.readouterr().err
+
+
+def test_train_warns_of_patients_in_train_and_validate(caplog):
+    from prostate_vq.training.data_loading import warn_if_leaking
+
+    record = lambda case: SimpleNamespace(case=case)  # noqa: E731
+    train_ds = SimpleNamespace(records=[record("004"), record("005")])
+    val_ds = SimpleNamespace(records=[record("005"), record("006")])
+    assert warn_if_leaking(train_ds, val_ds, "root") == ["005"]
+    assert "patients in both train and validate: 005" in caplog.text
+    assert warn_if_leaking(train_ds, SimpleNamespace(records=[record("007")]), "root") == []
+
+
+# --- resume -----------------------------------------------------------------------------------
+
+def test_more_epochs_on_resume_extend_the_cosine_instead_of_climbing(base):
+    """The old schedule kept T_max=2: 0.002, 0.00105, 0.0001, 0.00105, 0.002 (back up to the peak). Now the
+    remaining epochs follow the cosine of a run planned for 6 epochs, down to the floor."""
+    train(base)
+    train(replace(base, epochs=6, resume=True))
+    lrs = _lrs(base.out)
+    lr, floor = 2e-3, 2e-3 * 0.05  # the default preset's recipe, min_lr_ratio 0.05
+    planned = [floor + (lr - floor) * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(2, 6)]
+    assert lrs[2:] == pytest.approx(planned, rel=1e-6)
+    assert all(later < earlier for earlier, later in zip(lrs[2:], lrs[3:])) and max(lrs[2:]) < lr
+
+
+def test_lr_on_resume_applies_and_is_announced(base, caplog):
+    train(base)
+    caplog.set_level("INFO", logger="prostate_vq")
+    train(replace(base, epochs=3, lr=1e-5, resume=True, task="mask"))
+    assert _lrs(base.out)[2] < 1e-5 + 1e-12
+    assert "resuming after epoch 2" in caplog.text and "ignored on --resume: --task mask" in caplog.text
+
+
+def test_data_root_is_absolute_and_other_data_is_refused_on_resume(base, phantom_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(phantom_root.parent)
+    train(replace(base, data=type(phantom_root)(phantom_root.name)))  # a relative --data
+    stored = load_checkpoint(base.out / "last.pt")["data_root"]
+    assert os.path.isabs(stored) and os.path.samefile(stored, phantom_root)
+    other = tmp_path / "other"
+    shutil.copytree(phantom_root, other)
+    with pytest.raises(UserInputError, match="continues on the data the run was trained on"):
+        train(replace(base, data=other, epochs=3, resume=True))
+
+
+# --- files ------------------------------------------------------------------------------------
+
+def _lying_header(path, shape=(32767, 32767)):
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape)
+    header["vox_offset"] = 352
+    path.write_bytes(header.binaryblock + b"\0" * 68)
+    return path
+
+
+def test_nifti_header_claiming_gigabytes_is_refused_before_reading(tmp_path):
+    from prostate_vq.data.importer import read_volume
+    from prostate_vq.data.nifti import read_array
+
+    path = _lying_header(tmp_path / "case_004_week_0_slice_0.nii")
+    with pytest.raises(DataError, match="header claims 32767x32767"):
+        read_array(path)
+    with pytest.raises(DataError, match="header claims 32767x32767"):
+        read_volume(path)
+    with pytest.raises(DataError, match="truncated"):
+        read_array(_lying_header(tmp_path / "small.nii", (64, 64)))
+
+
+def test_report_shows_run_file_text_never_renders_it(tiny_run, phantom_root, tmp_path):
+    from prostate_vq.evaluation import evaluate_checkpoint
+    from prostate_vq.reporting import write_report
+
+    evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "e", device="cpu", figures=False)
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text(encoding="utf-8"))
+    metrics.update(preset="<img src=x onerror=alert(1)>", split="<script>alert(1)</script>")
+    (tmp_path / "e" / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    text = write_report([tmp_path / "e"], tmp_path / "report.md").read_text(encoding="utf-8")
+    rendered = "".join(part for k, part in enumerate(text.split("```")) if k % 2 == 0)  # code blocks show text
+    assert "<script>" not in rendered and "<img src=x" not in rendered
+    assert "&lt;script&gt;" in text
+
+
+def test_an_unreadable_split_folder_is_one_line(phantom_root, monkeypatch, capsys):
+    import errno
+
+    import prostate_vq.data.manifest as manifest
+
+    def unreadable(root):
+        raise PermissionError(errno.EACCES, "Permission denied", str(root / "keras_slices_train"))
+
+    monkeypatch.setattr(manifest, "build_manifest", unreadable)
+    assert main(["manifest", "--data", str(phantom_root)]) == 2
+    line = _err_line(capsys)
+    assert "keras_slices_train: Permission denied" in line
