@@ -72,7 +72,8 @@ def test_file_formats_become_ras_slices_with_masks(tmp_path, suffix):
     mask = load_slice(records[1].mask, "mask")
     z, i = 1, np.arange(X)[:, None]
     np.testing.assert_array_equal(mask, np.broadcast_to(((X - 1 - i) // 2 + z) % 6, (X, Y)))
-    assert check_manifest(build_manifest(out), out) == []
+    # the slices are sound; only the split is incomplete for training
+    assert [p.split(": ", 1)[1][:18] for p in check_manifest(build_manifest(out), out)] == ["no validate slices"]
 
 
 def test_dicom_series_is_ordered_by_position_not_by_file_name(tmp_path):
@@ -111,7 +112,7 @@ def test_import_errors(tmp_path, capsys):
     out = str(tmp_path / "out")
     cases = [
         (["import", str(tmp_path / "missing.nii.gz")], "missing.nii.gz: file or folder not found"),
-        (["import", str(tmp_path / "notes.nii.gz")], "notes.nii.gz: cannot read"),
+        (["import", str(tmp_path / "notes.nii.gz")], "notes.nii.gz: not a readable NIfTI file"),
         (["import", str(tmp_path / "vol.nii.gz"), "--seg", str(tmp_path / "bad_seg.nii.gz")], "labels outside 0..5"),
         (["import", str(tmp_path / "vol.nii.gz"), "--orientation", "RAR"], "orientation"),
         (["import", str(tmp_path / "vol.nii.gz"), "--case", "a_b"], "case id"),

@@ -102,6 +102,15 @@ def test_malicious_checkpoint_keeps_its_reason(tmp_path, capsys):
     (["--max-minutes", "nan"], "--max-minutes"),
     (["--patience", "-1"], "patience"),
     (["--num-workers", "-1"], "--num-workers"),
+    # --set values are checked against the type and range of the value they replace (issue 14's tracebacks)
+    (["--set", "model.channels=abc"], "channels must be a non-empty list"),
+    (["--set", "model.channels=[]"], "channels must be a non-empty list"),
+    (["--set", "model.channels=[-4]"], "channels must be a list of positive integers"),
+    (["--set", "training.lr=abc"], "lr must be a finite number"),
+    (["--set", "training.epochs=[1]"], "epochs must be a finite number"),
+    (["--set", "quantizer.codebook_size=0"], "codebook_size must be at least 1"),
+    (["--set", "quantizer.codebook_size=-5"], "codebook_size must be at least 1"),
+    (["--set", "quantizer.beta=abc"], "beta must be a finite number"),
 ])
 def test_out_of_range_options_are_one_line(base, capsys, extra, message):
     h, w = base.spatial_size
@@ -114,6 +123,18 @@ def test_out_of_range_options_are_one_line(base, capsys, extra, message):
     assert main(args) == 2
     assert message in _err_line(capsys)
     assert not (base.out / "last.pt").exists()
+
+
+def test_set_values_that_fit_pass_unchanged_in_kind():
+    from prostate_vq.models.presets import apply_overrides, get_preset
+
+    cfg = apply_overrides(get_preset("v1-vq"), ["quantizer.beta=0", "training.lr=1e-3", "model.res_layers=0",
+                                                "training.augment=true",
+                                                "training.grad_clip=null", "quantizer.codebook_size=256.0"])
+    assert cfg["quantizer"]["beta"] == 0 and cfg["training"]["lr"] == 1e-3 and cfg["model"]["res_layers"] == 0
+    assert cfg["training"]["augment"] is True and cfg["training"]["grad_clip"] is None
+    assert cfg["quantizer"]["codebook_size"] == 256 and type(cfg["quantizer"]["codebook_size"]) is int
+    assert apply_overrides(get_preset("v1-vq"), ["quantizer.kind=fsq"])["quantizer"]["kind"] == "fsq"
 
 
 def test_resume_with_negative_epochs_and_refit_with_negative_epochs(tiny_run, tmp_path, capsys):
@@ -214,7 +235,7 @@ def test_report_shows_run_file_text_never_renders_it(tiny_run, phantom_root, tmp
     text = write_report([tmp_path / "e"], tmp_path / "report.md").read_text(encoding="utf-8")
     rendered = "".join(part for k, part in enumerate(text.split("```")) if k % 2 == 0)  # code blocks show text
     assert "<script>" not in rendered and "<img src=x" not in rendered
-    assert "&lt;script&gt;" in text
+    assert "&lt;script>" in text
 
 
 def test_an_unreadable_split_folder_is_one_line(phantom_root, monkeypatch, capsys):

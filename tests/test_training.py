@@ -17,6 +17,7 @@ import yaml
 from prostate_vq.cli import main
 from prostate_vq.errors import UserInputError
 from prostate_vq.training import HISTORY_COLUMNS, TrainOptions, load_checkpoint, load_model, save_checkpoint, train
+from prostate_vq.training.checkpoints import FORMAT_VERSION
 from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.masking import mask_patches
 from prostate_vq.training.seeding import capture_rng_state, restore_rng_state
@@ -218,7 +219,7 @@ def test_bad_options_are_user_errors(options, tiny_run):
 
 def test_failed_checkpoint_write_leaves_old_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
-    save_checkpoint(path, {"model_state": {"w": torch.ones(3)}, "config": {}, "epoch": 1})
+    save_checkpoint(path, {"format_version": FORMAT_VERSION, "model_state": {"w": torch.ones(3)}, "config": {}, "epoch": 1})
 
     def crash(obj, handle, *args, **kwargs):
         handle.write(b"half a checkpoint")
@@ -258,7 +259,8 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    save_checkpoint(tmp_path / "rng.pt", {"model_state": {}, "config": {}, "rng_state": capture_rng_state()})
+    save_checkpoint(tmp_path / "rng.pt", {"format_version": FORMAT_VERSION, "model_state": {}, "config": {},
+                                          "rng_state": capture_rng_state()})
     expected = (torch.rand(3), np.random.rand(3), random.random())
     restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng_state"])
     got = (torch.rand(3), np.random.rand(3), random.random())
