@@ -142,7 +142,7 @@ TINY = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=8"
 
 
 @pytest.mark.parametrize("preset,kind,depth", [("v1-vq", "single", 1), ("fsq", "single", 1),
-                                                ("v4-rq", "residual", 4), ("vqvae2", "hierarchy", 5)])
+                                                ("v4-rq", "residual", 3), ("vqvae2", "hierarchy", 5)])
 def test_layout_round_trip_and_decode(preset, kind, depth):
     from prostate_vq.models import apply_overrides, build_model, get_preset
 
@@ -298,7 +298,7 @@ def test_multi_level_codes_train_sample_and_decode(preset, task, phantom_root, t
     prior = train_prior(checkpoint, out=tmp_path / "prior", epochs=1, batch_size=8, device="cpu", progress=False,
                         arch_options=SMALL["pixelcnn"])
     metrics = json.loads((prior / "metrics.json").read_text(encoding="utf-8"))
-    depth = 4 if preset == "v4-rq" else 5
+    depth = 3 if preset == "v4-rq" else 5
     assert len(metrics["vocab_sizes"]) == depth and metrics["test_nll_bits_per_code"] > 0
     out = sample(prior / "best.pt", n=2, out=tmp_path / "samples", device="cpu")
     info = json.loads((out / "samples.json").read_text(encoding="utf-8"))

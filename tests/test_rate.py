@@ -38,7 +38,7 @@ def test_bits_per_pixel_sums_levels():
 
 
 def test_level_health_per_rq_depth_never_exceeds_k():
-    model = build_model(apply_overrides(get_preset("v4-rq"), TINY + ["quantizer.codebook_size=8"]), "image")
+    model = build_model(apply_overrides(get_preset("v4-rq"), TINY + ["quantizer.codebook_size=8", "quantizer.depth=4"]), "image")
     levels = model.code_levels((32, 32))
     assert [lv.name for lv in levels] == ["rq1", "rq2", "rq3", "rq4"]
     indices = torch.arange(4 * 16).reshape(1, 4, 4, 4) % 8  # every level uses all 8 codes evenly

@@ -255,7 +255,7 @@ The variants here fix that in different ways:
 | `v1-vq` | van den Oord 2017: codebook loss + commitment loss | the baseline (prone to collapse) |
 | `v3-ema` | codebook updated by exponential moving averages of its assignments | codes move with the data, not by a gradient that dead codes never get |
 | ReFiT | k-means of the trained encoder's outputs becomes a new, smaller codebook, then fine-tune | every code starts at a populated spot; repairs an already collapsed model |
-| `v4-rq` | residual quantisation: 4 codebooks quantise successive residuals | finer detail from the same codebook size |
+| `v4-rq` | residual quantisation: 3 codebooks quantise successive residuals | finer detail from the same codebook size |
 | `fsq` | finite scalar quantisation: each of 4 channels rounded to a few levels (8x5x5x5 = 1000 codes) | no learned codebook, nothing to collapse |
 | `lfq` | lookup-free: 9 binary channels (512 codes) plus an entropy loss | no learned codebook; the entropy loss spreads usage |
 
