@@ -65,11 +65,34 @@ def cmd_import(args):
 def cmd_presets(args):
     from prostate_vq.models.presets import list_presets, preset_bits_per_pixel
 
+    if args.show:
+        return _show_preset(args.show, args.set)
     rows = list_presets()
     width = max(len(name) for name, _ in rows)
     print(f"{'preset':<{width}}  {'bpp':>6}  description (bpp: bits per pixel at 256x128, after ReFiT where the preset has it)")
     for name, description in rows:
         print(f"{name:<{width}}  {preset_bits_per_pixel(name):>6.4g}  {description}")
+
+
+def _show_preset(name: str, overrides) -> None:
+    """The resolved configuration (engine defaults filled in) as YAML, headed by its rate."""
+    import yaml
+
+    from prostate_vq.models import build_model
+    from prostate_vq.models.presets import apply_overrides, get_preset
+    from prostate_vq.training.checkpoints import plain
+    from prostate_vq.training.config import TRAINING_DEFAULTS
+
+    cfg = apply_overrides(get_preset(name), overrides)
+    cfg["training"] = {**TRAINING_DEFAULTS, **cfg.get("training", {})}
+    final = {**cfg, "quantizer": dict(cfg["quantizer"])}
+    refit_size = (cfg.get("refit") or {}).get("codebook_size")
+    if refit_size:
+        final["quantizer"]["codebook_size"] = int(refit_size)
+    h, w = cfg["training"]["spatial_size"]
+    rate = build_model(final).bits_per_pixel((h, w))
+    print(f"# {name}: {rate:.4g} bits per pixel at {h}x{w}{' after ReFiT' if refit_size else ''}")
+    print(yaml.safe_dump(plain(cfg), sort_keys=False), end="")
 
 
 def cmd_summary(args):
@@ -215,7 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--orientation", default="RAS", help="reorient to this axis code before slicing (default RAS)")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("presets", help="list the model presets")
+    p = sub.add_parser("presets", help="list the model presets, or show one resolved")
+    p.add_argument("--show", metavar="NAME", default=None,
+                   help="print preset NAME's full configuration (defaults filled in) with its bits per pixel")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides applied before --show")
     p.set_defaults(func=cmd_presets)
 
     p = sub.add_parser("summary", help="print the torchinfo summary of a preset")
@@ -365,6 +391,12 @@ def _log_to_stderr() -> None:
         logger.setLevel(logging.INFO)
 
 
+def _is_out_of_memory(error: RuntimeError) -> bool:
+    """torch's CPU and CUDA allocators raise RuntimeError (CUDA: its OutOfMemoryError subclass)."""
+    text = str(error)
+    return type(error).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in text or "out of memory" in text
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
@@ -377,6 +409,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"prostate-vq {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as error:  # the allocator's refusal of a size the user asked for
+        if not isinstance(error, MemoryError) and not _is_out_of_memory(error):
+            raise
+        detail = str(error).strip().splitlines()[-1] if str(error).strip() else "out of memory"
+        print(f"prostate-vq {args.command}: error: out of memory ({detail[:200]}): try a smaller --spatial-size "
+              f"or --batch-size", file=sys.stderr)
+        return 2
     except OSError as error:  # a file or folder the user named cannot be read or written (permissions, ...)
         if error.errno not in _USER_ERRNOS:
             raise

@@ -250,3 +250,24 @@ def test_an_unreadable_split_folder_is_one_line(phantom_root, monkeypatch, capsy
     assert main(["manifest", "--data", str(phantom_root)]) == 2
     line = _err_line(capsys)
     assert "keras_slices_train: Permission denied" in line
+
+
+def test_a_size_the_allocator_refuses_is_one_line(monkeypatch, capsys):
+    """Issue 14: a --spatial-size whose buffers cannot be allocated ended in an allocator traceback."""
+    import prostate_vq.models.summary as summary
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+                           "you tried to allocate 1099511627776 bytes.")
+
+    monkeypatch.setattr(summary, "model_summary", refuse)
+    assert main(["summary", "--preset", "default", "--spatial-size", "524288", "524288"]) == 2
+    line = _err_line(capsys)
+    assert "out of memory" in line and "you tried to allocate 1099511627776 bytes" in line and "--spatial-size" in line
+
+    def other(*args, **kwargs):
+        raise RuntimeError("a bug, not a size")
+
+    monkeypatch.setattr(summary, "model_summary", other)
+    with pytest.raises(RuntimeError, match="a bug"):  # real errors keep their traceback
+        main(["summary", "--preset", "default"])

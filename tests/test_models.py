@@ -219,3 +219,17 @@ def test_presets_that_collapsed_on_real_scans_restart_dead_codes():
     rq = get_preset("v4-rq")["quantizer"]
     assert rq["dead_code_threshold"] > 0 and rq["kmeans_init"] is True
 
+
+def test_presets_show_prints_the_resolved_config_with_its_rate(capsys):
+    import yaml
+
+    from prostate_vq.cli import main
+
+    assert main(["presets", "--show", "v2-refit", "--set", "training.lr=3e-4"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("# v2-refit: 0.5 bits per pixel at 256x128 after ReFiT")
+    cfg = yaml.safe_load(out)
+    assert cfg["training"]["lr"] == 3e-4 and cfg["training"]["optimizer"] == "adam"  # engine defaults filled in
+    assert cfg["quantizer"]["codebook_size"] == 512 and cfg["refit"]["codebook_size"] == 256
+    assert main(["presets", "--show", "nope"]) == 2
+    assert "unknown preset 'nope'" in capsys.readouterr().err
