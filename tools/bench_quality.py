@@ -3,18 +3,16 @@
 (a) phantom: the demo phantom (``default_data_root()``), the ``default`` preset trained ``--minutes`` on CPU,
     evaluated on the test split: image task (SSIM, codebook usage) and mask task (Dice).
     Goals: SSIM >= 0.90 with >= 95% of the codebook in use; mask Dice >= 0.995.
-(b) real: the two ProstateX patients in ``../shared/data/prostatex-dev`` (T2 transverse DICOM), imported
-    with ``prostate_vq.data.import_volume`` into a HipMRI root at ``--out``/prostatex:
-      ProstateX-0000 t2-tra              -> train    (case 0000, week 0)
-      ProstateX-0000 t2-tra (again)      -> validate (case "0000-val": the training patient again, so
-                                            no test anatomy influences early stopping or best.pt; the
-                                            importer keeps a case id in one split, hence the suffix)
-      ProstateX-0001 t2-tra-a, t2-tra-b  -> test     (case 0001, weeks 0 and 1: 38 unseen slices)
-    128x128 slices, ``--real-minutes`` of CPU each for our ``default`` preset and MONAI's stock
+(b) real: the two ProstateX patients in ``../shared/data/prostatex-dev`` (T2 DICOM), imported and split by
+    patient exactly as ``tools/prostatex.py`` says (the same data as ``tools/bench_variants.py``: train 38
+    slices of patient 0000, validate 15 slices of it in another plane, test 72 slices of patient 0001).
+    128x128 slices, ``--real-minutes`` of CPU each for our preset and MONAI's stock
     ``monai.networks.nets.VQVAE`` (same data, size, Adam with the preset's lr and batch size, same time,
     best epoch by validation MSE). Goal: ours SSIM >= 0.85 with >= 90% usage, far above the stock model.
 
-Usage:  python tools/bench_quality.py [--minutes 5] [--real-minutes 4] [--only phantom|real] [--quick]
+``--preset`` picks ours (``default``, 0.5625 bits per pixel; ``hifi`` is the /2 model at 2.25).
+Usage:  python tools/bench_quality.py [--minutes 5] [--real-minutes 4] [--preset default] [--only phantom|real]
+        [--quick]
 ``--quick`` runs every path for a few seconds at tiny sizes: a smoke test of the benchmark, not a result.
 """
 
@@ -28,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prostatex-dev"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from prostatex import SHARED, available, import_prostatex  # noqa: E402
+
 GOALS = {"phantom-image": {"ssim_mean": 0.90, "codebook_usage_pct": 95.0},
          "phantom-mask": {"dice_mean": 0.995},
          "real-default": {"ssim_mean": 0.85, "codebook_usage_pct": 90.0}}
@@ -47,13 +47,14 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str, max_slices, seed: int) -> dict:
+def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str, max_slices, seed: int,
+          preset: str = "default") -> dict:
     from prostate_vq.evaluation import evaluate_checkpoint
     from prostate_vq.training import TrainOptions, train
 
     start = time.monotonic()
     # Time-bound like the stock model below: the budget, not the preset's epoch cap or patience, ends training.
-    run = train(TrainOptions(out=out / "run", data=root, preset="default", task=task, max_minutes=minutes,
+    run = train(TrainOptions(out=out / "run", data=root, preset=preset, task=task, max_minutes=minutes,
                              epochs=100_000, patience=100_000, spatial_size=spatial, device=device, seed=seed,
                              max_slices=max_slices, progress=False))
     trained = time.monotonic() - start
@@ -68,7 +69,8 @@ def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str
     parameters = sum(p.numel() for p in load_model(run / "best.pt", "cpu")[0].parameters())
     keys = ("ssim_mean", "ssim_pass_rate", "psnr_mean", "dice_mean", "codes_used", "codebook_size",
             "codebook_usage_pct", "perplexity", "n_slices")
-    return {"model": "prostate-vq default", "task": task, "spatial_size": list(spatial), "epochs": epochs,
+    return {"model": f"prostate-vq {preset}", "preset": preset, "bits_per_pixel": m.get("bits_per_pixel"),
+            "task": task, "spatial_size": list(spatial), "epochs": epochs,
             "train_seconds": round(trained, 1), **{k: m.get(k) for k in keys}, "parameters": parameters,
             "eval": str(out / "eval")}
 
@@ -80,27 +82,12 @@ def bench_phantom(args, out: Path) -> None:
     spatial = (64, 32) if args.quick else (256, 128)
     for task, bench in (("image", "phantom-image"), ("mask", "phantom-mask")):
         record = _ours(root, out / f"phantom-{task}", task, args.minutes, spatial, args.device,
-                       args.max_slices, args.seed)
+                       args.max_slices, args.seed, args.preset)
         emit({"bench": bench, "data": str(root), "minutes": args.minutes, **record})
 
 
-def import_prostatex(shared: Path, root: Path) -> Path:
-    """The split described in the module docstring; idempotent (re-uses a complete import)."""
-    from prostate_vq.data import import_volume
-
-    plan = [(shared / "ProstateX-0000" / "t2-tra", "0000", "train", 0),
-            (shared / "ProstateX-0000" / "t2-tra", "0000-val", "validate", 0),
-            (shared / "ProstateX-0001" / "t2-tra-a", "0001", "test", 0),
-            (shared / "ProstateX-0001" / "t2-tra-b", "0001", "test", 1)]
-    if (root / ".complete").is_file():
-        return root
-    for path, case, split, week in plan:
-        import_volume(path, root, case=case, split=split, week=week)
-    (root / ".complete").write_text("\n".join(f"{p} -> {s} case {c} week {w}" for p, c, s, w in plan) + "\n")
-    return root
-
-
-def _stock_monai(root: Path, minutes: float, spatial, device: str, max_slices, seed: int) -> dict:
+def _stock_monai(root: Path, minutes: float, spatial, device: str, max_slices, seed: int,
+                 preset: str = "default") -> dict:
     """MONAI's VQVAE as shipped (only the sizes the issue names), trained like our preset."""
     import torch
     import torch.nn.functional as F
@@ -113,7 +100,7 @@ def _stock_monai(root: Path, minutes: float, spatial, device: str, max_slices, s
 
     torch.manual_seed(seed)
     dev = resolve_device(device)
-    training = get_preset("default")["training"]
+    training = get_preset(preset)["training"]
     model = VQVAE(spatial_dims=2, in_channels=1, out_channels=1, channels=(64, 128), num_res_layers=2,
                   num_res_channels=(64, 128),  # MONAI's default (96, 96, 192) has three entries for two stages
                   downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)),
@@ -169,15 +156,15 @@ def _stock_monai(root: Path, minutes: float, spatial, device: str, max_slices, s
 
 def bench_real(args, out: Path) -> None:
     shared = Path(args.prostatex)
-    if not (shared / "ProstateX-0000" / "t2-tra").is_dir() or not (shared / "ProstateX-0001").is_dir():
+    if not available(shared):
         emit({"bench": "real", "skipped": f"ProstateX scans not found at {shared}"})
         return
-    root = import_prostatex(shared, out / "prostatex")
+    root = import_prostatex(out / "prostatex", shared)
     spatial = (64, 64) if args.quick else (128, 128)
-    ours = _ours(root, out / "real-default", "image", args.real_minutes, spatial, args.device, args.max_slices,
-                 args.seed)
+    ours = _ours(root, out / f"real-{args.preset}", "image", args.real_minutes, spatial, args.device,
+                 args.max_slices, args.seed, args.preset)
     emit({"bench": "real-default", "data": str(root), "minutes": args.real_minutes, **ours})
-    stock = _stock_monai(root, args.real_minutes, spatial, args.device, args.max_slices, args.seed)
+    stock = _stock_monai(root, args.real_minutes, spatial, args.device, args.max_slices, args.seed, args.preset)
     emit({"bench": "real-monai-stock", "data": str(root), "minutes": args.real_minutes, **stock})
     emit({"bench": "real-comparison", "ssim": {"default": ours["ssim_mean"], "monai_stock": stock["ssim_mean"]},
           "codebook_usage_pct": {"default": ours["codebook_usage_pct"], "monai_stock": stock["codebook_usage_pct"]}})
@@ -187,27 +174,28 @@ def quality_per_time(minutes: float, device: str = "cpu", out: Path | None = Non
     """The real-scan comparison as one dict for tools/benchmark.py; None when the scans are absent."""
     import tempfile
 
-    if not (SHARED / "ProstateX-0000" / "t2-tra").is_dir() or not (SHARED / "ProstateX-0001").is_dir():
+    if not available():
         return None
     quick = minutes < 0.5
     spatial = (64, 64) if quick else (128, 128)
     max_slices = 8 if quick else None
     with tempfile.TemporaryDirectory(prefix="pvq-quality-") as tmp:
         work = Path(out) if out else Path(tmp)
-        root = import_prostatex(SHARED, work / "prostatex")
+        root = import_prostatex(work / "prostatex")
         ours = _ours(root, work / "real-default", "image", minutes, spatial, device, max_slices, seed)
         stock = _stock_monai(root, minutes, spatial, device, max_slices, seed)
     return {"ours_ssim": ours["ssim_mean"], "peer_ssim": stock["ssim_mean"],
             "ours_usage_pct": ours["codebook_usage_pct"], "peer_usage_pct": stock["codebook_usage_pct"],
             "peer_name": "monai.networks.nets.VQVAE (stock, same data, size, optimiser and time)",
             "settings": {"minutes": minutes, "spatial_size": list(spatial), "device": device,
-                         "data": "ProstateX-0000 train / ProstateX-0001 test (T2 transverse)"}}
+                         "data": "ProstateX-0000 train / ProstateX-0001 test (tools/prostatex.py)"}}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="phantom training budget per task")
     parser.add_argument("--real-minutes", type=float, default=4.0, help="real-scan training budget per model")
+    parser.add_argument("--preset", default="default", help="our preset (hifi: the /2 model at 2.25 bpp)")
     parser.add_argument("--only", choices=("phantom", "real"), default=None)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/quality"))
     parser.add_argument("--prostatex", type=Path, default=SHARED)
