@@ -23,7 +23,8 @@ def fmt(value, spec: str = ".3f", scale: float = 1.0) -> str:
 def md_escape(text) -> str:
     """Text from run files in a cell or a line: its HTML and link syntax are shown, never rendered
     ('>' alone opens no tag, so 'SSIM > 0.6' stays readable in the source)."""
-    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace("|", "\\|").replace("](", "]\\(").replace("\n", " ")
+    text = str(text).replace("&", "&amp;").replace("<", "&lt;")
+    return text.replace("|", "\\|").replace("](", "]\\(").replace("\n", " ")
 
 
 def md_code(text) -> str:
