@@ -78,20 +78,15 @@ def _show_preset(name: str, overrides) -> None:
     """The resolved configuration (engine defaults filled in) as YAML, headed by its rate."""
     import yaml
 
-    from prostate_vq.models import build_model
-    from prostate_vq.models.presets import apply_overrides, get_preset
+    from prostate_vq.models.presets import apply_overrides, config_bits_per_pixel, get_preset
     from prostate_vq.training.checkpoints import plain
     from prostate_vq.training.config import TRAINING_DEFAULTS
 
     cfg = apply_overrides(get_preset(name), overrides)
     cfg["training"] = {**TRAINING_DEFAULTS, **cfg.get("training", {})}
-    final = {**cfg, "quantizer": dict(cfg["quantizer"])}
-    refit_size = (cfg.get("refit") or {}).get("codebook_size")
-    if refit_size:
-        final["quantizer"]["codebook_size"] = int(refit_size)
     h, w = cfg["training"]["spatial_size"]
-    rate = build_model(final).bits_per_pixel((h, w))
-    print(f"# {name}: {rate:.4g} bits per pixel at {h}x{w}{' after ReFiT' if refit_size else ''}")
+    refit = " after ReFiT" if (cfg.get("refit") or {}).get("codebook_size") else ""
+    print(f"# {name}: {config_bits_per_pixel(cfg, (h, w)):.4g} bits per pixel at {h}x{w}{refit}")
     print(yaml.safe_dump(plain(cfg), sort_keys=False), end="")
 
 

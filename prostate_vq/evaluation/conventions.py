@@ -75,13 +75,16 @@ def ssim_in_region(recon: torch.Tensor, image: torch.Tensor, label: torch.Tensor
                        torch.full_like(area, math.nan)).cpu()
 
 
+def finite_mean(values) -> float | None:
+    """Mean over the finite values (NaN marks 'not scored'); None where none is."""
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else None
+
+
 def class_means(dice: np.ndarray, names=LABEL_NAMES) -> dict[str, float | None]:
     """Mean per class over scored rows (NaN rows skipped); None where no row is scored."""
-    out = {}
-    for c, name in enumerate(names):
-        column = dice[:, c][~np.isnan(dice[:, c])]
-        out[name] = float(column.mean()) if column.size else None
-    return out
+    return {name: finite_mean(dice[:, c]) for c, name in enumerate(names)}
 
 
 def foreground_mean(per_class: dict[str, float | None]) -> float | None:
@@ -107,29 +110,16 @@ def per_patient(cases: list[str], per_slice: dict[str, np.ndarray | None], volum
     out: dict = {"n_patients": len(patients), "cases": {p: {} for p in patients}}
     if not patients:
         return out
-    case_array = np.asarray(cases)
-    metrics = {name: values for name, values in per_slice.items() if values is not None}
-    for name, values in metrics.items():
-        means = []
-        for p in patients:
-            v = np.asarray(values, dtype=np.float64)[case_array == p]
-            v = v[np.isfinite(v)]
-            m = float(v.mean()) if v.size else math.nan
-            out["cases"][p][name] = m if math.isfinite(m) else None
-            means.append(m)
-        means = np.asarray(means)
-        finite = means[np.isfinite(means)]
-        out[name] = {"mean": float(finite.mean()) if finite.size else None, "ci95": bootstrap_ci(means)}
-    if volume_dice is not None:
+    per_row = {name: (np.asarray(values, dtype=np.float64), np.asarray(cases))
+               for name, values in per_slice.items() if values is not None}
+    if volume_dice is not None:  # one row per (case, week) volume
         dice, keys = volume_dice
-        means = []
-        for p in patients:
-            v = np.asarray([dice[i, PROSTATE] for i, key in enumerate(keys) if key[0] == p])
-            v = v[np.isfinite(v)]
-            means.append(float(v.mean()) if v.size else math.nan)
-            out["cases"][p]["dice_prostate_case3d"] = means[-1] if math.isfinite(means[-1]) else None
-        means = np.asarray(means)
-        finite = means[np.isfinite(means)]
-        out["dice_prostate_case3d"] = {"mean": float(finite.mean()) if finite.size else None,
-                                       "ci95": bootstrap_ci(means)}
+        per_row["dice_prostate_case3d"] = (np.asarray(dice[:, PROSTATE], dtype=np.float64),
+                                           np.asarray([key[0] for key in keys]))
+    for name, (values, owners) in per_row.items():
+        means = [finite_mean(values[owners == p]) for p in patients]
+        for p, m in zip(patients, means):
+            out["cases"][p][name] = m
+        means = np.asarray([math.nan if m is None else m for m in means])
+        out[name] = {"mean": finite_mean(means), "ci95": bootstrap_ci(means)}
     return out

@@ -17,8 +17,9 @@ import torch
 from prostate_vq.errors import DataError, UserInputError
 from prostate_vq.evaluation.metrics import (LABEL_NAMES, SSIM_THRESHOLD, codebook_metrics, dice_per_slice,
                                             reconstruction_per_slice, summarize_dice, summarize_reconstruction)
-from prostate_vq.evaluation.conventions import (DICE_CONVENTIONS, FOREGROUND_THRESHOLD, PROSTATE, class_means, dice_case3d, dice_monai,
-                                                foreground_mean, overlap_counts, per_patient, ssim_in_region)
+from prostate_vq.evaluation.conventions import (DICE_CONVENTIONS, FOREGROUND_THRESHOLD, PROSTATE, class_means,
+                                                dice_case3d, dice_monai, finite_mean, foreground_mean,
+                                                overlap_counts, per_patient, ssim_in_region)
 from prostate_vq.evaluation.results import EvaluationResult
 from prostate_vq.models.rate import level_health
 from prostate_vq.files import atomic_open, ensure_dir, staged_folder
@@ -216,8 +217,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     return result
 
 
-def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict], values: dict, written: dict, out: Path,
-            torch_device, start: float) -> EvaluationResult:
+def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict], values: dict, written: dict,
+            out: Path, torch_device, start: float) -> EvaluationResult:
     return EvaluationResult(
         checkpoint=str(checkpoint.resolve()), preset=str(payload.get("preset", "?")), task=payload["task"],
         split=split, data_root=str(Path(data).resolve()), spatial_size=[int(s) for s in payload["spatial_size"]],
@@ -234,8 +235,7 @@ def _conventions(values: dict, rows: list[dict]) -> dict:
     """metrics.json keys of the standard conventions (see evaluation.conventions), beside the per-slice ones."""
     out: dict = {}
     if values["ssim_region"] is not None:
-        finite = values["ssim_region"][np.isfinite(values["ssim_region"])]
-        out["ssim_region_mean"] = float(finite.mean()) if finite.size else None
+        out["ssim_region_mean"] = finite_mean(values["ssim_region"])
         out["ssim_region"] = values["region"]
     volume_dice = None
     if values["dice"] is not None:

@@ -9,19 +9,11 @@ from pathlib import Path
 from prostate_vq.evaluation.metrics import (SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics,
                                             SegmentationMetrics, json_float)
 from prostate_vq.files import write_text_atomic
+from prostate_vq.training.checkpoints import strict_json
 
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
                "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean")
-
-
-def _strict(value):
-    """Plain JSON: NaN/Inf become null at any depth."""
-    if isinstance(value, dict):
-        return {str(k): _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return json_float(value) if isinstance(value, float) else value
 
 
 @dataclass
@@ -69,15 +61,14 @@ class EvaluationResult:
             out.update({k: None for k in _RECON_KEYS})
         if self.segmentation is not None:
             out.update(self.segmentation.to_dict())
-        out.update(_strict(self.conventions))
+        out.update(strict_json(self.conventions))
         codebook = self.codebook.to_dict()
         counts = codebook.pop("code_counts")
         out.update(codebook)
         out.update({"device": self.device, "seconds": json_float(self.seconds), "epoch": self.epoch,
                     "seed": self.seed, "versions": dict(self.versions), "figures": dict(self.figures),
                     "bits_per_pixel": json_float(self.bits_per_pixel),
-                    "levels": [{k: (json_float(v) if isinstance(v, float) else v) for k, v in level.items()}
-                               for level in self.levels],
+                    "levels": strict_json(self.levels),
                     "code_counts": counts})
         return out
 

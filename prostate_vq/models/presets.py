@@ -155,7 +155,12 @@ def _number(value):
 
 def preset_bits_per_pixel(name: str, spatial_size=(256, 128)) -> float:
     """The rate of a preset's final model (after ReFiT for presets that have a `refit` section)."""
-    cfg = get_preset(name)
-    if cfg.get("refit", {}).get("codebook_size"):
-        cfg["quantizer"]["codebook_size"] = int(cfg["refit"]["codebook_size"])
+    return config_bits_per_pixel(get_preset(name), spatial_size)
+
+
+def config_bits_per_pixel(cfg: dict, spatial_size=(256, 128)) -> float:
+    """The rate of a resolved config's final model (after ReFiT where it has a `refit` section)."""
+    refit_size = (cfg.get("refit") or {}).get("codebook_size")
+    if refit_size:
+        cfg = {**cfg, "quantizer": {**cfg["quantizer"], "codebook_size": int(refit_size)}}
     return build_model(cfg).bits_per_pixel(spatial_size)

@@ -39,9 +39,7 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu"):
     """``(prior, vqvae, layout, payload)`` from a prior checkpoint, both networks in eval mode."""
     from prostate_vq.training.checkpoints import load_checkpoint
 
-    payload = load_checkpoint(path, kind="prior")
-    if payload.get("kind") != "prior":
-        raise UserInputError("not a prior checkpoint (train one with prostate-vq train-prior)", path)
+    payload = load_checkpoint(path, kind="prior")  # a VQ-VAE checkpoint here is refused in one line
     prior = build_prior(payload["config"])
     try:
         prior.load_state_dict(payload["model_state"])

@@ -166,9 +166,7 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
     if resume:
         if not last_path.is_file():
             raise UserInputError("--resume: no last.pt in the prior run folder", out)
-        resume_payload = load_checkpoint(last_path, kind="prior_resume")
-        if resume_payload.get("kind") != "prior":
-            raise UserInputError("--resume: last.pt is not a prior run", last_path)
+        resume_payload = load_checkpoint(last_path, kind="prior_resume")  # refuses a VQ-VAE run's last.pt
         vq_payload = resume_payload["vqvae"]
         from prostate_vq.prior.codes import model_from_payload
 

@@ -86,7 +86,8 @@ def _row(entry: Entry) -> list[str]:
         ssim = DASH if m.get("ssim_mean") is None else f"{fmt(m['ssim_mean'], '.4f')} ± {fmt(m.get('ssim_std'), '.3f')}"
         return [name, params, _rate(entry, m), ssim, fmt(m.get("ssim_region_mean"), ".4f"),
                 fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
-                fmt(m.get("dice_prostate_monai"), ".2f", 100), fmt(m.get("codes_used"), ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
+                fmt(m.get("dice_prostate_monai"), ".2f", 100), fmt(m.get("codes_used"), ".0f"),
+                fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
     m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
     counts = entry.run.payload.get("code_counts")
     used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())

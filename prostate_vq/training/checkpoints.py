@@ -6,6 +6,7 @@ A payload holds only tensors, dicts, lists, strings, numbers, bools and None, so
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,17 @@ def plain(value: Any) -> Any:
         return str(value)  # also plain-str of str subclasses such as torch.__version__
     if hasattr(value, "item") and not isinstance(value, torch.Tensor) and getattr(value, "ndim", 1) == 0:
         return value.item()  # numpy scalar
+    return value
+
+
+def strict_json(value: Any) -> Any:
+    """Strict JSON has no NaN/Inf: they become null at any depth (e.g. Dice of the image task)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 

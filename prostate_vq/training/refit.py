@@ -19,7 +19,7 @@ import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint
+from prostate_vq.training.checkpoints import load_checkpoint, strict_json
 from prostate_vq.training.data_loading import make_loader
 from prostate_vq.training.engine import InitContext, TrainOptions, fit
 from prostate_vq.training.history import write_text_atomic
@@ -156,20 +156,11 @@ def _write_summary(out: Path) -> None:
                  "perplexity_after_finetune": best["metrics"].get("perplexity"),
                  "val_ssim_after_finetune": best["metrics"].get("val_ssim"),
                  "val_dice_after_finetune": best["metrics"].get("val_dice"), "best_epoch": best["epoch"]})
-    write_text_atomic(out / "refit.json", json.dumps(_strict(info), indent=1))
+    write_text_atomic(out / "refit.json", json.dumps(strict_json(info), indent=1))
     log.info("ReFiT: codebook usage %.1f%% (K=%d) -> %.1f%% after k-means -> %.1f%% after fine-tuning (K=%d)",
              info.get("usage_before_pct", math.nan), info.get("codebook_size_before", 0),
              info.get("usage_after_kmeans_pct", math.nan), info.get("usage_after_finetune_pct") or math.nan,
              info.get("codebook_size_after", 0))
-
-
-def _strict(value):
-    """Strict JSON: NaN (e.g. Dice of the image task) becomes null."""
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
