@@ -18,7 +18,6 @@ from prostate_vq.data.layout import TASKS
 from prostate_vq.errors import UserInputError
 
 
-
 def _spatial(parser: argparse.ArgumentParser, default=None) -> None:
     parser.add_argument("--spatial-size", nargs=2, type=int, metavar=("H", "W"), default=default,
                         help="slice size the model sees (default: 256 128, or the checkpoint's)")

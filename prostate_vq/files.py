@@ -7,6 +7,7 @@ so a clean-up removes our own leftovers and never a user's ``.notes.tmp``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -144,10 +145,8 @@ class StagedFiles:
 
     def discard(self) -> None:
         for tmp, _ in self._pending:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
-            except FileNotFoundError:
-                pass
         self._pending = []
 
 
@@ -169,9 +168,8 @@ def atomic_open(path: str | Path, mode: str = "wb", **kwargs):
     """Write through a temporary file beside `path`, fsync it, then rename it over `path`: a crash or a full
     disk mid-write leaves the previous file intact and no temporary behind (checkpoints, CSV, JSON, figures).
     A failure outside prostate-vq (disk full, permissions) becomes a one-line UserInputError naming `path`."""
-    with staged_files() as stage:
-        with stage.open(path, mode, **kwargs) as handle:
-            yield handle
+    with staged_files() as stage, stage.open(path, mode, **kwargs) as handle:
+        yield handle
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

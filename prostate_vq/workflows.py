@@ -66,8 +66,7 @@ def sweep(data, presets, out, max_minutes: float | None = None, task: str = "ima
     ``overrides`` (``section.key=value``) apply to every preset. Re-running the same command resumes
     unfinished runs and reuses finished ones.
     """
-    from prostate_vq.models import apply_overrides
-    from prostate_vq.models import get_preset
+    from prostate_vq.models import apply_overrides, get_preset
     from prostate_vq.reporting.markdown import write_report
 
     presets = [p.strip() for p in presets if p and p.strip()]

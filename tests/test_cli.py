@@ -16,7 +16,7 @@ VERBS = {"synth", "manifest", "import", "presets", "summary", "train", "refit", 
 def test_every_verb_is_registered():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert VERBS <= set(sub.choices)
+    assert set(sub.choices) >= VERBS
 
 
 def test_cli_reference_is_up_to_date():

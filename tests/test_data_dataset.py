@@ -21,7 +21,7 @@ def test_items_follow_the_contract(phantom_root):
     item = ds[7]
     assert item["image"].shape == (1, 256, 128) and item["image"].dtype == torch.float32
     assert item["label"].shape == (1, 256, 128) and item["label"].dtype == torch.int64
-    assert 0.0 <= float(item["image"].min()) and float(item["image"].max()) <= 1.0
+    assert float(item["image"].min()) >= 0.0 and float(item["image"].max()) <= 1.0
     record = ds.records[7]
     assert (item["case"], item["week"], item["slice"]) == (record.case, record.week, record.slice)
     assert item["path"] == record.image.name

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from test_data_importer import PROSTATEX, X, Y, Z, _labels, _volume, _write_dicom_series
 
 from prostate_vq.cli import main
-from prostate_vq.data import importer, import_volume
+from prostate_vq.data import import_volume, importer
 from prostate_vq.files import is_own_temp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import nibabel as nib
@@ -27,7 +28,7 @@ def _volume(direction=None) -> sitk.Image:
 
 
 def _labels() -> sitk.Image:
-    z, y, x = np.meshgrid(np.arange(Z), np.arange(Y), np.arange(X), indexing="ij")
+    z, _, x = np.meshgrid(np.arange(Z), np.arange(Y), np.arange(X), indexing="ij")
     seg = sitk.GetImageFromArray(((x // 2 + z) % 6).astype(np.uint8))
     seg.CopyInformation(_volume())
     return seg
@@ -141,7 +142,7 @@ def test_real_prostatex_t2_series(tmp_path):
     first = nib.load(written[0])
     assert first.shape == (384, 384) and first.header.get_zooms()[:2] == pytest.approx((0.5, 0.5), rel=1e-3)
     z = [nib.load(p).affine[2, 3] for p in written]
-    assert all(b > a for a, b in zip(z, z[1:]))  # inferior -> superior, by physical position
+    assert all(b > a for a, b in itertools.pairwise(z))  # inferior -> superior, by physical position
     records = discover(tmp_path / "out", ("test",))["test"]
     assert len(records) == 19 and all(r.mask is None for r in records)
     image = load_slice(written[9])

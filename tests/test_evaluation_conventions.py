@@ -8,8 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from prostate_vq.evaluation.conventions import (PROSTATE, bootstrap_ci, class_means, dice_case3d, dice_monai,
-                                                overlap_counts, per_patient, ssim_in_region)
+from prostate_vq.evaluation.conventions import (
+    PROSTATE,
+    bootstrap_ci,
+    class_means,
+    dice_case3d,
+    dice_monai,
+    overlap_counts,
+    per_patient,
+    ssim_in_region,
+)
 from prostate_vq.evaluation.metrics import dice_per_slice
 
 

@@ -57,10 +57,10 @@ def test_disk_full_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(UserInputError, match="metrics.json.*No space left") as caught:
-        with atomic_open(target, "w", encoding="utf-8") as handle:
-            handle.write("new, half")
-            full()
+    with pytest.raises(UserInputError, match="metrics.json.*No space left") as caught, \
+            atomic_open(target, "w", encoding="utf-8") as handle:
+        handle.write("new, half")
+        full()
     assert str(target) in str(caught.value)
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
 
@@ -105,11 +105,10 @@ def test_outputs_get_the_usual_permissions_not_mkstemp_0600(tmp_path):
 
 def test_staged_files_appear_together_or_not_at_all(tmp_path):
     (tmp_path / "a").write_text("old a")
-    with pytest.raises(RuntimeError):
-        with staged_files() as stage:
-            with stage.open(tmp_path / "a", "w") as handle:
-                handle.write("new a")
-            raise RuntimeError("failure before b")
+    with pytest.raises(RuntimeError), staged_files() as stage:
+        with stage.open(tmp_path / "a", "w") as handle:
+            handle.write("new a")
+        raise RuntimeError("failure before b")
     assert (tmp_path / "a").read_text() == "old a" and sorted(os.listdir(tmp_path)) == ["a"]
 
 

@@ -4,6 +4,7 @@ makes --epochs/--lr true, absolute data roots, the NIfTI header guard, escaped r
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import os
@@ -178,7 +179,7 @@ def test_more_epochs_on_resume_extend_the_cosine_instead_of_climbing(base):
     lr, floor = 2e-3, 2e-3 * 0.05  # the default preset's recipe, min_lr_ratio 0.05
     planned = [floor + (lr - floor) * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(2, 6)]
     assert lrs[2:] == pytest.approx(planned, rel=1e-6)
-    assert all(later < earlier for earlier, later in zip(lrs[2:], lrs[3:])) and max(lrs[2:]) < lr
+    assert all(later < earlier for earlier, later in itertools.pairwise(lrs[2:])) and max(lrs[2:]) < lr
 
 
 def test_lr_on_resume_applies_and_is_announced(base, caplog):

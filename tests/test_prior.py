@@ -4,6 +4,7 @@ round trips, and the train-prior / sample / encode commands on the tiny trained 
 from __future__ import annotations
 
 import csv
+import io
 import json
 
 import nibabel as nib
@@ -125,7 +126,9 @@ def test_nll_falls_and_samples_follow_the_learned_structure(arch):
 def test_sampling_is_reproducible_and_in_range(arch):
     torch.manual_seed(0)
     prior = small_prior(arch, [7, 5], (5, 6))
-    draw = lambda seed, t=1.0: prior.sample(3, (5, 6), temperature=t, generator=torch.Generator().manual_seed(seed))
+    def draw(seed, t=1.0):
+        return prior.sample(3, (5, 6), temperature=t, generator=torch.Generator().manual_seed(seed))
+
     a, b, c = draw(1), draw(1), draw(2)
     assert a.shape == (3, 5, 6, 2) and a.dtype == torch.long
     assert torch.equal(a, b) and not torch.equal(a, c)
@@ -155,7 +158,7 @@ def test_layout_round_trip_and_decode(preset, kind, depth):
     assert layout.kind == kind and codes.shape[-1] == depth == layout.depth
     assert list(codes.shape[1:3]) == layout.grid
     for level, k in enumerate(layout.vocab_sizes):
-        assert 0 <= int(codes[..., level].min()) and int(codes[..., level].max()) < k
+        assert int(codes[..., level].min()) >= 0 and int(codes[..., level].max()) < k
     assert torch.equal(layout.to_model(codes), indices)
     assert CodeLayout.from_dict(json.loads(json.dumps(layout.to_dict()))) == layout
     with torch.no_grad():
@@ -200,7 +203,7 @@ def test_train_prior_writes_a_run_and_its_likelihood_falls(joint_prior, tiny_joi
     from prostate_vq.training.checkpoints import load_checkpoint
 
     assert {p.name for p in joint_prior.iterdir()} >= {"best.pt", "last.pt", "history.csv", "metrics.json"}
-    rows = list(csv.DictReader(open(joint_prior / "history.csv", encoding="utf-8")))
+    rows = list(csv.DictReader(io.StringIO((joint_prior / "history.csv").read_text(encoding="utf-8"))))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
     train_bits = [float(r["train_nll_bits"]) for r in rows]
     assert train_bits[-1] < train_bits[0]
@@ -224,7 +227,7 @@ def test_sample_writes_slices_grid_and_checks_reproducibly(joint_prior, tmp_path
         image = nib.load(a / record["file"]).get_fdata()
         seg = np.asarray(nib.load(a / record["seg_file"]).dataobj)
         assert image.shape == seg.shape == (64, 32)
-        assert 0.0 <= image.min() and image.max() <= 1.0 and set(np.unique(seg)) <= set(range(6))
+        assert image.min() >= 0.0 and image.max() <= 1.0 and set(np.unique(seg)) <= set(range(6))
         assert -1.0 <= record["nearest_train_similarity"] <= 1.0 and 0.0 <= record["distribution_distance"] <= 1.0
         assert record["nearest_train_file"].startswith("case_")
     assert 0.0 <= info["reference"]["samples_closer_than_any_validation_slice"] <= 1.0
@@ -243,7 +246,7 @@ def test_resume_continues_the_prior_run(tiny_run, tmp_path):
     with pytest.raises(UserInputError, match="--resume"):
         train_prior(tiny_run / "best.pt", epochs=2, **kwargs)
     train_prior(tiny_run / "best.pt", epochs=3, resume=True, **kwargs)
-    rows = list(csv.DictReader(open(out / "history.csv", encoding="utf-8")))
+    rows = list(csv.DictReader(io.StringIO((out / "history.csv").read_text(encoding="utf-8"))))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert json.loads((out / "metrics.json").read_text(encoding="utf-8"))["arch"] == "transformer"
 

@@ -9,8 +9,15 @@ import torch
 import torch.nn.functional as F
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.models.quantizers import (QUANTIZERS, build_quantizer, code_counts, nearest_code,
-                                           perplexity, quantizer_options, usage)
+from prostate_vq.models.quantizers import (
+    QUANTIZERS,
+    build_quantizer,
+    code_counts,
+    nearest_code,
+    perplexity,
+    quantizer_options,
+    usage,
+)
 from prostate_vq.models.quantizers.base import entropy_loss
 
 DIM = 8

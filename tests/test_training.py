@@ -65,17 +65,17 @@ def test_run_folder_holds_everything_evaluate_needs(tiny_run):
         assert -1.0 <= float(row["val_ssim"]) <= 1.0
         assert row["val_dice"] == ""  # image task: no segmentation
     raw = torch.load(tiny_run / "last.pt", weights_only=True)  # never unpickles arbitrary objects
-    assert PAYLOAD_KEYS | LAST_KEYS <= set(raw)
+    assert set(raw) >= PAYLOAD_KEYS | LAST_KEYS
     assert raw["epoch"] == 2 and len(raw["history"]) == 2
     best = load_checkpoint(tiny_run / "best.pt")
-    assert PAYLOAD_KEYS <= set(best) and not LAST_KEYS & set(best)
+    assert set(best) >= PAYLOAD_KEYS and not LAST_KEYS & set(best)
     assert best["task"] == "image" and best["spatial_size"] == [64, 32]
     assert best["config"]["quantizer"]["codebook_size"] == 32
     config = yaml.safe_load((tiny_run / "config.yaml").read_text(encoding="utf-8"))
     assert config["training"]["epochs"] == 2 and config["task"] == "image"
     assert "params" in (tiny_run / "summary.txt").read_text(encoding="utf-8").lower()
 
-    model, payload = load_model(tiny_run / "best.pt", "cpu")
+    model, _ = load_model(tiny_run / "best.pt", "cpu")
     out = model(torch.rand(2, 1, 64, 32))
     assert out.recon.shape == (2, 1, 64, 32) and not model.training
 
@@ -153,7 +153,7 @@ def test_masked_training(options):
     masked = mask_patches(x, 0.5, 8)
     cells = masked.unfold(2, 8, 8).unfold(3, 8, 8)  # [B, 1, 8, 4, 8, 8]
     per_cell = cells.flatten(-2)
-    assert torch.all((per_cell.amin(-1) == per_cell.amax(-1)))  # whole patches, aligned to the grid
+    assert torch.all(per_cell.amin(-1) == per_cell.amax(-1))  # whole patches, aligned to the grid
     assert 0.4 < float((masked == 0).float().mean()) < 0.6
     assert torch.equal(mask_patches(x, 0.0, 8), x)
 

@@ -92,7 +92,7 @@ def test_ssim_loss_matches_monai_ssim():
 def test_ssim_weight_adds_a_task_term():
     image = torch.rand(2, 1, 32, 16)
     out = type("Out", (), {"recon": 0.8 * image + 0.1, "seg_logits": None, "aux_losses": {}})()
-    total, parts = TaskLoss("image", ssim_weight=0.5)(out, image, None)
+    _, parts = TaskLoss("image", ssim_weight=0.5)(out, image, None)
     assert set(parts) == {"mse", "ssim"} and 0 < parts["ssim"].item() < 0.25
     assert split_loss(parts)[1].item() == 0  # a task term: selection sees it
 

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prostatex import SHARED, available, import_prostatex  # noqa: E402
+from prostatex import SHARED, available, import_prostatex
 
 GOALS = {"phantom-image": {"ssim_mean": 0.90, "codebook_usage_pct": 95.0},
          "phantom-mask": {"dice_mean": 0.995},

@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from prostatex import available, import_prostatex  # noqa: E402
+from prostatex import available, import_prostatex
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ["v1-vq", "v2-refit", "v3-ema", "l2-codes", "entropy", "soft", "fsq", "lfq", "v4-rq", "vqvae2", "default"]

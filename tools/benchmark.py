@@ -142,13 +142,13 @@ def bench_nearest_code(quick: bool, device: torch.device) -> list[dict]:
         library._codebook.embed.data.copy_(codebook[None])
         library._codebook.initted.fill_(True)
 
-        def ours():
+        def ours(z=z, codebook=codebook):
             return nearest_code(z, codebook)
 
-        def cdist():
+        def cdist(z=z, codebook=codebook):
             return torch.cdist(z, codebook).argmin(dim=1)
 
-        def lib():
+        def lib(z=z, library=library):
             return library(z[None])[1][0]
 
         assert torch.equal(ours(), cdist()), "chunked search disagrees with cdist + argmin"

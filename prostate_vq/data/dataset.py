@@ -20,7 +20,6 @@ from prostate_vq.data.transforms import GEOMETRY, INTENSITY_SCALING, BatchAugmen
 from prostate_vq.errors import UserInputError
 
 
-
 class SliceDataset(Dataset):
     """Items are dicts: ``image`` float32 [1, H, W] in [0, 1], ``label`` int64 [1, H, W] (when masks are
     used), ``case``, ``week``, ``slice``, ``path`` (image file name). ``records`` lists the slices in item

@@ -12,7 +12,6 @@ import numpy as np
 from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import DataError
 
-
 MAX_SLICE_BYTES = 256 << 20   # a 2-D slice: 8192x8192 float32; the HipMRI ones are 256x128
 MAX_VOLUME_BYTES = 4 << 30    # a 3-D volume for `import`
 

@@ -150,7 +150,8 @@ def _volume(seed: int, case: int, week: int, slices: int, cols: int):
         np.minimum(bone_r, _ellipse(Rw, Cw, hr, hc, anatomy["head_r"] * head + 1e-3, anatomy["head_r"] * head + 1e-3), out=bone_r)
         np.minimum(bone_r, _ellipse(Rw, Cw, hr + side * 16, hc + 4, 16 * head + 1e-3, 7 * head + 1e-3, side * 0.5), out=bone_r)
         rami = np.clip((z - 0.6) / 0.4, 0, 1) ** 0.5
-        np.minimum(bone_r, _ellipse(Rw, Cw, cr + side * 34, cc - 0.7 * b, 24 * rami + 1e-3, 6 * rami + 1e-3, -side * 0.35), out=bone_r)
+        ramus = _ellipse(Rw, Cw, cr + side * 34, cc - 0.7 * b, 24 * rami + 1e-3, 6 * rami + 1e-3, -side * 0.35)
+        np.minimum(bone_r, ramus, out=bone_r)
         np.minimum(bone_r, _ellipse(Rw, Cw, cr + side * 48, cc + 0.45 * b, 9 * rami + 1e-3, 12 * rami + 1e-3), out=bone_r)
     sacrum = _profile(z, 0.0, 0.45)
     np.minimum(bone_r, _ellipse(Rw, Cw, cr, cc + 0.78 * b, 30 * sacrum + 1e-3, 8 * sacrum + 1e-3), out=bone_r)

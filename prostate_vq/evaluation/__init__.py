@@ -3,4 +3,4 @@
 from prostate_vq.evaluation.evaluate import evaluate_checkpoint
 from prostate_vq.evaluation.results import EvaluationResult
 
-__all__ = ["evaluate_checkpoint", "EvaluationResult"]
+__all__ = ["EvaluationResult", "evaluate_checkpoint"]

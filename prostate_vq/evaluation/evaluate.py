@@ -15,14 +15,31 @@ import numpy as np
 import torch
 
 from prostate_vq.errors import DataError, UserInputError
-from prostate_vq.evaluation.metrics import (LABEL_NAMES, SSIM_THRESHOLD, codebook_metrics, dice_per_slice,
-                                            reconstruction_per_slice, summarize_dice, summarize_reconstruction)
-from prostate_vq.evaluation.conventions import (DICE_CONVENTIONS, FOREGROUND_THRESHOLD, PROSTATE, class_means,
-                                                dice_case3d, dice_monai, finite_mean, foreground_mean,
-                                                overlap_counts, per_patient, ssim_in_region)
+from prostate_vq.evaluation.conventions import (
+    DICE_CONVENTIONS,
+    FOREGROUND_THRESHOLD,
+    PROSTATE,
+    class_means,
+    dice_case3d,
+    dice_monai,
+    finite_mean,
+    foreground_mean,
+    overlap_counts,
+    per_patient,
+    ssim_in_region,
+)
+from prostate_vq.evaluation.metrics import (
+    LABEL_NAMES,
+    SSIM_THRESHOLD,
+    codebook_metrics,
+    dice_per_slice,
+    reconstruction_per_slice,
+    summarize_dice,
+    summarize_reconstruction,
+)
 from prostate_vq.evaluation.results import EvaluationResult
-from prostate_vq.models.rate import level_health
 from prostate_vq.files import atomic_open, ensure_dir, staged_folder
+from prostate_vq.models.rate import level_health
 
 GRID_SLICES = 6
 BEST_WORST = 4

@@ -6,8 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prostate_vq.evaluation.metrics import (SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics,
-                                            SegmentationMetrics, json_float)
+from prostate_vq.evaluation.metrics import SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics, SegmentationMetrics, json_float
 from prostate_vq.files import write_text_atomic
 from prostate_vq.training.checkpoints import strict_json
 

@@ -111,7 +111,7 @@ def check_value(key: str, old, new):
     def bad(expected: str):
         raise UserInputError(f"--set {key}={new!r}: {name} must be {expected}")
 
-    if old is None or new is None or isinstance(old, str) and not isinstance(new, (int, float, list)):
+    if old is None or new is None or (isinstance(old, str) and not isinstance(new, (int, float, list))):
         return new if not isinstance(new, float) or math.isfinite(new) else bad("a finite number")
     if isinstance(old, bool):
         return new if isinstance(new, bool) else bad("true or false")

@@ -13,9 +13,8 @@ from prostate_vq.data.layout import NUM_CLASSES, TASKS
 from prostate_vq.errors import UserInputError
 
 from .networks import Decoder, Encoder
-from .rate import CodeLevel, bits_per_pixel
 from .quantizers import Quantizer, QuantizerOutput, build_quantizer
-
+from .rate import CodeLevel, bits_per_pixel
 
 MODEL_DEFAULTS = {
     "architecture": "vqvae",   # or "vqvae2" (two-level top/bottom hierarchy)

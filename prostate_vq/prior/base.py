@@ -10,7 +10,7 @@ are honest, and every sample decodes.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -15,9 +15,9 @@ What the prior models, per model family (``CodeLayout``):
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ class CodeLayout:
     grid: list[int]  # (h, w) of the prior's code map
 
     @classmethod
-    def for_model(cls, model, spatial_size: Sequence[int]) -> "CodeLayout":
+    def for_model(cls, model, spatial_size: Sequence[int]) -> CodeLayout:
         shape = tuple(int(s) for s in model.code_shape(tuple(spatial_size)))
         if hasattr(model, "quantizer_top"):  # VQVAE2: indices [B, 2, h, w] (top repeated over 2x2 blocks)
             _, h, w = shape
@@ -49,7 +49,7 @@ class CodeLayout:
         return cls("single", [int(model.num_codes)], list(shape))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "CodeLayout":
+    def from_dict(cls, data: dict) -> CodeLayout:
         return cls(str(data["kind"]), [int(v) for v in data["vocab_sizes"]], [int(v) for v in data["grid"]])
 
     def to_dict(self) -> dict:

@@ -9,7 +9,7 @@ horizontal stack shifted down by one row; the first horizontal layer sees column
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

@@ -23,8 +23,8 @@ from prostate_vq.files import ensure_dir, folder_lock, remove_stale_temps, write
 from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
 from prostate_vq.prior.networks import build_prior
 from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain, save_checkpoint
-from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.config import make_optimizer, make_scheduler
+from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.run_files import epoch_bar, versions
 from prostate_vq.training.runtime import autocast, configure_cpu_threads, resolve_device
 from prostate_vq.training.seeding import capture_rng_state, restore_rng_state, seed_everything

@@ -10,7 +10,7 @@ a key/value cache: one new token per step instead of re-running the whole prefix
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F

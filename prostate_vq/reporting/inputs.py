@@ -135,7 +135,8 @@ def load_run(folder: Path) -> RunFolder:
             raise UserInputError(f"unreadable history.csv ({error})", folder / "history.csv") from None
         if history.empty:
             history = None
-    summary = (folder / "summary.txt").read_text(encoding="utf-8", errors="replace") if (folder / "summary.txt").is_file() else None
+    summary_file = folder / "summary.txt"
+    summary = summary_file.read_text(encoding="utf-8", errors="replace") if summary_file.is_file() else None
     stop_reason = None
     if (folder / "last.pt").is_file():
         stop_reason = load_checkpoint(folder / "last.pt").get("stop_reason")

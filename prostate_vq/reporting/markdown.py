@@ -17,7 +17,8 @@ from prostate_vq.reporting import figures
 from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
-from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_escape as esc, md_table, overrides_against
+from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table, overrides_against
+from prostate_vq.reporting.tables import md_escape as esc
 
 SSIM_BAR = 0.6
 EVAL_FIGURES = (("reconstructions", "Input / reconstruction / absolute error"),
@@ -384,7 +385,8 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> 
                    "finite value. Dice (per slice): mean over the foreground classes of the per-class mean over "
                    "slices where the class is in the reference or the prediction. Prostate Dice (MONAI): "
                    "`DiceMetric(ignore_empty=True)`, slices without prostate in the reference not scored. "
-                   "Bits per pixel: code map size x log2 K over input pixels, all levels. Codebook usage: share of codes assigned at least once on the split; "
+                   "Bits per pixel: code map size x log2 K over input pixels, all levels. "
+                   "Codebook usage: share of codes assigned at least once on the split; "
                    "perplexity exp(H) of the code histogram (= number of codes under uniform use).", "")
         _dataset_section(report, entries)
         report.add("## Models", "",

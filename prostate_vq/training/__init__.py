@@ -7,5 +7,17 @@ from prostate_vq.training.history import HISTORY_COLUMNS
 from prostate_vq.training.kmeans import kmeans
 from prostate_vq.training.refit import refit
 
-__all__ = ["EarlyStopping", "HISTORY_COLUMNS", "TRAINING_DEFAULTS", "TrainOptions", "fit", "kmeans",
-           "load_checkpoint", "load_model", "refit", "resolve_config", "save_checkpoint", "train"]
+__all__ = [
+           "HISTORY_COLUMNS",
+           "TRAINING_DEFAULTS",
+           "EarlyStopping",
+           "TrainOptions",
+           "fit",
+           "kmeans",
+           "load_checkpoint",
+           "load_model",
+           "refit",
+           "resolve_config",
+           "save_checkpoint",
+           "train",
+]

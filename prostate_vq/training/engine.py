@@ -9,9 +9,9 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -20,19 +20,34 @@ from prostate_vq.files import folder_lock
 from prostate_vq.models.rate import level_health
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain
-from prostate_vq.training.config import (MONITOR_KEYS, TRAINING_DEFAULTS, check_options, check_training_config,
-                                         downsample_factor, make_optimizer, make_scheduler, resolve_config)
-from prostate_vq.training.resume import announce_resume, refuse_other_data, retune_schedule
+from prostate_vq.training.config import (
+    MONITOR_KEYS,
+    TRAINING_DEFAULTS,
+    check_options,
+    check_training_config,
+    downsample_factor,
+    make_optimizer,
+    make_scheduler,
+    resolve_config,
+)
 from prostate_vq.training.data_loading import first_batch, load_datasets, make_loader
 from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.losses import TaskLoss
-from prostate_vq.training.run_files import (RunWriter, epoch_bar, model_summary_text, record_rank_sync, step_bar,
-                                            versions, warnings_above_bars)
+from prostate_vq.training.resume import announce_resume, refuse_other_data, retune_schedule
+from prostate_vq.training.run_files import (
+    RunWriter,
+    epoch_bar,
+    model_summary_text,
+    record_rank_sync,
+    step_bar,
+    versions,
+    warnings_above_bars,
+)
 from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
 from prostate_vq.training.seeding import capture_rng_state, restore_rng_state, seed_everything
 
-__all__ = ["CodebookCollapseWarning", "InitContext", "TRAINING_DEFAULTS", "TrainOptions", "fit", "resolve_config", "train"]
+__all__ = ["TRAINING_DEFAULTS", "CodebookCollapseWarning", "InitContext", "TrainOptions", "fit", "resolve_config", "train"]
 
 log = logging.getLogger("prostate_vq.training")
 

@@ -8,7 +8,7 @@ import io
 import math
 from pathlib import Path
 
-from prostate_vq.files import write_text_atomic  # noqa: F401 - also imported from here
+from prostate_vq.files import write_text_atomic
 
 # train_loss includes the quantizer's auxiliary terms (what the optimizer minimises); val_loss is the task
 # loss alone (what selection and early stopping use); the quantizer terms have columns of their own.

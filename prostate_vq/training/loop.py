@@ -117,7 +117,9 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
 
 @torch.no_grad()
 def validate(model, loader, criterion, settings: StepSettings) -> dict:
-    """Validation task loss (no quantizer terms), quantizer loss, SSIM, Dice and code statistics over the whole split (all ranks together)."""
+    """Validation task loss (no quantizer terms), quantizer loss, SSIM, Dice and code statistics over the whole split.
+
+    All ranks together."""
     model.eval()
     core = unwrap(model)
     acc = ValidationAccumulator(core.num_codes, settings.device)

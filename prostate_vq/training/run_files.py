@@ -79,7 +79,7 @@ def model_summary_text(model, example: torch.Tensor) -> str:
         stats = summary(model, input_data=[example], verbose=0, depth=4, device=example.device, mode="eval",
                         col_names=("output_size", "num_params", "mult_adds"))
         return str(stats) + "\n"
-    except Exception as error:  # noqa: BLE001 - any tracing failure falls back to the listing
+    except Exception as error:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return (f"{model}\n\nTotal params: {total:,}\nTrainable params: {trainable:,}\n"

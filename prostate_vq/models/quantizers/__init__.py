@@ -48,6 +48,20 @@ def build_quantizer(cfg: dict, dim: int) -> Quantizer:
     return QUANTIZERS[kind](dim=dim, **options)
 
 
-__all__ = ["QUANTIZERS", "Quantizer", "QuantizerOutput", "build_quantizer", "quantizer_options", "code_counts", "nearest_code",
-           "perplexity", "usage", "EMAQuantizer", "FSQQuantizer", "LFQQuantizer", "ResidualQuantizer",
-           "SoftQuantizer", "VectorQuantizer"]
+__all__ = [
+    "QUANTIZERS",
+    "EMAQuantizer",
+    "FSQQuantizer",
+    "LFQQuantizer",
+    "Quantizer",
+    "QuantizerOutput",
+    "ResidualQuantizer",
+    "SoftQuantizer",
+    "VectorQuantizer",
+    "build_quantizer",
+    "code_counts",
+    "nearest_code",
+    "perplexity",
+    "quantizer_options",
+    "usage",
+]

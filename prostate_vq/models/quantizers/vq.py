@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import (Quantizer, QuantizerOutput, entropy_loss, is_distributed, nearest_code, to_map,
-                   to_vectors)
+from .base import Quantizer, QuantizerOutput, entropy_loss, is_distributed, nearest_code, to_map, to_vectors
 
 
 def kmeans(samples: Tensor, k: int, iters: int, cosine: bool) -> Tensor:
