@@ -77,8 +77,8 @@ def _show_preset(name: str, overrides) -> None:
     """The resolved configuration (engine defaults filled in) as YAML, headed by its rate."""
     import yaml
 
+    from prostate_vq.files import plain
     from prostate_vq.models.presets import apply_overrides, config_bits_per_pixel, get_preset
-    from prostate_vq.training.checkpoints import plain
     from prostate_vq.training.config import TRAINING_DEFAULTS
 
     cfg = apply_overrides(get_preset(name), overrides)
@@ -99,7 +99,7 @@ def cmd_summary(args):
 # --- training -------------------------------------------------------------------------------
 
 def _train_options(args):
-    from prostate_vq.training.engine import TrainOptions
+    from prostate_vq.training import TrainOptions
 
     return TrainOptions(
         data=args.data, out=args.out, preset=args.preset, task=args.task, epochs=args.epochs,
@@ -113,7 +113,7 @@ def _train_options(args):
 
 def cmd_train(args):
     from prostate_vq.errors import TrainingDiverged
-    from prostate_vq.training.engine import train
+    from prostate_vq.training import train
 
     try:
         run = train(_train_options(args))
@@ -257,8 +257,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
-    p.add_argument("--monitor", choices=("loss", "ssim", "dice"), default="loss", help="validation metric")
-    p.add_argument("--mask-ratio", type=float, default=0.0, help="share of input patches masked (masked training)")
+    p.add_argument("--monitor", choices=("loss", "ssim", "dice"), default=None,
+                   help="validation metric for best.pt and early stopping (default: the preset's, else loss)")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="share of input patches masked (masked training; default: the preset's, else 0)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset fields")

@@ -1,5 +1,6 @@
 """Writing files so that a crash, a kill -9 or a full disk never leaves a half-written one, and locking a
-run folder against a second process. The lowest layer of the package: it imports nothing but errors.
+run folder against a second process; and the plain-data conversions every JSON file and checkpoint goes
+through. The lowest layer of the package: it imports nothing of it but errors.
 
 Every temporary file or folder is named ``.NAME.prostate-vq-XXXXXXXX.tmp`` (a name only this module makes),
 so a clean-up removes our own leftovers and never a user's ``.notes.tmp``.
@@ -9,12 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
+import math
 import os
 import re
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from prostate_vq.errors import UserInputError
 
@@ -176,6 +182,35 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_open(path, "w", encoding="utf-8") as handle:
         handle.write(text)
     return Path(path)
+
+
+def plain(value: Any) -> Any:
+    """Paths, tuples and numpy scalars as the builtin types that YAML, JSON and torch's weights-only unpickler take."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (os.PathLike, str)):
+        return str(value)  # also plain-str of str subclasses such as torch.__version__
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    return value
+
+
+def strict_json(value: Any) -> Any:
+    """Strict JSON has no NaN/Inf: they become null at any depth (e.g. Dice of the image task)."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json_atomic(path: str | Path, value: Any, indent: int = 1) -> Path:
+    """Strict JSON (NaN/Inf as null), written atomically."""
+    return write_text_atomic(path, json.dumps(strict_json(plain(value)), indent=indent, allow_nan=False) + "\n")
 
 
 @contextmanager

@@ -23,7 +23,7 @@ def _finished(run: Path) -> bool:
 
 def _train(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_minutes, spatial_size, seed: int,
            device: str, max_slices, progress: bool, overrides=None) -> Path:
-    from prostate_vq.training.engine import TrainOptions, train
+    from prostate_vq.training import TrainOptions, train
 
     if _finished(run):
         _say(tag, f"{preset}: reusing the finished run in {run}")

@@ -289,7 +289,7 @@ def test_no_data_trains_on_the_demo_phantom(options, phantom_root, monkeypatch):
 
 
 def test_codebook_collapse_warning():
-    from prostate_vq.training.engine import CodebookCollapseWarning, warn_if_collapsed
+    from prostate_vq.training.trainer import CodebookCollapseWarning, warn_if_collapsed
 
     with pytest.warns(CodebookCollapseWarning, match=r"codebook collapse: epoch 4 uses 3\.1% of 512 codes"):
         assert warn_if_collapsed({"codebook_usage_pct": 3.125, "perplexity": 1.4}, 4, 512)

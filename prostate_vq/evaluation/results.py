@@ -7,8 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prostate_vq.evaluation.metrics import SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics, SegmentationMetrics, json_float
-from prostate_vq.files import write_text_atomic
-from prostate_vq.training.checkpoints import strict_json
+from prostate_vq.files import strict_json, write_text_atomic
 
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",

@@ -9,8 +9,6 @@ needs nothing else.
 
 from __future__ import annotations
 
-import io
-import json
 import logging
 import math
 import time
@@ -19,15 +17,17 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import TrainingDiverged, UserInputError
-from prostate_vq.files import ensure_dir, folder_lock, remove_stale_temps, write_text_atomic
+from prostate_vq.files import folder_lock, plain, write_json_atomic
 from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
 from prostate_vq.prior.networks import build_prior
-from prostate_vq.training.checkpoints import FORMAT_VERSION, load_checkpoint, plain, save_checkpoint
+from prostate_vq.training.checkpoints import load_checkpoint
 from prostate_vq.training.config import make_optimizer, make_scheduler
 from prostate_vq.training.early_stopping import EarlyStopping
-from prostate_vq.training.run_files import epoch_bar, versions
+from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_deadline, restore_training_state
+from prostate_vq.training.resume import retune_schedule
+from prostate_vq.training.run_files import RunWriter, versions
 from prostate_vq.training.runtime import autocast, configure_cpu_threads, resolve_device
-from prostate_vq.training.seeding import capture_rng_state, restore_rng_state, seed_everything
+from prostate_vq.training.seeding import restore_rng_state, seed_everything
 
 log = logging.getLogger("prostate_vq.prior")
 
@@ -44,16 +44,6 @@ TRAINING_DEFAULTS = {
 COMMON_TRAINING = {"optimizer": "adamw", "weight_decay": 0.0, "scheduler": "cosine", "min_lr_ratio": 0.05,
                    "monitor": "loss", "grad_clip": 1.0, "min_delta": 0.0}
 HISTORY_COLUMNS = ("epoch", "train_nll_bits", "val_nll_bits", "lr", "seconds")
-
-
-def _write_history(path: Path, rows: list[dict]) -> None:
-    import csv
-
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()} for row in rows)
-    write_text_atomic(path, buffer.getvalue())
 
 
 def _vqvae_copy(payload: dict) -> dict:
@@ -93,14 +83,14 @@ def unigram_bits(train_codes: torch.Tensor, codes: torch.Tensor, vocab_sizes: li
 
 
 def train_epoch(prior, codes: torch.Tensor, optimizer, training: dict, device: torch.device, shuffle_seed: int,
-                deadline: float | None) -> tuple[float, bool]:
-    """One pass over ``codes`` in a seeded order; ``(mean train bits per code, ran out of time)``.
+                deadline: float | None) -> tuple[float, bool, int]:
+    """One pass over ``codes`` in a seeded order; ``(mean train bits per code, ran out of time, steps)``.
     The loss stays on the device (one host sync per epoch, not per step)."""
     prior.train()
     order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(shuffle_seed)).to(device)
     batch = int(training["batch_size"])
     total = torch.zeros((), device=device)
-    seen, out_of_time = 0, False
+    seen, steps, out_of_time = 0, 0, False
     for start in range(0, len(order), batch):
         x = codes[order[start:start + batch]]
         with autocast(device):
@@ -112,10 +102,11 @@ def train_epoch(prior, codes: torch.Tensor, optimizer, training: dict, device: t
         optimizer.step()
         total += loss.detach() * len(x)
         seen += len(x)
+        steps += 1
         if deadline is not None and time.monotonic() >= deadline:
             out_of_time = True
             break
-    return float(total) / max(1, seen), out_of_time
+    return float(total) / max(1, seen), out_of_time, steps
 
 
 def _encode_splits(model, root: Path, payload: dict, layout: CodeLayout, device, max_slices):
@@ -173,7 +164,7 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         model = model_from_payload(vq_payload, device)
         prior_cfg = dict(resume_payload["config"])
         training = dict(resume_payload["training"])
-        for key, value in (("epochs", epochs), ("patience", patience)):
+        for key, value in (("epochs", epochs), ("patience", patience), ("lr", lr)):
             if value is not None:
                 training[key] = value
         seed = int(resume_payload["seed"])
@@ -215,79 +206,29 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
     optimizer = make_optimizer(prior, training)
     scheduler = make_scheduler(optimizer, training)
     stopper = EarlyStopping(monitor="loss", patience=int(training["patience"]), min_delta=float(training["min_delta"]))
-    history: list[dict] = []
-    start_epoch = 1
+    state = LoopState()
     if resume_payload is None:
         prior.init_output_bias(codes["train"])
     else:
-        prior.load_state_dict(resume_payload["model_state"])
-        optimizer.load_state_dict(resume_payload["optimizer_state"])
-        if scheduler is not None and resume_payload.get("scheduler_state"):
-            scheduler.load_state_dict(resume_payload["scheduler_state"])
-        stopper.load_state_dict(resume_payload["early_stopping"])
-        history = [dict(row) for row in resume_payload.get("history", [])]
-        start_epoch = int(resume_payload["epoch"]) + 1
+        state = restore_training_state(resume_payload, prior, optimizer, scheduler, stopper)
+        retune_schedule(optimizer, scheduler, training, state.start_epoch - 1)  # --lr and --epochs re-plan the cosine
         restore_rng_state(resume_payload["rng_state"])
 
-    base_payload = plain({
-        "format_version": FORMAT_VERSION, "kind": "prior", "arch": prior_cfg["arch"], "config": prior_cfg,
+    base_payload = {
+        "kind": "prior", "arch": prior_cfg["arch"], "config": prior_cfg,
         "training": training, "layout": layout.to_dict(), "vqvae_checkpoint": checkpoint_path,
         "vqvae": _vqvae_copy(vq_payload), "task": vq_payload["task"], "spatial_size": list(spatial),
         "data_root": str(root), "seed": seed, "max_slices": max_slices, "versions": versions(),
-    })
-    ensure_dir(out)
-    remove_stale_temps(out)  # our own writes cut short by a kill -9
+    }
+    plugin = PriorTraining(prior, codes, optimizer, training, device, seed)
+    writer = RunWriter(out, active=True, tensorboard=False)  # also clears our own writes cut short by a kill -9
+    engine = Engine(plugin, prior, optimizer, scheduler, stopper, writer, plain(base_payload),
+                    epochs=int(training["epochs"]), state=state, deadline=budget_deadline(started, max_minutes),
+                    progress=progress, budget_text=f"{max_minutes} min")
+    stop_reason = engine.run()
+    history = state.history
     batch = int(training["batch_size"])
-    epochs_total = int(training["epochs"])
-    deadline = None if max_minutes is None else started + 60.0 * float(max_minutes)
-    bar = epoch_bar(progress, start_epoch, epochs_total)
-    stop_reason = "early_stopping" if stopper.stopped else ("epochs" if start_epoch > epochs_total else None)
     train_codes = codes["train"]
-    try:
-        for epoch in range(start_epoch, epochs_total + 1):
-            if stop_reason:
-                break
-            if deadline is not None and time.monotonic() >= deadline and history:
-                stop_reason = "max_minutes"
-                break
-            t0 = time.monotonic()
-            train_bits, out_of_time = train_epoch(prior, train_codes, optimizer, training, device,
-                                                  seed * 100_003 + epoch, deadline)
-            if not math.isfinite(train_bits):
-                raise TrainingDiverged(f"the prior's loss became {train_bits} in epoch {epoch}; the last good "
-                                       "checkpoint is kept. Lower --lr")
-            val_bits = mean_nll_bits(prior, codes["validate"], batch, device)
-            lr_now = optimizer.param_groups[0]["lr"]
-            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                scheduler.step(val_bits)
-            elif scheduler is not None:
-                scheduler.step()
-            row = {"epoch": epoch, "train_nll_bits": train_bits, "val_nll_bits": val_bits, "lr": lr_now,
-                   "seconds": time.monotonic() - t0}
-            history.append(row)
-            improved = stopper.update(val_bits, epoch)
-            if out_of_time:
-                stop_reason = "max_minutes"
-            elif stopper.stopped:
-                stop_reason = "early_stopping"
-            elif epoch == epochs_total:
-                stop_reason = "epochs"
-            state = {k: v.detach().to("cpu", copy=True) for k, v in prior.state_dict().items()}
-            payload = {**base_payload, "model_state": state, "epoch": epoch, "metrics": plain(row)}
-            if improved:
-                save_checkpoint(out / "best.pt", payload)
-            save_checkpoint(last_path, {
-                **payload, "optimizer_state": optimizer.state_dict(),
-                "scheduler_state": scheduler.state_dict() if scheduler is not None else None,
-                "rng_state": capture_rng_state(), "early_stopping": stopper.state_dict(), "history": plain(history),
-                "finished": stop_reason is not None, "stop_reason": stop_reason, "best_epoch": stopper.best_epoch})
-            _write_history(out / "history.csv", history)
-            if bar is not None:
-                bar.set_postfix(train_bits=f"{row['train_nll_bits']:.3f}", val_bits=f"{val_bits:.3f}", refresh=False)
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
 
     if not (out / "best.pt").is_file():
         raise TrainingDiverged("no epoch produced a finite validation NLL; no best.pt was written")
@@ -306,8 +247,33 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         "parameters": sum(p.numel() for p in prior.parameters()),
     }
     metrics["test_bits_per_slice"] = metrics["test_nll_bits_per_code"] * metrics["codes_per_slice"]
-    write_text_atomic(out / "metrics.json", json.dumps(
-        {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}, indent=1))
+    write_json_atomic(out / "metrics.json", metrics)
     log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f)", metrics["val_nll_bits_per_code"],
              metrics["test_nll_bits_per_code"], metrics["uniform_bits_per_code"])
     return out
+
+
+class PriorTraining:
+    """The engine's plug-in for the prior: an epoch over the training code maps, NLL on the validation maps."""
+
+    history_columns = HISTORY_COLUMNS
+
+    def __init__(self, prior, codes: dict, optimizer, training: dict, device: torch.device, seed: int):
+        self.prior, self.codes, self.optimizer, self.training = prior, codes, optimizer, training
+        self.device, self.seed = device, seed
+
+    def run_epoch(self, epoch: int, epochs: int, deadline: float | None, steps_before: int) -> EpochResult:
+        train_bits, out_of_time, steps = train_epoch(self.prior, self.codes["train"], self.optimizer, self.training,
+                                                     self.device, self.seed * 100_003 + epoch, deadline)
+        if not math.isfinite(train_bits):
+            raise TrainingDiverged(f"the prior's loss became {train_bits} in epoch {epoch}. Lower --lr")
+        t_val = time.monotonic()
+        val_bits = mean_nll_bits(self.prior, self.codes["validate"], int(self.training["batch_size"]), self.device)
+        return EpochResult({"train_nll_bits": train_bits, "val_nll_bits": val_bits}, val_bits, steps, out_of_time,
+                           time.monotonic() - t_val)
+
+    def after_epoch(self, epoch: int, result: EpochResult) -> None:
+        pass
+
+    def postfix(self, row: dict) -> dict:
+        return {"train_bits": f"{row['train_nll_bits']:.3f}", "val_bits": f"{row['val_nll_bits']:.3f}"}

@@ -321,7 +321,7 @@ def _train_command(entry: Entry) -> list[str]:
     if p.get("seed") is not None:
         cmd.append(f"--seed {p['seed']}")
     try:
-        from prostate_vq.training.engine import TrainOptions, resolve_config
+        from prostate_vq.training import TrainOptions, resolve_config
 
         base = resolve_config(TrainOptions(out=Path("."), preset=entry.preset, task=entry.task,
                                            spatial_size=tuple(p["spatial_size"]) if p.get("spatial_size") else None))

@@ -6,10 +6,7 @@ A payload holds only tensors, dicts, lists, strings, numbers, bools and None, so
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -17,30 +14,6 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.files import atomic_open
 
 FORMAT_VERSION = 1
-
-
-def plain(value: Any) -> Any:
-    """Turn Paths/tuples/numpy scalars into types the weights-only unpickler accepts."""
-    if isinstance(value, dict):
-        return {str(k): plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    if isinstance(value, (os.PathLike, str)):
-        return str(value)  # also plain-str of str subclasses such as torch.__version__
-    if hasattr(value, "item") and not isinstance(value, torch.Tensor) and getattr(value, "ndim", 1) == 0:
-        return value.item()  # numpy scalar
-    return value
-
-
-def strict_json(value: Any) -> Any:
-    """Strict JSON has no NaN/Inf: they become null at any depth (e.g. Dice of the image task)."""
-    if isinstance(value, dict):
-        return {str(k): strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [strict_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def save_checkpoint(path: str | Path, payload: dict) -> Path:

@@ -9,7 +9,7 @@ import math
 import torch
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.training.checkpoints import plain
+from prostate_vq.files import plain
 from prostate_vq.training.early_stopping import MONITOR_MODES
 
 # The engine's training keys (all settable with `--set training.KEY=VALUE`); a preset's `training`
@@ -54,9 +54,10 @@ def resolve_config(options) -> dict:
                 "patience": options.patience,
                 "spatial_size": list(options.spatial_size) if options.spatial_size else None}
     training.update({k: v for k, v in explicit.items() if v is not None})
-    if options.mask_ratio:
+    # None = not given: an explicit --monitor loss or --mask-ratio 0 overrides a preset that says otherwise.
+    if options.mask_ratio is not None:
         training["mask_ratio"] = options.mask_ratio
-    if options.monitor and options.monitor != "loss":
+    if options.monitor is not None:
         training["monitor"] = options.monitor
     cfg["training"] = training
     check_training_config(training, options.task)

@@ -6,6 +6,7 @@ everything here is a no-op, so the single-process path has no distributed code i
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import warnings
@@ -64,6 +65,21 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device, b
         kwargs = {"device_id": device} if backend == "nccl" else {}
         dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend), device, created
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device):
+    """The one place a run joins torchrun's process group: yields (context, this rank's device). Nested uses
+    join the group the outer one created (train + ReFiT stages share it); only the creator destroys it, with
+    a final barrier unless the block failed (after an error the other ranks may never reach one)."""
+    ctx, device, created = init_distributed(device)
+    ok = False
+    try:
+        yield ctx, device
+        ok = True
+    finally:
+        if created:
+            cleanup(ctx, barrier=ok)
 
 
 def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device, find_unused: bool = False):

@@ -25,12 +25,13 @@ def _cell(value) -> str:
     return str(value)
 
 
-def write_history(path: str | Path, rows: list[dict]) -> Path:
+def write_history(path: str | Path, rows: list[dict], columns: tuple[str, ...] = HISTORY_COLUMNS) -> Path:
+    """The VQ-VAE's columns unless a plug-in names its own (the prior's NLL in bits per code)."""
     path = Path(path)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({key: _cell(row.get(key)) for key in HISTORY_COLUMNS})
+        writer.writerow({key: _cell(row.get(key)) for key in columns})
     write_text_atomic(path, buffer.getvalue())
     return path

@@ -8,7 +8,6 @@ half-used codebook becomes (close to) fully used at a smaller K.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import time
@@ -18,14 +17,14 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.files import write_json_atomic
 from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint, strict_json
+from prostate_vq.training.checkpoints import load_checkpoint
 from prostate_vq.training.data_loading import make_loader
-from prostate_vq.training.engine import InitContext, TrainOptions, fit
-from prostate_vq.training.history import write_text_atomic
 from prostate_vq.training.kmeans import kmeans
 from prostate_vq.training.loop import validate
-from prostate_vq.training.runtime import autocast
+from prostate_vq.training.runtime import autocast, resolve_device
+from prostate_vq.training.trainer import InitContext, TrainOptions, fit
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -156,7 +155,7 @@ def _write_summary(out: Path) -> None:
                  "perplexity_after_finetune": best["metrics"].get("perplexity"),
                  "val_ssim_after_finetune": best["metrics"].get("val_ssim"),
                  "val_dice_after_finetune": best["metrics"].get("val_dice"), "best_epoch": best["epoch"]})
-    write_text_atomic(out / "refit.json", json.dumps(strict_json(info), indent=1))
+    write_json_atomic(out / "refit.json", info)
     log.info("ReFiT: codebook usage %.1f%% (K=%d) -> %.1f%% after k-means -> %.1f%% after fine-tuning (K=%d)",
              info.get("usage_before_pct", math.nan), info.get("codebook_size_before", 0),
              info.get("usage_after_kmeans_pct", math.nan), info.get("usage_after_finetune_pct") or math.nan,
@@ -173,11 +172,7 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
     base_dir = out / "base"
     base_last = base_dir / "last.pt"
     # Under torchrun the group lives across both stages (each fit() joins it, none destroys it).
-    from prostate_vq.training.runtime import resolve_device
-
-    dist_ctx, _, created = ddp.init_distributed(resolve_device(device))
-    ok = False
-    try:
+    with ddp.process_group(resolve_device(device)):
         stage1 = replace(options, out=base_dir, resume=options.resume and base_last.exists(),
                          max_minutes=None if budget is None else 0.75 * budget)
         if not (stage1.resume and load_checkpoint(base_last).get("finished")):
@@ -191,8 +186,4 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
                         epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
                         seed=options.seed, progress=options.progress, max_slices=options.max_slices,
                         num_workers=options.num_workers)
-        ok = True
         return run
-    finally:
-        if created:
-            ddp.cleanup(dist_ctx, barrier=ok)

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.files import ensure_dir, remove_stale_temps
+from prostate_vq.files import ensure_dir, remove_stale_temps, write_text_atomic
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import save_checkpoint
-from prostate_vq.training.history import write_history, write_text_atomic
+from prostate_vq.training.history import HISTORY_COLUMNS, write_history
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -54,10 +54,10 @@ class RunWriter:
         if self.active:
             save_checkpoint(self.out / name, payload)
 
-    def history(self, rows: list[dict], epoch_row: dict) -> None:
+    def history(self, rows: list[dict], epoch_row: dict, columns: tuple[str, ...] = HISTORY_COLUMNS) -> None:
         if not self.active:
             return
-        write_history(self.out / "history.csv", rows)
+        write_history(self.out / "history.csv", rows, columns)
         if self.tb is not None:
             for key, value in epoch_row.items():
                 if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
