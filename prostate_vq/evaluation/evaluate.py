@@ -135,7 +135,7 @@ def _foreground_dice(dice: np.ndarray) -> np.ndarray:
 
 @torch.inference_mode()
 def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) -> dict[str, str]:
-    from prostate_vq.reporting import figures
+    from prostate_vq.evaluation import figures
 
     folder = out / "figures"
     written: dict[str, str] = {}

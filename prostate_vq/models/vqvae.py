@@ -212,12 +212,8 @@ def _repeat2(indices: Tensor) -> Tensor:
     return indices.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
 
 
-def build_model(cfg: dict | str, task: str = "image") -> VQVAE:
-    """Model for a preset config (a dict with `model` and `quantizer` sections, or a preset name)."""
-    if isinstance(cfg, str):
-        from .presets import get_preset
-
-        cfg = get_preset(cfg)
+def build_model(cfg: dict, task: str = "image") -> VQVAE:
+    """Model for a resolved config (a dict with `model` and `quantizer` sections; `get_preset(name)` gives one)."""
     model_cfg = dict(cfg.get("model", {}))
     unknown = sorted(set(model_cfg) - set(MODEL_DEFAULTS))
     if unknown:

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.evaluation.figures import sample_grid
 from prostate_vq.files import atomic_open, ensure_dir, write_text_atomic
 from prostate_vq.prior.checks import sample_checks
 from prostate_vq.prior.codes import CodeLayout, model_from_payload, resolve_data_root
 from prostate_vq.prior.networks import build_prior
-from prostate_vq.reporting.figures import sample_grid
 
 SAMPLE_NAME = "case_sample_week_0_slice_{k}.nii.gz"
 SEG_NAME = "seg_sample_week_0_slice_{k}.nii.gz"

@@ -1,4 +1,4 @@
-"""Figures (matplotlib object API, no pyplot state) and the Markdown report (``write_report``)."""
+"""The Markdown report (``write_report``) and its tables, from run folders on disk."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ __all__ = ["write_report"]
 
 
 def __getattr__(name: str):
-    # Lazy, so that importing prostate_vq.reporting.figures does not pull in torch and the report code.
+    # Lazy, so that importing a reporting module does not pull in the whole report code.
     if name == "write_report":
         from prostate_vq.reporting.markdown import write_report
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.reporting import figures
+from prostate_vq.evaluation import figures
 from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
