@@ -197,15 +197,21 @@ def plain(value: Any) -> Any:
     return value
 
 
+def json_float(value: Any) -> float | None:
+    """One number for strict JSON: NaN/Inf (and None) become null."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
 def strict_json(value: Any) -> Any:
     """Strict JSON has no NaN/Inf: they become null at any depth (e.g. Dice of the image task)."""
     if isinstance(value, dict):
         return {str(k): strict_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [strict_json(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
+    return json_float(value) if isinstance(value, float) else value
 
 
 def write_json_atomic(path: str | Path, value: Any, indent: int = 1) -> Path:

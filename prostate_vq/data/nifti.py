@@ -11,6 +11,7 @@ import numpy as np
 
 from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import DataError
+from prostate_vq.files import atomic_open
 
 MAX_SLICE_BYTES = 256 << 20   # a 2-D slice: 8192x8192 float32; the HipMRI ones are 256x128
 MAX_VOLUME_BYTES = 4 << 30    # a 3-D volume for `import`
@@ -115,9 +116,12 @@ def load_slice(path: str | Path, kind: str = "image") -> np.ndarray:
 
 
 def save_slice(array: np.ndarray, path: str | Path, affine: np.ndarray | None = None) -> Path:
-    """Write one slice as NIfTI (used by the phantom and the importer)."""
+    """Write one slice as NIfTI, atomically like every file prostate-vq writes (phantom, importer, sampled
+    slices); gzip at nibabel's level 1 without a time stamp, so the same array gives the same bytes."""
     path = Path(path)
     image = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
     image.header.set_data_dtype(array.dtype)
-    nib.save(image, str(path))
+    data = image.to_bytes()
+    with atomic_open(path, "wb") as handle:
+        handle.write(gzip.compress(data, compresslevel=1, mtime=0) if path.name.endswith(".gz") else data)
     return path

@@ -9,6 +9,7 @@ import numpy as np
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from prostate_vq.evaluation.metrics import SSIM_THRESHOLD
 from prostate_vq.files import atomic_open
 
 # background (masked out, never drawn); body, bones, bladder, rectum, prostate
@@ -110,7 +111,7 @@ def sample_grid(images, labels, path, title: str, max_cells: int = 64) -> Path:
     return _save(fig, path)
 
 
-def ssim_histogram(ssim, path, threshold: float = 0.6) -> Path:
+def ssim_histogram(ssim, path, threshold: float = SSIM_THRESHOLD) -> Path:
     ssim = np.asarray(ssim, dtype=np.float64)
     fig = Figure(figsize=(5, 3.2))
     ax = fig.subplots()

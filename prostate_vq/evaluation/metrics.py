@@ -20,19 +20,13 @@ import torch
 from monai.metrics import PSNRMetric, SSIMMetric
 
 from prostate_vq.data import LABEL_NAMES
+from prostate_vq.files import json_float
 from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
 from prostate_vq.training.validation import dice_per_slice as training_dice
 
 SSIM_THRESHOLD = 0.6
 
 
-
-def json_float(value: float | None) -> float | None:
-    """Strict JSON has no NaN/Inf: they become null (counts alongside say why)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 # --- per-slice values -----------------------------------------------------------------------

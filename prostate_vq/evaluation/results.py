@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prostate_vq.evaluation.metrics import SSIM_THRESHOLD, CodebookMetrics, ReconstructionMetrics, SegmentationMetrics, json_float
-from prostate_vq.files import strict_json, write_text_atomic
+from prostate_vq.files import strict_json, write_json_atomic
 
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
@@ -72,8 +71,7 @@ class EvaluationResult:
 
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n")
-        return path
+        return write_json_atomic(path, self.to_dict(), indent=2)
 
     def summary_table(self) -> str:
         """A short plain-text table for the terminal."""

@@ -11,6 +11,22 @@ from .presets import apply_overrides, get_preset
 from .vqvae import NUM_CLASSES, TASKS, build_model
 
 
+def network_summary(model: torch.nn.Module, example: torch.Tensor) -> str:
+    """torchinfo table (layers, shapes, parameters, mult-adds) of a model on `example`; a plain module listing
+    with parameter counts if torchinfo cannot trace it (a summary must never stop a run or a report)."""
+    try:
+        # eval mode: a train-mode pass would k-means-initialise or update the codebook from one slice.
+        stats = summary(model, input_data=[example], verbose=0, depth=4, device=example.device, mode="eval",
+                        col_names=("output_size", "num_params", "mult_adds"))
+        return str(stats) + "\n"
+    except Exception as error:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return (f"{model}\n\nTotal params: {total:,}\nTrainable params: {trainable:,}\n"
+                f"Input shape: {list(example.shape)}\n(torchinfo could not trace this model: "
+                f"{str(error).splitlines()[0][:200]})\n")
+
+
 def model_summary(preset: str, spatial_size: tuple[int, int] = (256, 128), task: str = "image",
                   overrides: list[str] | None = None) -> str:
     """The summary text for `preset` on a one-slice input of `spatial_size`, plus its code grid."""
@@ -21,9 +37,8 @@ def model_summary(preset: str, spatial_size: tuple[int, int] = (256, 128), task:
     h, w = (int(s) for s in spatial_size)
     codes = model.code_shape((h, w))
     channels = NUM_CLASSES if task == "mask" else 1
-    stats = summary(model, input_size=(1, channels, h, w), depth=3, verbose=0,
-                    col_names=("output_size", "num_params", "mult_adds"), device=torch.device("cpu"))
+    stats = network_summary(model, torch.zeros(1, channels, h, w))
     header = (f"preset {preset} ({cfg.get('description', '')})\n"
               f"task {task}, input [1, {channels}, {h}, {w}], quantizer {cfg['quantizer']['kind']}, "
               f"code map {list(codes)}, {model.num_codes} codes")
-    return f"{header}\n{stats}"
+    return f"{header}\n{stats}".rstrip("\n")

@@ -17,16 +17,15 @@ Output folder:
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from prostate_vq.data.nifti import save_slice
 from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation.figures import sample_grid
-from prostate_vq.files import atomic_open, ensure_dir, write_text_atomic
+from prostate_vq.files import atomic_open, ensure_dir, write_json_atomic
 from prostate_vq.prior.checks import sample_checks
 from prostate_vq.prior.codes import CodeLayout, model_from_payload, resolve_data_root
 from prostate_vq.prior.networks import build_prior
@@ -60,17 +59,6 @@ def decode_codes(vqvae, layout: CodeLayout, codes: torch.Tensor, batch_size: int
         if output.seg_logits is not None:
             labels.append(output.seg_logits.argmax(1, keepdim=True).to(torch.uint8).cpu())
     return (torch.cat(images) if images else None), (torch.cat(labels) if labels else None)
-
-
-def _write_nifti(array: np.ndarray, path: Path) -> None:
-    """Atomically, like every file prostate-vq writes (gzip without a time stamp: same seed, same bytes)."""
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, np.eye(4))
-    image.header.set_data_dtype(array.dtype)
-    data = image.to_bytes()
-    with atomic_open(path, "wb") as handle:
-        handle.write(gzip.compress(data, mtime=0) if path.name.endswith(".gz") else data)
 
 
 def _stacked(dataset, key: str) -> torch.Tensor:
@@ -150,10 +138,10 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         record = {"index": k, "nll_bits_per_code": float(sample_bits[k])}
         if images is not None:
             record["file"] = f"slices/{SAMPLE_NAME.format(k=k)}"
-            _write_nifti(images[k, 0].numpy().astype(np.float32), out / record["file"])
+            save_slice(images[k, 0].numpy().astype(np.float32), out / record["file"])
         if labels is not None:
             record["seg_file"] = f"slices/{SEG_NAME.format(k=k)}"
-            _write_nifti(labels[k, 0].numpy().astype(np.uint8), out / record["seg_file"])
+            save_slice(labels[k, 0].numpy().astype(np.uint8), out / record["seg_file"])
         records.append(record)
     with atomic_open(out / "codes.npz", "wb") as handle:
         np.savez_compressed(handle, codes=layout.to_model(codes.cpu()).numpy().astype(np.int32))
@@ -179,7 +167,7 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         "reference": reference,
         "samples": records,
     }
-    write_text_atomic(out / "samples.json", json.dumps(info, indent=1))
+    write_json_atomic(out / "samples.json", info)
     sample_grid(images, labels, out / "samples_grid.png",
           f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}")
     return out

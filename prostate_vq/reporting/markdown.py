@@ -12,15 +12,18 @@ from pathlib import Path
 
 import torch
 
+from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation import figures
+from prostate_vq.evaluation.metrics import SSIM_THRESHOLD
+from prostate_vq.models import build_model
+from prostate_vq.models.summary import network_summary
 from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table, overrides_against
 from prostate_vq.reporting.tables import md_escape as esc
 
-SSIM_BAR = 0.6
 EVAL_FIGURES = (("reconstructions", "Input / reconstruction / absolute error"),
                 ("best_slices", "Best slices"), ("worst_slices", "Worst slices"),
                 ("ssim_histogram", "Per-slice SSIM"), ("segmentation_overlays", "Segmentation overlays"),
@@ -107,9 +110,9 @@ def _verdict(entry: Entry) -> tuple[str, str]:
     m = entry.evaluation.metrics if entry.evaluation else {}
     if m.get("ssim_mean") is None:
         return DASH, "n/a (no reconstructed image)" if m else "n/a (not evaluated)"
-    passed = m["ssim_mean"] > SSIM_BAR
+    passed = m["ssim_mean"] > SSIM_THRESHOLD
     rate = fmt(m.get("ssim_pass_rate"), ".1f", 100)
-    return f"{m['ssim_mean']:.4f} ({rate}% of slices > {SSIM_BAR})", "**PASS**" if passed else "**FAIL**"
+    return f"{m['ssim_mean']:.4f} ({rate}% of slices > {SSIM_THRESHOLD})", "**PASS**" if passed else "**FAIL**"
 
 
 def _model_summary(entry: Entry) -> tuple[int | None, str | None]:
@@ -119,16 +122,11 @@ def _model_summary(entry: Entry) -> tuple[int | None, str | None]:
         return None, None
     text = run.summary_text if run.summary_text and "Total params" in run.summary_text else None
     try:
-        import torchinfo
-
-        from prostate_vq.models import build_model
-
         model = build_model(run.payload["config"], run.payload["task"])
         params = sum(p.numel() for p in model.parameters())
         if text is None:
-            channels = 6 if run.payload["task"] == "mask" else 1
-            text = str(torchinfo.summary(model, input_size=(1, channels, *run.payload["spatial_size"]),
-                                         depth=3, verbose=0, col_names=("output_size", "num_params")))
+            channels = NUM_CLASSES if run.payload["task"] == "mask" else 1
+            text = network_summary(model, torch.zeros(1, channels, *run.payload["spatial_size"]))
         return params, text
     except Exception:  # a summary is a nicety: the report must not fail for it
         return None, text
@@ -374,9 +372,10 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> 
 
     report.add("## Aim", "",
                f"Train a VQ-VAE on 2-D prostate MRI slices whose reconstructions are reasonably clear: mean "
-               f"structural similarity (SSIM [3]) above {SSIM_BAR} on the held-out test split.", "")
+               f"structural similarity (SSIM [3]) above {SSIM_THRESHOLD} on the held-out test split.", "")
     if entries:
-        report.add(md_table(["Model", "Test SSIM", "SSIM > 0.6"], [[e.name, *_verdict(e)] for e in entries]), "")
+        verdicts = [[e.name, *_verdict(e)] for e in entries]
+        report.add(md_table(["Model", "Test SSIM", f"SSIM > {SSIM_THRESHOLD}"], verdicts), "")
 
         report.add("## Results", "", comparison_table(entries), "",
                    "SSIM: mean ± std over slices, images in [0, 1], 11x11 Gaussian window (sigma 1.5), MONAI "

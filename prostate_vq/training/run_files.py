@@ -69,24 +69,6 @@ class RunWriter:
             self.tb.close()
 
 
-def model_summary_text(model, example: torch.Tensor) -> str:
-    """torchinfo table of the built model (layers, shapes, parameters, mult-adds); a plain module listing
-    with parameter counts if torchinfo cannot trace it (a summary must never stop a training run)."""
-    try:
-        from torchinfo import summary
-
-        # eval mode: a train-mode pass would k-means-initialise or update the codebook from one slice.
-        stats = summary(model, input_data=[example], verbose=0, depth=4, device=example.device, mode="eval",
-                        col_names=("output_size", "num_params", "mult_adds"))
-        return str(stats) + "\n"
-    except Exception as error:
-        total = sum(p.numel() for p in model.parameters())
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        return (f"{model}\n\nTotal params: {total:,}\nTrainable params: {trainable:,}\n"
-                f"Input shape: {list(example.shape)}\n(torchinfo could not trace this model: "
-                f"{str(error).splitlines()[0][:200]})\n")
-
-
 def versions() -> dict:
     import monai
 

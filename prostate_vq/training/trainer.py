@@ -18,6 +18,7 @@ import torch
 from prostate_vq.errors import TrainingDiverged, UserInputError
 from prostate_vq.files import folder_lock, plain
 from prostate_vq.models.rate import level_health
+from prostate_vq.models.summary import network_summary
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import load_checkpoint
 from prostate_vq.training.config import (
@@ -35,7 +36,7 @@ from prostate_vq.training.history import HISTORY_COLUMNS
 from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.losses import TaskLoss
 from prostate_vq.training.resume import announce_resume, refuse_other_data, retune_schedule
-from prostate_vq.training.run_files import RunWriter, model_summary_text, record_rank_sync, step_bar, versions
+from prostate_vq.training.run_files import RunWriter, record_rank_sync, step_bar, versions
 from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
 from prostate_vq.training.seeding import restore_rng_state, seed_everything
 
@@ -192,7 +193,7 @@ class VQVAETraining:
             # On a copy and on every rank: a forward pass may k-means-initialise a codebook (with collectives
             # under DDP), which must neither touch the real model nor leave rank 0 alone in a collective.
             example = model.prepare_input(first_batch(self.val_ds, device))
-            self.writer.summary(model_summary_text(copy.deepcopy(model), example))
+            self.writer.summary(network_summary(copy.deepcopy(model), example))
         self.core = model
         if self.options.compile:
             model = torch.compile(model)
