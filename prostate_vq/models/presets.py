@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import copy
-import math
 from functools import lru_cache
 from importlib import resources
 
 import yaml
 
+from prostate_vq import schema
 from prostate_vq.errors import UserInputError
 
 from .quantizers import QUANTIZERS, quantizer_options
-from .vqvae import MODEL_DEFAULTS, build_model
+from .vqvae import build_model
 
 SECTIONS = ("description", "model", "quantizer", "training", "refit")
 
@@ -38,8 +38,9 @@ def get_preset(name: str) -> dict:
 
 
 def resolve(cfg: dict) -> dict:
-    """Fill defaults: MODEL_DEFAULTS for `model`, the kind's constructor defaults for `quantizer`."""
-    cfg["model"] = {**MODEL_DEFAULTS, **cfg.get("model", {})}
+    """Check against the schema and fill defaults: prostate_vq.schema for `model`, `training` and `refit`, the
+    kind's constructor defaults for `quantizer`."""
+    cfg["model"] = {**schema.defaults("model"), **schema.check_section("model", cfg.get("model") or {})}
     quantizer = dict(cfg.get("quantizer", {}))
     kind = quantizer.get("kind", "vq")
     if kind not in QUANTIZERS:
@@ -50,7 +51,9 @@ def resolve(cfg: dict) -> dict:
         raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
                              f"valid: {', '.join(options)}")
     cfg["quantizer"] = {"kind": kind, **options, **quantizer}
-    cfg.setdefault("training", {})
+    cfg["training"] = {**schema.defaults("training"), **schema.check_section("training", cfg.get("training") or {})}
+    if cfg.get("refit"):
+        cfg["refit"] = {**schema.defaults("refit"), **schema.check_section("refit", cfg["refit"])}
     return cfg
 
 
@@ -86,62 +89,14 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
             cfg = resolve(cfg)
             continue
         target = cfg.setdefault(section, {})
-        if section in ("model", "quantizer") and name not in target:
-            valid = ", ".join(k for k in target if k != "kind")
-            raise UserInputError(f"unknown override key {key!r}; valid {section} keys: {valid}")
-        if section == "training" and name not in target and name not in TRAINING_KEYS:
-            raise UserInputError(f"unknown override key {key!r}; valid training keys: {', '.join(TRAINING_KEYS)}")
-        target[name] = check_value(key, target.get(name, TRAINING_TYPES.get(name)), value)
+        valid = [k for k in target if k != "kind"] if section == "quantizer" else schema.keys(section)
+        if name not in valid:
+            raise UserInputError(f"unknown override key {key!r}; valid {section} keys: {', '.join(valid)}")
+        if section == "quantizer":
+            target[name] = schema.check_like(key, target[name], value)
+        else:
+            target[name] = schema.check_set(key, value, schema.rules(section, name))
     return cfg
-
-
-# Keys whose 0 is meaningful (everything else sized is at least 1), and rates that must stay above 0.
-ZERO_ALLOWED = {"res_layers", "dlcr_stages", "kmeans_iters", "patience", "patience_steps", "min_steps",
-                "warmup_steps", "weight_decay", "min_delta", "min_lr_ratio", "mask_ratio"}
-POSITIVE = {"temperature", "entropy_temperature", "lr"}
-# Types of training keys a preset may leave out (the engine's defaults; see training.config).
-TRAINING_TYPES = {"patience_steps": 0, "min_steps": 0, "warmup_steps": 0, "ssim_weight": 0.0, "augment": False,
-                  "weight_decay": 0.0}
-
-
-def check_value(key: str, old, new):
-    """`--set` values by the type of the value they replace, and by range: one line, not a traceback later."""
-    name = key.rpartition(".")[2]
-
-    def bad(expected: str):
-        raise UserInputError(f"--set {key}={new!r}: {name} must be {expected}")
-
-    if old is None or new is None or (isinstance(old, str) and not isinstance(new, (int, float, list))):
-        return new if not isinstance(new, float) or math.isfinite(new) else bad("a finite number")
-    if isinstance(old, bool):
-        return new if isinstance(new, bool) else bad("true or false")
-    if isinstance(old, list):
-        if not isinstance(new, list) or not new:
-            bad("a non-empty list like " + str(old))
-        for item in new:
-            if isinstance(item, bool) or not isinstance(item, int) or item < 1:
-                bad("a list of positive integers like " + str(old))
-        return new
-    if isinstance(old, (int, float)):
-        if isinstance(new, bool) or not isinstance(new, (int, float)) or not math.isfinite(new):
-            bad("a finite number")
-        if isinstance(old, int) and not float(new).is_integer():
-            bad("a whole number")
-        new = int(new) if isinstance(old, int) else new
-        low_ok = new > 0 or (new == 0 and name not in POSITIVE and (isinstance(old, float) or name in ZERO_ALLOWED))
-        if not low_ok:
-            bad("0 or more" if name in ZERO_ALLOWED else "above 0" if isinstance(old, float) or name in POSITIVE
-                else "at least 1")
-        if name == "decay" and new > 1:
-            bad("at most 1")
-        return new
-    return new
-
-
-# Keys the training engine reads from a preset's `training` section.
-TRAINING_KEYS = ("lr", "batch_size", "epochs", "patience", "patience_steps", "min_steps", "weight_decay",
-                 "grad_clip", "augment", "ssim_weight", "warmup_steps")
-
 
 def _number(value):
     """YAML 1.1 reads `1e-3` as a string; users mean the number."""

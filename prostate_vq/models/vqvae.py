@@ -11,21 +11,13 @@ from torch import Tensor, nn
 
 from prostate_vq.data.layout import NUM_CLASSES, TASKS
 from prostate_vq.errors import UserInputError
+from prostate_vq.schema import check_section, defaults
 
 from .networks import Decoder, Encoder
 from .quantizers import Quantizer, QuantizerOutput, build_quantizer
 from .rate import CodeLevel, bits_per_pixel
 
-MODEL_DEFAULTS = {
-    "architecture": "vqvae",   # or "vqvae2" (two-level top/bottom hierarchy)
-    "channels": [64, 128],     # one per stride-2 stage; a short list repeats its last entry
-    "downsample": 4,           # 2, 4, 8 or 16 (vqvae2: the bottom level; the top is 2x coarser)
-    "res_layers": 2,
-    "res_channels": 32,
-    "embedding_dim": 64,       # D: encoder output channels fed to the quantizer
-    "dlcr_stages": 0,          # >0: dense channel-reduction head instead of one 1x1 conv
-    "top_codebook_size": None,  # vqvae2: K of the top level (None: the quantizer's codebook_size)
-}
+MODEL_DEFAULTS = defaults("model")  # prostate_vq.schema.ModelConfig says what each means
 
 
 class ModelOutput(NamedTuple):
@@ -214,14 +206,7 @@ def _repeat2(indices: Tensor) -> Tensor:
 
 def build_model(cfg: dict, task: str = "image") -> VQVAE:
     """Model for a resolved config (a dict with `model` and `quantizer` sections; `get_preset(name)` gives one)."""
-    model_cfg = dict(cfg.get("model", {}))
-    unknown = sorted(set(model_cfg) - set(MODEL_DEFAULTS))
-    if unknown:
-        raise UserInputError(f"unknown model option(s) {', '.join(unknown)}; valid: {', '.join(MODEL_DEFAULTS)}")
+    model_cfg = check_section("model", dict(cfg.get("model", {})))
     architecture = model_cfg.get("architecture", "vqvae")
     classes = {"vqvae": VQVAE, "vqvae2": VQVAE2}
-    if architecture not in classes:
-        raise UserInputError(f"unknown model architecture {architecture!r}; choose vqvae or vqvae2")
-    if int(model_cfg.get("downsample", MODEL_DEFAULTS["downsample"])) not in (2, 4, 8, 16):
-        raise UserInputError(f"model.downsample must be 2, 4, 8 or 16, got {model_cfg.get('downsample')}")
     return classes[architecture](model_cfg, dict(cfg.get("quantizer", {"kind": "vq"})), task)

@@ -20,8 +20,9 @@ from prostate_vq.errors import TrainingDiverged, UserInputError
 from prostate_vq.files import folder_lock, plain, write_json_atomic
 from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
 from prostate_vq.prior.networks import build_prior
+from prostate_vq.schema import PRIOR_ARCH_DEFAULTS, PRIOR_COMMON_TRAINING, PRIOR_TRAINING_DEFAULTS, check_section
 from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.config import make_optimizer, make_scheduler
+from prostate_vq.training.config import FLAGS, make_optimizer, make_scheduler
 from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_deadline, restore_training_state
 from prostate_vq.training.resume import retune_schedule
@@ -31,18 +32,8 @@ from prostate_vq.training.seeding import restore_rng_state, seed_everything
 
 log = logging.getLogger("prostate_vq.prior")
 
-# Network sizes per architecture (the prior's own config; stored in its checkpoint).
-ARCH_DEFAULTS = {
-    "pixelcnn": {"dim": 64, "layers": 8, "kernel": 3, "first_kernel": 7},
-    "transformer": {"dim": 128, "layers": 4, "heads": 4, "dropout": 0.1},
-}
-# Optimisation; keys follow the engine's training section so its optimizer/scheduler factories apply.
-TRAINING_DEFAULTS = {
-    "pixelcnn": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "patience": 8},
-    "transformer": {"epochs": 60, "batch_size": 32, "lr": 5e-4, "patience": 8},
-}
-COMMON_TRAINING = {"optimizer": "adamw", "weight_decay": 0.0, "scheduler": "cosine", "min_lr_ratio": 0.05,
-                   "monitor": "loss", "grad_clip": 1.0, "min_delta": 0.0}
+# The prior's network sizes and recipe per architecture live in the config schema.
+ARCH_DEFAULTS, TRAINING_DEFAULTS = PRIOR_ARCH_DEFAULTS, PRIOR_TRAINING_DEFAULTS
 HISTORY_COLUMNS = ("epoch", "train_nll_bits", "val_nll_bits", "lr", "seconds")
 
 
@@ -178,15 +169,11 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
             raise UserInputError(f"unknown prior architecture {arch!r}; choose pixelcnn or transformer")
         model, vq_payload = load_vqvae(checkpoint, device)
         checkpoint_path = str(Path(checkpoint).resolve())
-        training = {**COMMON_TRAINING, **TRAINING_DEFAULTS[arch]}
+        training = {**PRIOR_COMMON_TRAINING, **TRAINING_DEFAULTS[arch]}
         training.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
                                             ("patience", patience)) if v is not None})
         prior_cfg = None
-    for key, minimum in (("epochs", 1), ("batch_size", 1)):
-        if int(training[key]) < minimum:
-            raise UserInputError(f"--{key.replace('_', '-')} must be at least {minimum}, got {training[key]}")
-    if not float(training["lr"]) > 0:
-        raise UserInputError(f"--lr must be positive, got {training['lr']}")
+    training = check_section("training", training, label=lambda key: FLAGS.get(key, f"training.{key}"))
 
     spatial = tuple(int(s) for s in vq_payload["spatial_size"])
     layout = CodeLayout.for_model(model, spatial)

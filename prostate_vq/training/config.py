@@ -10,34 +10,15 @@ import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import plain
+from prostate_vq.schema import check_section, defaults
 from prostate_vq.training.early_stopping import MONITOR_MODES
 
-# The engine's training keys (all settable with `--set training.KEY=VALUE`); a preset's `training`
-# section overrides them, explicit CLI options override both.
-TRAINING_DEFAULTS = {
-    "epochs": 50,
-    "batch_size": 16,
-    "lr": 2e-4,
-    "weight_decay": 0.0,
-    "optimizer": "adam",        # adam | adamw
-    "scheduler": "cosine",      # cosine | plateau | none
-    "min_lr_ratio": 0.05,       # cosine floor as a share of lr
-    "warmup_steps": 0,          # linear learning-rate warmup over the first optimizer steps
-    "patience": 10,             # validations without improvement before early stopping (0: never stop)
-    "patience_steps": 0,        # ... and at least this many optimizer steps since the best one
-    "min_steps": 0,             # never stop early before this many optimizer steps
-    "min_delta": 0.0,
-    "l1_weight": 0.0,
-    "ssim_weight": 0.0,           # image tasks: weight of a 1 - SSIM term beside the MSE
-    "dice_weight": 1.0,
-    "seg_weight": 1.0,
-    "grad_clip": None,            # max gradient norm, None = off
-    "augment": False,             # the data layer's batch augmentation (flips, small affine, intensity)
-    "find_unused_parameters": False,  # DDP: only for models with parameters a task leaves unused
-    "spatial_size": [256, 128],
-    "mask_ratio": 0.0,
-    "monitor": "loss",
-}
+# The engine's training keys and defaults (prostate_vq.schema.TrainingConfig); a preset's `training` section
+# overrides them, `--set training.KEY=VALUE` overrides both, explicit CLI options override all.
+TRAINING_DEFAULTS = defaults("training")
+# Keys with a command-line option of their own: messages name the option.
+FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
+         "mask_ratio": "--mask-ratio", "spatial_size": "--spatial-size", "monitor": "--monitor"}
 MONITOR_KEYS = {"loss": "val_loss", "ssim": "val_ssim", "dice": "val_dice"}
 
 
@@ -65,41 +46,16 @@ def resolve_config(options) -> dict:
 
 
 def check_training_config(training: dict, task: str) -> None:
-    def bad(message):
-        raise UserInputError(message)
-
+    """The schema's types and ranges (messages name the command-line option where there is one), then what
+    depends on the task."""
     if task not in ("image", "mask", "joint"):
-        bad(f"unknown task {task!r} (use image, mask or joint)")
-    if int(training["epochs"]) < 1:
-        bad(f"--epochs must be at least 1, got {training['epochs']}")
-    if int(training["batch_size"]) < 1:
-        bad(f"--batch-size must be at least 1, got {training['batch_size']}")
-    if not float(training["lr"]) > 0:
-        bad(f"--lr must be positive, got {training['lr']}")
-    for key in ("patience", "patience_steps", "min_steps", "warmup_steps"):
-        if int(training[key]) < 0:
-            bad(f"training.{key} must be 0 or more, got {training[key]}")
-    clip = training.get("grad_clip")
-    if clip is not None and not (math.isfinite(float(clip)) and float(clip) > 0):
-        bad(f"training.grad_clip must be a positive gradient norm (or null for none), got {clip}")
-    if not float(training["ssim_weight"]) >= 0:
-        bad(f"training.ssim_weight must be 0 or more, got {training['ssim_weight']}")
-    if not 0.0 <= float(training["mask_ratio"]) < 1.0:
-        bad(f"--mask-ratio must be in [0, 1), got {training['mask_ratio']}")
-    size = training["spatial_size"]
-    if len(size) != 2 or min(int(s) for s in size) < 16:
-        bad(f"--spatial-size needs two sizes of at least 16 pixels, got {size}")
+        raise UserInputError(f"unknown task {task!r} (use image, mask or joint)")
+    training.update(check_section("training", training, label=lambda key: FLAGS.get(key, f"training.{key}")))
     monitor = training["monitor"]
-    if monitor not in MONITOR_MODES:
-        bad(f"--monitor must be one of {', '.join(MONITOR_MODES)}, got {monitor!r}")
     if monitor == "ssim" and task == "mask":
-        bad("--monitor ssim needs an image task (image or joint); the mask task has no reconstruction")
+        raise UserInputError("--monitor ssim needs an image task (image or joint); the mask task has no reconstruction")
     if monitor == "dice" and task == "image":
-        bad("--monitor dice needs a mask or joint task")
-    if training["scheduler"] not in ("cosine", "plateau", "none", None):
-        bad(f"training.scheduler must be cosine, plateau or none, got {training['scheduler']!r}")
-    if training["optimizer"] not in ("adam", "adamw"):
-        bad(f"training.optimizer must be adam or adamw, got {training['optimizer']!r}")
+        raise UserInputError("--monitor dice needs a mask or joint task")
 
 
 def check_options(options) -> None:

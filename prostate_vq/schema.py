@@ -1,0 +1,212 @@
+"""The config schema: the single home of the defaults, types and ranges of a run's `model`, `training` and
+`refit` sections and of the prior's options. Presets, config files, `--set` values and command-line options
+are all checked here, so a bad value is one line naming the key, never a traceback later.
+
+The `quantizer` section is each kind's constructor keywords (models/quantizers): its defaults and types come
+from those signatures and are checked by `check_like` against the value a key replaces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from prostate_vq.errors import UserInputError
+
+
+def option(default, *, minimum=None, above=None, below=None, maximum=None, choices=None, kind=None,
+           item_minimum=None, length=None):
+    """A schema field: its default and what a value must be (`kind` when the default is None)."""
+    rules = {"minimum": minimum, "above": above, "below": below, "maximum": maximum, "choices": choices,
+             "kind": kind or type(default), "item_minimum": item_minimum, "length": length,
+             "nullable": default is None}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass
+class ModelConfig:
+    """`model:` the encoder/decoder around the quantizer."""
+
+    architecture: str = option("vqvae", choices=("vqvae", "vqvae2"))  # vqvae2: a top/bottom hierarchy
+    channels: list = option([64, 128], item_minimum=1)  # one per stride-2 stage; a short list repeats its last
+    downsample: int = option(4, choices=(2, 4, 8, 16))  # vqvae2: the bottom level; the top is 2x coarser
+    res_layers: int = option(2, minimum=0)
+    res_channels: int = option(32, minimum=1)
+    embedding_dim: int = option(64, minimum=1)  # D: encoder output channels fed to the quantizer
+    dlcr_stages: int = option(0, minimum=0)  # >0: dense channel-reduction head instead of one 1x1 conv
+    top_codebook_size: int | None = option(None, minimum=1, kind=int)  # vqvae2 top K (None: codebook_size)
+
+
+@dataclass
+class TrainingConfig:
+    """`training:` the engine's recipe; explicit command-line options override it."""
+
+    epochs: int = option(50, minimum=1)
+    batch_size: int = option(16, minimum=1)
+    lr: float = option(2e-4, above=0)
+    weight_decay: float = option(0.0, minimum=0)
+    optimizer: str = option("adam", choices=("adam", "adamw"))
+    scheduler: str | None = option("cosine", choices=("cosine", "plateau", "none", None))
+    min_lr_ratio: float = option(0.05, minimum=0, maximum=1)  # cosine floor as a share of lr
+    warmup_steps: int = option(0, minimum=0)  # linear learning-rate warmup over the first optimizer steps
+    patience: int = option(10, minimum=0)  # validations without improvement before stopping (0: never)
+    patience_steps: int = option(0, minimum=0)  # ... and at least this many optimizer steps since the best
+    min_steps: int = option(0, minimum=0)  # never stop early before this many optimizer steps
+    min_delta: float = option(0.0, minimum=0)
+    l1_weight: float = option(0.0, minimum=0)
+    ssim_weight: float = option(0.0, minimum=0)  # image tasks: weight of a 1 - SSIM term beside the MSE
+    dice_weight: float = option(1.0, minimum=0)
+    seg_weight: float = option(1.0, minimum=0)
+    grad_clip: float | None = option(None, above=0, kind=float)  # max gradient norm, None = off
+    augment: bool = option(False)  # the data layer's batch augmentation (flips, small affine, intensity)
+    find_unused_parameters: bool = option(False)  # DDP: only for models with parameters a task leaves unused
+    spatial_size: list = option([256, 128], item_minimum=16, length=2)
+    mask_ratio: float = option(0.0, minimum=0, below=1)
+    monitor: str = option("loss", choices=("loss", "ssim", "dice"))  # what best.pt and early stopping follow
+
+
+@dataclass
+class RefitConfig:
+    """`refit:` a preset that continues with ReFiT in the same `train` command."""
+
+    codebook_size: int = option(256, minimum=2)
+    epochs: int | None = option(None, minimum=1, kind=int)  # None: the training section's
+    lr: float | None = option(None, above=0, kind=float)  # None: the training section's
+    dead_code_threshold: float = option(1.0, minimum=0)  # usage EMA below which fine-tuning restarts a code
+
+
+SCHEMAS = {"model": ModelConfig, "training": TrainingConfig, "refit": RefitConfig}
+# The prior's networks and recipe per architecture (its own config, stored in its checkpoint).
+PRIOR_ARCH_DEFAULTS = {
+    "pixelcnn": {"dim": 64, "layers": 8, "kernel": 3, "first_kernel": 7},
+    "transformer": {"dim": 128, "layers": 4, "heads": 4, "dropout": 0.1},
+}
+PRIOR_TRAINING_DEFAULTS = {
+    "pixelcnn": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "patience": 8},
+    "transformer": {"epochs": 60, "batch_size": 32, "lr": 5e-4, "patience": 8},
+}
+PRIOR_COMMON_TRAINING = {"optimizer": "adamw", "weight_decay": 0.0, "scheduler": "cosine", "min_lr_ratio": 0.05,
+                         "monitor": "loss", "grad_clip": 1.0, "min_delta": 0.0}
+
+
+def defaults(section: str) -> dict:
+    """The section's defaults as a plain dict."""
+    out = {}
+    for f in fields(SCHEMAS[section]):
+        out[f.name] = f.default_factory() if f.default is MISSING else f.default
+    return out
+
+
+def keys(section: str) -> list[str]:
+    return [f.name for f in fields(SCHEMAS[section])]
+
+
+def rules(section: str, key: str):
+    return next(f.metadata for f in fields(SCHEMAS[section]) if f.name == key)
+
+
+def check_section(section: str, values: dict, label=None) -> dict:
+    """Every key of `values` known to the section's schema and valid; returns the values with whole numbers
+    as ints. `label(key)` names a key in messages (`training.lr` unless the caller has a flag for it)."""
+    rules = {f.name: f.metadata for f in fields(SCHEMAS[section])}
+    unknown = sorted(set(values) - set(rules))
+    if unknown:
+        raise UserInputError(f"unknown {section} option(s) {', '.join(unknown)}; valid: {', '.join(rules)}")
+    label = label or (lambda key: f"{section}.{key}")
+    return {key: check(label(key), value, rules[key]) for key, value in values.items()}
+
+
+def check(label: str, value: Any, rules, show_value: bool = True) -> Any:
+    """One value against its field's rules; the message names `label` and says what the value must be."""
+    def bad(expected: str):
+        raise UserInputError(f"{label} must be {expected}" + (f", got {value!r}" if show_value else ""))
+
+    kind = rules["kind"]
+    choices = rules["choices"]
+    if value is None:
+        return value if _nullable(rules) else bad(_expected(rules))
+    if kind is bool:
+        return value if isinstance(value, bool) else bad("true or false")
+    if kind is list:
+        return _check_list(value, rules, bad)
+    if kind in (int, float):
+        value = _check_number(value, kind, bad)
+    if choices is not None and value not in choices:
+        bad("one of " + ", ".join(str(c) for c in choices if c is not None))
+    if kind in (int, float):
+        _check_range(value, rules, bad)
+    return value
+
+
+def _nullable(rules) -> bool:
+    return rules.get("nullable", False) or (rules["choices"] is not None and None in rules["choices"])
+
+
+def _expected(rules) -> str:
+    return "one of " + ", ".join(str(c) for c in rules["choices"] if c is not None) if rules["choices"] else "set"
+
+
+def _check_list(value, rules, bad) -> list:
+    minimum, length = rules["item_minimum"], rules["length"]
+    if not isinstance(value, list) or not value:
+        bad("a non-empty list of integers")  # e.g. [64, 128]
+    if length is not None and len(value) != length:
+        bad(f"a list of {length} integers")
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
+        bad("a list of positive integers" if minimum == 1 else f"a list of integers of at least {minimum}")
+    return value
+
+
+def _check_number(value, kind, bad):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        bad("a finite number")
+    if kind is int:
+        if not float(value).is_integer():
+            bad("a whole number")
+        return int(value)
+    return value
+
+
+def _check_range(value, rules, bad) -> None:
+    if rules["minimum"] is not None and value < rules["minimum"]:
+        bad("0 or more" if rules["minimum"] == 0 else f"at least {rules['minimum']}")
+    if rules["above"] is not None and not value > rules["above"]:
+        bad(f"above {rules['above']}")
+    if rules["below"] is not None and not value < rules["below"]:
+        bad(f"below {rules['below']}")
+    if rules["maximum"] is not None and value > rules["maximum"]:
+        bad(f"at most {rules['maximum']}")
+
+
+# Quantizer keywords: whole numbers are at least 1 but these, numbers are 0 or more but these.
+_ZERO_ALLOWED = {"kmeans_iters"}
+_POSITIVE = {"temperature", "entropy_temperature"}
+_SHARES = {"decay"}
+
+
+def check_like(key: str, old, new):
+    """A quantizer keyword by the type of the default it replaces (`--set quantizer.beta=abc` is one line)."""
+    name = key.rpartition(".")[2]
+    if old is None or new is None or isinstance(old, str):
+        if isinstance(new, float) and not math.isfinite(new):
+            raise UserInputError(f"--set {key}={new!r}: {name} must be a finite number")
+        return new
+    kind = list if isinstance(old, list) else type(old)
+    rules = {"minimum": None, "above": None, "below": None, "maximum": None, "choices": None, "kind": kind,
+             "item_minimum": 1, "length": None, "nullable": False}
+    if kind in (int, float):
+        if name in _POSITIVE:
+            rules["above"] = 0
+        else:
+            rules["minimum"] = 1 if kind is int and name not in _ZERO_ALLOWED else 0
+        if name in _SHARES:
+            rules["maximum"] = 1
+    return check_set(key, new, rules)
+
+
+def check_set(key: str, new, rules):
+    """A `--set key=value` against its rules; the message quotes the whole override."""
+    return check(f"--set {key}={new!r}: {key.rpartition('.')[2]}", new, rules, show_value=False)

@@ -1,0 +1,47 @@
+"""The config schema is the one home of defaults and checks: presets, --set values and options meet it."""
+
+from __future__ import annotations
+
+import pytest
+
+from prostate_vq import schema
+from prostate_vq.errors import UserInputError
+from prostate_vq.models import MODEL_DEFAULTS, apply_overrides, get_preset, list_presets
+from prostate_vq.models.presets import resolve
+from prostate_vq.training import TRAINING_DEFAULTS
+from prostate_vq.training.config import check_training_config
+
+
+def test_defaults_come_from_the_schema():
+    assert MODEL_DEFAULTS == schema.defaults("model") and TRAINING_DEFAULTS == schema.defaults("training")
+
+
+@pytest.mark.parametrize("name", [n for n, _ in list_presets()])
+def test_every_preset_is_valid_and_complete(name):
+    cfg = get_preset(name)
+    assert set(cfg["training"]) == set(schema.keys("training")) and set(cfg["model"]) == set(schema.keys("model"))
+    check_training_config(cfg["training"], "image")
+
+
+@pytest.mark.parametrize(("section", "bad", "message"), [
+    ("training", {"lr": 0}, "training.lr must be above 0, got 0"),
+    ("training", {"optimizer": "sgd"}, "training.optimizer must be one of adam, adamw"),
+    ("training", {"mask_ratio": 1.0}, "training.mask_ratio must be below 1"),
+    ("training", {"spatial_size": [8, 8]}, "at least 16"),
+    ("model", {"downsample": 3}, "model.downsample must be one of 2, 4, 8, 16"),
+    ("refit", {"codebook_size": 1}, "refit.codebook_size must be at least 2"),
+    ("refit", {"bogus": 1}, "unknown refit option(s) bogus"),
+])
+def test_a_preset_section_that_breaks_the_schema_is_one_line(section, bad, message):
+    cfg = {"model": {}, "quantizer": {"kind": "vq"}, "training": {}, section: bad}
+    with pytest.raises(UserInputError) as caught:
+        resolve(cfg)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_set_is_checked_by_the_schema_and_names_the_override():
+    with pytest.raises(UserInputError, match=r"--set refit.lr=-1: lr must be above 0"):
+        apply_overrides(get_preset("v2-refit"), ["refit.lr=-1"])
+    with pytest.raises(UserInputError, match="valid refit keys"):
+        apply_overrides(get_preset("v2-refit"), ["refit.bogus=1"])
+    assert apply_overrides(get_preset("default"), ["training.grad_clip=null"])["training"]["grad_clip"] is None
