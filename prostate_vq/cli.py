@@ -100,11 +100,17 @@ def cmd_summary(args):
 
 def _train_options(args):
     from prostate_vq.training import TrainOptions
+    from prostate_vq.training.config import read_config_file
 
+    # A --config file names its base preset, task and seed; options given on the command line win.
+    given = read_config_file(args.config) if args.config else {}
+    preset = str(given.get("base", "default")) if args.config else args.preset
+    task = args.task or given.get("task") or "image"
+    seed = args.seed if args.seed is not None else int(given.get("seed") or 0)
     return TrainOptions(
-        data=args.data, out=args.out, preset=args.preset, task=args.task, epochs=args.epochs,
+        data=args.data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
         max_minutes=args.max_minutes, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
+        batch_size=args.batch_size, lr=args.lr, seed=seed, patience=args.patience,
         monitor=args.monitor, mask_ratio=args.mask_ratio, device=args.device, resume=args.resume,
         overrides=list(args.set or []), max_slices=args.max_slices, num_workers=args.num_workers,
         compile=args.compile, tensorboard=args.tensorboard, progress=not args.no_progress,
@@ -249,13 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--preset", default="default")
-    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--config", type=Path, default=None,
+                   help="a config file: base: PRESET plus model/quantizer/training/refit sections (a run's "
+                        "config.yaml reproduces it); replaces --preset, under --set and the options below")
+    p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
     _spatial(p)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="default: 0 (or the --config file's)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
     p.add_argument("--monitor", choices=("loss", "ssim", "dice"), default=None,
                    help="validation metric for best.pt and early stopping (default: the preset's, else loss)")

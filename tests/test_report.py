@@ -65,7 +65,7 @@ def test_report_has_table_details_verdict_and_resolving_links(evaluated, tmp_pat
     for section in ("## Aim", "## Results", "## Dataset and split", "## Models", "## Training", "## Testing",
                     "## Reproduce", "## References"):
         assert section in text, section
-    assert "prostate-vq train" in text and "--seed 0" in text and "torch" in text
+    assert "prostate-vq train" in text and "--config" in text and "config.yaml" in text and "torch" in text
     links = _assert_links_resolve(report)
     assert any(link.endswith("training_curves.png") for link in links)
     assert any(link.endswith("segmentation_overlays.png") for link in links)
@@ -147,6 +147,8 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     block = text.split("```bash\n", 1)[1].split("```", 1)[0]
     command = block.split("prostate-vq train", 1)[1].split("\nprostate-vq ", 1)[0].replace("\\\n", " ")
     argv = ["train", *shlex.split(command)]
-    assert "--set" in argv  # the tiny run's model overrides must be carried over
+    assert "--config" in argv  # the run's own config.yaml carries its preset, overrides, task and seed
     options = _train_options(build_parser().parse_args(argv))
-    assert resolve_config(options) == load_checkpoint(evaluated["joint_run"] / "best.pt")["config"]
+    payload = load_checkpoint(evaluated["joint_run"] / "best.pt")
+    assert resolve_config(options) == payload["config"]
+    assert (options.task, options.seed, options.preset) == (payload["task"], payload["seed"], payload["preset"])

@@ -45,3 +45,26 @@ def test_set_is_checked_by_the_schema_and_names_the_override():
     with pytest.raises(UserInputError, match="valid refit keys"):
         apply_overrides(get_preset("v2-refit"), ["refit.bogus=1"])
     assert apply_overrides(get_preset("default"), ["training.grad_clip=null"])["training"]["grad_clip"] is None
+
+
+def test_config_file_is_base_preset_plus_sections_and_checked(tmp_path, capsys):
+    from prostate_vq.cli import _train_options, build_parser, main
+    from prostate_vq.training.config import resolve_config
+
+    good = tmp_path / "my.yaml"
+    good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 0.001}\n",
+                    encoding="utf-8")
+    options = _train_options(build_parser().parse_args(["train", "--config", str(good), "--out", str(tmp_path / "r"),
+                                                        "--set", "quantizer.codebook_size=64", "--epochs", "2"]))
+    cfg = resolve_config(options)
+    assert (options.preset, options.task, options.seed) == ("v1-vq", "joint", 3)
+    assert cfg["model"]["channels"] == [8, 16] and cfg["model"]["downsample"] == get_preset("v1-vq")["model"]["downsample"]
+    assert cfg["training"]["lr"] == 0.001 and cfg["training"]["epochs"] == 2  # file < --set < options
+    assert cfg["quantizer"]["codebook_size"] == 64
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: v1-vq\ntraining: {lr: -1}\n", encoding="utf-8")
+    assert main(["train", "--config", str(bad), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bad.yaml" in err and "training.lr must be above 0" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "b").exists()

@@ -21,7 +21,7 @@ from prostate_vq.models.summary import network_summary
 from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
-from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table, overrides_against
+from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
 from prostate_vq.reporting.tables import md_escape as esc
 
 EVAL_FIGURES = (("reconstructions", "Input / reconstruction / absolute error"),
@@ -303,35 +303,14 @@ def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
     report.add(md_table(["Package", "Report", "Training"], rows), "")
 
 
-_FLAGS = {"training.epochs": "--epochs", "training.batch_size": "--batch-size", "training.lr": "--lr",
-          "training.patience": "--patience", "training.mask_ratio": "--mask-ratio", "training.monitor": "--monitor"}
-
-
 def _train_command(entry: Entry) -> list[str]:
-    """The ``prostate-vq train`` line that rebuilds this run's config: preset, flags, then ``--set`` for the rest."""
+    """The ``prostate-vq train`` line that reproduces this run: its own config.yaml (base preset, every section,
+    task and seed) as ``--config``, and its data."""
     p = entry.run.payload
-    cmd = ["prostate-vq train"]
+    cmd = ["prostate-vq train", f"--config {_q((entry.run.path / 'config.yaml').resolve())}"]
     if p.get("data_root"):
         cmd.append(f"--data {_q(p['data_root'])}")
-    cmd += [f"--out {_q(entry.run.path.resolve())}", f"--preset {_q(entry.preset)}", f"--task {_q(entry.task)}"]
-    if p.get("spatial_size"):
-        cmd.append("--spatial-size " + " ".join(str(s) for s in p["spatial_size"]))
-    if p.get("seed") is not None:
-        cmd.append(f"--seed {p['seed']}")
-    try:
-        from prostate_vq.training import TrainOptions, resolve_config
-
-        base = resolve_config(TrainOptions(out=Path("."), preset=entry.preset, task=entry.task,
-                                           spatial_size=tuple(p["spatial_size"]) if p.get("spatial_size") else None))
-        extra = overrides_against(p.get("config", {}), base)
-    except Exception:  # a preset renamed since: the run's config.yaml is the record
-        extra = []
-    flags = [f"{_FLAGS[item.split('=', 1)[0]]} {item.split('=', 1)[1]}" for item in extra
-             if item.split("=", 1)[0] in _FLAGS]
-    rest = [item for item in extra if item.split("=", 1)[0] not in _FLAGS]
-    cmd += flags
-    if rest:
-        cmd.append("--set " + " ".join(_q(item) for item in rest))
+    cmd.append(f"--out {_q(entry.run.path.resolve())}-reproduced")
     return cmd
 
 

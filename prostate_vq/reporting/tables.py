@@ -81,17 +81,3 @@ def hyperparameters(config: dict, epochs: int | None = None, refit_info: dict | 
     elif (config.get("refit") or {}).get("codebook_size"):
         parts.append(f"ReFiT to K={config['refit']['codebook_size']}")
     return ", ".join(parts)
-
-
-def overrides_against(config: dict, preset: dict) -> list[str]:
-    """``section.key=value`` items that turn ``preset`` into ``config`` (for a reproducible command line)."""
-    import yaml
-
-    wanted, base = flatten({k: config.get(k) for k in ("model", "quantizer", "training", "refit") if config.get(k)}), \
-        flatten({k: preset.get(k) for k in ("model", "quantizer", "training", "refit") if preset.get(k)})
-    items = []
-    for key, value in wanted.items():
-        if base.get(key, object()) != value:
-            text = yaml.safe_dump(value, default_flow_style=True).strip()
-            items.append(f"{key}={text.removesuffix('...').strip()}")
-    return items

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import torch
 
@@ -22,11 +23,57 @@ FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "pati
 MONITOR_KEYS = {"loss": "val_loss", "ssim": "val_ssim", "dice": "val_dice"}
 
 
-def resolve_config(options) -> dict:
-    """Engine defaults < the preset's `training` section < `--set` overrides < explicit CLI options."""
-    from prostate_vq.models import apply_overrides, get_preset
+CONFIG_FILE_KEYS = ("base", "task", "seed", "data_root", "description", "model", "quantizer", "training", "refit")
 
-    cfg = get_preset(options.preset)
+
+def read_config_file(path) -> dict:
+    """A `--config` file: `base: PRESET` plus any of the preset's sections (a run's config.yaml is one)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise UserInputError(f"--config: cannot read it ({str(error).splitlines()[0]})", path) from None
+    if not isinstance(data, dict):
+        raise UserInputError("--config: not a mapping of base/model/quantizer/training/refit", path)
+    unknown = sorted(set(data) - set(CONFIG_FILE_KEYS))
+    if unknown:
+        raise UserInputError(f"--config: unknown key(s) {', '.join(map(str, unknown))}; "
+                             f"valid: {', '.join(CONFIG_FILE_KEYS)}", path)
+    return data
+
+
+def base_config(options) -> dict:
+    """The preset, or a `--config` file laid over its `base` preset (validated by the schema)."""
+    from prostate_vq.models import get_preset
+    from prostate_vq.models.presets import resolve
+
+    if getattr(options, "config", None) is None:
+        return get_preset(options.preset)
+    data = read_config_file(options.config)
+    cfg = get_preset(str(data.get("base", "default")))
+    if "description" in data:
+        cfg["description"] = str(data["description"])
+    for section in ("model", "quantizer", "training", "refit"):
+        if section == "refit" and not data.get("refit") and not cfg.get("refit"):
+            continue
+        given = data.get(section) or {}
+        if not isinstance(given, dict):
+            raise UserInputError(f"--config: {section} must be a mapping", options.config)
+        kind_changes = section == "quantizer" and given.get("kind", cfg["quantizer"]["kind"]) != cfg["quantizer"]["kind"]
+        cfg[section] = dict(given) if kind_changes else {**(cfg.get(section) or {}), **given}
+    try:
+        return resolve(cfg)
+    except UserInputError as error:
+        raise UserInputError(f"--config: {error}", options.config) from None
+
+
+def resolve_config(options) -> dict:
+    """Engine defaults < the preset (or `--config` file) < `--set` overrides < explicit CLI options."""
+    from prostate_vq.models import apply_overrides
+
+    cfg = base_config(options)
     # Defaults go in before the overrides so that `--set training.<any engine key>=...` is accepted.
     cfg["training"] = {**copy.deepcopy(TRAINING_DEFAULTS), **(cfg.get("training") or {})}
     cfg = apply_overrides(cfg, list(options.overrides or []))

@@ -206,7 +206,8 @@ class VQVAETraining:
             "intensity": plain(self._intensity()), "seed": self.seed, "data_root": str(self.root),
             "versions": versions(), **plain(self.extra_payload),
         }
-        self.writer.config(self.cfg, {"preset": base_payload["preset"], "task": self.task,
+        # A valid --config file that reproduces the run: prostate-vq train --config RUN/config.yaml --out NEW
+        self.writer.config(self.cfg, {"base": base_payload["preset"], "task": self.task,
                                       "data_root": str(self.root), "seed": self.seed})
         self.engine = Engine(self, self.core, optimizer, scheduler, stopper, self.writer, base_payload,
                              epochs=int(training["epochs"]), state=state,
