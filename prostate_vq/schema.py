@@ -161,6 +161,11 @@ def _check_list(value, rules, bad) -> list:
 
 
 def _check_number(value, kind, bad):
+    if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean the number
+        try:
+            value = float(value)
+        except ValueError:
+            bad("a finite number")
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         bad("a finite number")
     if kind is int:

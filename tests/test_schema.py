@@ -52,7 +52,7 @@ def test_config_file_is_base_preset_plus_sections_and_checked(tmp_path, capsys):
     from prostate_vq.training.config import resolve_config
 
     good = tmp_path / "my.yaml"
-    good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 0.001}\n",
+    good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 1e-3}\n",
                     encoding="utf-8")
     options = _train_options(build_parser().parse_args(["train", "--config", str(good), "--out", str(tmp_path / "r"),
                                                         "--set", "quantizer.codebook_size=64", "--epochs", "2"]))
