@@ -160,12 +160,18 @@ def _check_list(value, rules, bad) -> list:
     return value
 
 
-def _check_number(value, kind, bad):
-    if isinstance(value, str):  # YAML 1.1 reads `1e-3` as a string; users mean the number
+def yaml_number(value):
+    """YAML 1.1 reads `1e-3` as a string; users mean the number (other strings stay strings)."""
+    if isinstance(value, str):
         try:
-            value = float(value)
+            return float(value)
         except ValueError:
-            bad("a finite number")
+            return value
+    return value
+
+
+def _check_number(value, kind, bad):
+    value = yaml_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         bad("a finite number")
     if kind is int:

@@ -73,7 +73,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as error:
             raise UserInputError(f"override {item!r}: value is not valid YAML ({error})") from None
-        value = _number(value)
+        value = schema.yaml_number(value)
         section, dot, name = key.partition(".")
         if section not in SECTIONS or (not dot and section != "description") or "." in name:
             raise UserInputError(f"unknown override key {key!r}; keys look like model.channels, "
@@ -97,16 +97,6 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         else:
             target[name] = schema.check_set(key, value, schema.rules(section, name))
     return cfg
-
-def _number(value):
-    """YAML 1.1 reads `1e-3` as a string; users mean the number."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
 
 def preset_bits_per_pixel(name: str, spatial_size=(256, 128)) -> float:
     """The rate of a preset's final model (after ReFiT for presets that have a `refit` section)."""

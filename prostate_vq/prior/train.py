@@ -20,9 +20,9 @@ from prostate_vq.errors import TrainingDiverged, UserInputError
 from prostate_vq.files import folder_lock, plain, write_json_atomic
 from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
 from prostate_vq.prior.networks import build_prior
-from prostate_vq.schema import PRIOR_ARCH_DEFAULTS, PRIOR_COMMON_TRAINING, PRIOR_TRAINING_DEFAULTS, check_section
+from prostate_vq.schema import PRIOR_ARCH_DEFAULTS, PRIOR_COMMON_TRAINING, PRIOR_TRAINING_DEFAULTS
 from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.config import FLAGS, make_optimizer, make_scheduler
+from prostate_vq.training.config import check_training_values, make_optimizer, make_scheduler
 from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_deadline, restore_training_state
 from prostate_vq.training.resume import retune_schedule
@@ -32,8 +32,6 @@ from prostate_vq.training.seeding import restore_rng_state, seed_everything
 
 log = logging.getLogger("prostate_vq.prior")
 
-# The prior's network sizes and recipe per architecture live in the config schema.
-ARCH_DEFAULTS, TRAINING_DEFAULTS = PRIOR_ARCH_DEFAULTS, PRIOR_TRAINING_DEFAULTS
 HISTORY_COLUMNS = ("epoch", "train_nll_bits", "val_nll_bits", "lr", "seconds")
 
 
@@ -165,15 +163,15 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         if last_path.exists():
             raise UserInputError("the folder already holds a prior run (last.pt): pass --resume or choose "
                                  "another --out", out)
-        if arch not in ARCH_DEFAULTS:
+        if arch not in PRIOR_ARCH_DEFAULTS:
             raise UserInputError(f"unknown prior architecture {arch!r}; choose pixelcnn or transformer")
         model, vq_payload = load_vqvae(checkpoint, device)
         checkpoint_path = str(Path(checkpoint).resolve())
-        training = {**PRIOR_COMMON_TRAINING, **TRAINING_DEFAULTS[arch]}
+        training = {**PRIOR_COMMON_TRAINING, **PRIOR_TRAINING_DEFAULTS[arch]}
         training.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
                                             ("patience", patience)) if v is not None})
         prior_cfg = None
-    training = check_section("training", training, label=lambda key: FLAGS.get(key, f"training.{key}"))
+    training = check_training_values(training)
 
     spatial = tuple(int(s) for s in vq_payload["spatial_size"])
     layout = CodeLayout.for_model(model, spatial)
@@ -186,7 +184,7 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
 
     seed_everything(seed)
     if prior_cfg is None:
-        prior_cfg = {"arch": arch, "vocab_sizes": layout.vocab_sizes, **ARCH_DEFAULTS[arch], **(arch_options or {})}
+        prior_cfg = {"arch": arch, "vocab_sizes": layout.vocab_sizes, **PRIOR_ARCH_DEFAULTS[arch], **(arch_options or {})}
         if arch == "transformer":
             prior_cfg["code_shape"] = list(layout.grid)
     prior = build_prior(prior_cfg).to(device)

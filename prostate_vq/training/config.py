@@ -92,12 +92,18 @@ def resolve_config(options) -> dict:
     return plain(cfg)
 
 
+def check_training_values(training: dict) -> dict:
+    """The schema's types and ranges for training keys, messages naming the command-line option where there is one
+    (the VQ-VAE's run and the prior's options alike)."""
+    return check_section("training", training, label=lambda key: FLAGS.get(key, f"training.{key}"))
+
+
 def check_training_config(training: dict, task: str) -> None:
     """The schema's types and ranges (messages name the command-line option where there is one), then what
     depends on the task."""
     if task not in ("image", "mask", "joint"):
         raise UserInputError(f"unknown task {task!r} (use image, mask or joint)")
-    training.update(check_section("training", training, label=lambda key: FLAGS.get(key, f"training.{key}")))
+    training.update(check_training_values(training))
     monitor = training["monitor"]
     if monitor == "ssim" and task == "mask":
         raise UserInputError("--monitor ssim needs an image task (image or joint); the mask task has no reconstruction")

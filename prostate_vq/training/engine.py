@@ -23,9 +23,6 @@ from prostate_vq.training.seeding import capture_rng_state
 
 log = logging.getLogger("prostate_vq.training")
 
-STOP_REASONS = ("epochs", "early_stopping", "max_minutes")
-
-
 @dataclass
 class EpochResult:
     """What a plug-in's epoch gives the engine."""
