@@ -109,7 +109,8 @@ def _train_options(args):
     seed = args.seed if args.seed is not None else int(given.get("seed") or 0)
     return TrainOptions(
         data=args.data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
-        max_minutes=args.max_minutes, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
+        max_minutes=args.max_minutes, max_steps=args.max_steps,
+        spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
         batch_size=args.batch_size, lr=args.lr, seed=seed, patience=args.patience,
         monitor=args.monitor, mask_ratio=args.mask_ratio, device=args.device, resume=args.resume,
         overrides=list(args.set or []), max_slices=args.max_slices, num_workers=args.num_workers,
@@ -261,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer-step budget (training.max_steps): the run ends there and the cosine is planned "
+                        "over it; compare variants at equal steps, not minutes")
     _spatial(p)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)

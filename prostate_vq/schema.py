@@ -45,6 +45,7 @@ class TrainingConfig:
     """`training:` the engine's recipe; explicit command-line options override it."""
 
     epochs: int = option(50, minimum=1)
+    max_steps: int | None = option(None, minimum=1, kind=int)  # optimizer-step budget (--max-steps); None: epochs
     batch_size: int = option(16, minimum=1)
     lr: float = option(2e-4, above=0)
     weight_decay: float = option(0.0, minimum=0)
@@ -75,6 +76,7 @@ class RefitConfig:
     codebook_size: int = option(256, minimum=2)
     epochs: int | None = option(None, minimum=1, kind=int)  # None: the training section's
     lr: float | None = option(None, above=0, kind=float)  # None: the training section's
+    max_steps: int | None = option(None, minimum=1, kind=int)  # fine-tuning's step budget (train splits max_steps 3:1)
     dead_code_threshold: float = option(1.0, minimum=0)  # usage EMA below which fine-tuning restarts a code
 
 

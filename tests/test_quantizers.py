@@ -177,6 +177,19 @@ def test_dead_codes_restart_from_encoder_outputs(kind):
     assert torch.cdist(restarted, vectors).min(1).values.max() < 1e-4
 
 
+@pytest.mark.parametrize("kind", ["vq", "soft"])
+def test_fresh_usage_counts_live_codes_as_alive(kind):
+    """A fresh quantizer whose every code is in use restarts none at its first step (usage started at 0 made
+    the first step's EMA, (1 - decay) x count, fall below the threshold: 498 of 512 live codes restarted)."""
+    torch.manual_seed(0)
+    q = build_quantizer({"kind": kind, "codebook_size": 16, "dead_code_threshold": 1.0, "decay": 0.99}, 2).train()
+    assert torch.equal(q.usage_ema, torch.ones(16))
+    codes = q.codebook.detach()
+    z = codes.repeat(2, 1).t().reshape(1, 2, 4, 8)  # every code exactly twice
+    q(z)
+    assert q.pop_restarted() == 0
+
+
 @pytest.mark.parametrize("kind", ["vq", "ema"])
 def test_kmeans_init_on_first_batch(kind):
     torch.manual_seed(0)

@@ -255,7 +255,7 @@ class PriorTraining:
         t_val = time.monotonic()
         val_bits = mean_nll_bits(self.prior, self.codes["validate"], int(self.training["batch_size"]), self.device)
         return EpochResult({"train_nll_bits": train_bits, "val_nll_bits": val_bits}, val_bits, steps, out_of_time,
-                           time.monotonic() - t_val)
+                           val_seconds=time.monotonic() - t_val)
 
     def after_epoch(self, epoch: int, result: EpochResult) -> None:
         pass

@@ -18,12 +18,15 @@ from prostate_vq.training.early_stopping import MONITOR_MODES
 # overrides them, `--set training.KEY=VALUE` overrides both, explicit CLI options override all.
 TRAINING_DEFAULTS = defaults("training")
 # Keys with a command-line option of their own: messages name the option.
-FLAGS = {"epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
+FLAGS = {"epochs": "--epochs", "max_steps": "--max-steps", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
          "mask_ratio": "--mask-ratio", "spatial_size": "--spatial-size", "monitor": "--monitor"}
 MONITOR_KEYS = {"loss": "val_loss", "ssim": "val_ssim", "dice": "val_dice"}
 
 
-CONFIG_FILE_KEYS = ("base", "task", "seed", "data_root", "description", "model", "quantizer", "training", "refit")
+# `schedule` is what a run's config.yaml says about the learning-rate plan it followed: informational, ignored
+# here (the run that reads the file plans its own from its budget).
+CONFIG_FILE_KEYS = ("base", "task", "seed", "data_root", "description", "model", "quantizer", "training", "refit",
+                    "schedule")
 
 
 def read_config_file(path) -> dict:
@@ -78,7 +81,7 @@ def resolve_config(options) -> dict:
     cfg["training"] = {**copy.deepcopy(TRAINING_DEFAULTS), **(cfg.get("training") or {})}
     cfg = apply_overrides(cfg, list(options.overrides or []))
     training = cfg["training"]
-    explicit = {"epochs": options.epochs, "batch_size": options.batch_size, "lr": options.lr,
+    explicit = {"epochs": options.epochs, "max_steps": getattr(options, "max_steps", None), "batch_size": options.batch_size, "lr": options.lr,
                 "patience": options.patience,
                 "spatial_size": list(options.spatial_size) if options.spatial_size else None}
     training.update({k: v for k, v in explicit.items() if v is not None})
@@ -126,7 +129,8 @@ def make_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optimi
 
 
 def make_scheduler(optimizer, training: dict):
-    """Cosine over the planned epochs (stepped per epoch), or plateau on the monitored metric."""
+    """Cosine over the planned epochs (stepped per epoch: the prior's), or plateau on the monitored metric.
+    The VQ-VAE plans its cosine per optimizer step (training.schedule.make_step_scheduler)."""
     if training["scheduler"] == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
             optimizer, T_max=max(1, int(training["epochs"])),

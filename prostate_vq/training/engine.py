@@ -31,6 +31,7 @@ class EpochResult:
     monitor: float  # the validation value early stopping and best.pt follow (the task's quality)
     steps: int  # optimizer steps taken
     out_of_time: bool = False  # the budget ran out inside the epoch
+    out_of_steps: bool = False  # the run's optimizer-step budget (max_steps) was reached
     val_seconds: float = 0.0  # validation time, kept free inside the budget of the next epoch
     checkpoint: dict = field(default_factory=dict)  # extra entries for best.pt/last.pt of this epoch
     metrics: dict = field(default_factory=dict)  # extra entries for the checkpoint's `metrics`
@@ -91,6 +92,7 @@ class Engine:
     progress: bool = True
     dist: ddp.DistContext = field(default_factory=ddp.DistContext)
     budget_text: str = ""  # how the log names the budget ("5.0 min")
+    max_steps: int | None = None  # optimizer-step budget of the whole run (stop reason "max_steps")
 
     def run(self) -> str | None:
         """All epochs, or until early stopping or the budget; returns the stop reason."""
@@ -100,7 +102,8 @@ class Engine:
     def _run(self) -> str | None:
         state, epochs = self.state, self.epochs
         bar = epoch_bar(self.progress and self.dist.is_main, state.start_epoch, epochs)
-        stop_reason = "early_stopping" if self.stopper.stopped else ("epochs" if state.start_epoch > epochs else None)
+        stop_reason = ("early_stopping" if self.stopper.stopped else "epochs" if state.start_epoch > epochs
+                       else "max_steps" if self.max_steps is not None and state.step >= self.max_steps else None)
         val_seconds = 0.0
         try:
             for epoch in range(state.start_epoch, epochs + 1):
@@ -111,14 +114,15 @@ class Engine:
                 if deadline is not None and time.monotonic() >= deadline and state.history:
                     stop_reason = "max_minutes"
                     break
-                t0 = time.monotonic()
+                t0, lr = time.monotonic(), self.optimizer.param_groups[0]["lr"]
                 result = self.plugin.run_epoch(epoch, epochs, deadline, state.step)
                 state.step += result.steps
                 val_seconds = result.val_seconds
-                row = self._record(epoch, result, t0)
+                row = self._record(epoch, result, t0, lr)
                 improved = self.stopper.update(result.monitor, epoch, state.step)
-                stop_reason = ("max_minutes" if result.out_of_time else "early_stopping" if self.stopper.stopped
-                               else "epochs" if epoch == epochs else None)
+                out_of_steps = result.out_of_steps or (self.max_steps is not None and state.step >= self.max_steps)
+                stop_reason = ("max_minutes" if result.out_of_time else "max_steps" if out_of_steps
+                               else "early_stopping" if self.stopper.stopped else "epochs" if epoch == epochs else None)
                 if self.dist.is_main:
                     self.plugin.after_epoch(epoch, result)
                     self._save(epoch, row, result, improved, stop_reason)
@@ -137,12 +141,12 @@ class Engine:
         self._log_end(stop_reason)
         return stop_reason
 
-    def _record(self, epoch: int, result: EpochResult, t0: float) -> dict:
-        """The history row; the learning rate is the one this epoch trained with, then the schedule steps."""
-        lr = self.optimizer.param_groups[0]["lr"]
+    def _record(self, epoch: int, result: EpochResult, t0: float, lr: float) -> dict:
+        """The history row; the learning rate is the one this epoch started with, then a per-epoch schedule
+        steps (a per-step one, training.schedule.StepCosine, has stepped with every optimizer step)."""
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(result.monitor)
-        elif self.scheduler is not None:
+        elif self.scheduler is not None and not getattr(self.scheduler, "per_step", False):
             self.scheduler.step()
         row = {"epoch": epoch, **result.row, "lr": lr, "seconds": time.monotonic() - t0, "step": self.state.step}
         self.state.history.append(row)
@@ -170,10 +174,11 @@ class Engine:
         last = self.state.history[-1]["epoch"] if self.state.history else "-"
         reason = {"early_stopping": f"early stopping after epoch {last}",
                   "max_minutes": f"time budget of {self.budget_text} reached after epoch {last}",
+                  "max_steps": f"step budget of {self.max_steps} optimizer steps reached in epoch {last}",
                   "epochs": "all epochs done"}.get(stop_reason or "", "done")
         best = self.stopper.best if self.stopper.best is not None else math.nan
-        log.info("training ended: %s; best %s %.5g at epoch %d", reason, self.stopper.monitor, best,
-                 self.stopper.best_epoch)
+        log.info("training ended: %s (%d optimizer steps); best %s %.5g at epoch %d", reason, self.state.step,
+                 self.stopper.monitor, best, self.stopper.best_epoch)
 
 
 def budget_deadline(started: float, max_minutes: float | None) -> float | None:

@@ -28,6 +28,8 @@ class StepSettings:
     deadline: float | None = None  # time.monotonic() value after which no new step starts
     warmup_steps: int = 0  # linear learning-rate warmup over the run's first optimizer steps
     steps_before: int = 0  # optimizer steps of the run before this epoch (the engine sets it)
+    max_steps: int | None = None  # the run's optimizer-step budget: the epoch ends when it is reached
+    scheduler: object = None  # a per-step scheduler (training.schedule.StepCosine), stepped after each step
     dist: DistContext = field(default_factory=DistContext)
 
 
@@ -36,6 +38,7 @@ class EpochResult:
     train_loss: float
     steps: int
     out_of_time: bool
+    out_of_steps: bool = False  # the run's step budget (max_steps) was reached in this epoch
     train_quantizer_loss: float = math.nan  # the quantizer's auxiliary terms alone (inside train_loss)
 
 
@@ -74,7 +77,7 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
     device = settings.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     aux_sum = torch.zeros((), dtype=torch.float64, device=device)
-    steps, out_of_time = 0, False
+    steps, out_of_time, out_of_steps = 0, False, False
     for step, batch in enumerate(loader, start=1):
         x, image, label = _model_input(model, batch, settings)
         x = mask_patches(x, settings.mask_ratio, settings.mask_patch)
@@ -86,6 +89,8 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
         if settings.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         _step_with_warmup(optimizer, settings.steps_before + step, settings.warmup_steps)
+        if settings.scheduler is not None:
+            settings.scheduler.step()
         loss_sum += loss.detach().double()
         aux_sum += split_loss(parts)[1].detach().double()
         steps = step
@@ -103,7 +108,8 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
                 out_of_time = True
         if bar is not None:
             bar.update(1)
-        if out_of_time:
+        out_of_steps = settings.max_steps is not None and settings.steps_before + step >= settings.max_steps
+        if out_of_time or out_of_steps:
             break
     totals = torch.stack([loss_sum, aux_sum, loss_sum.new_tensor(float(steps))])
     totals = all_reduce_sum(totals, settings.dist)
@@ -111,7 +117,7 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
     train_loss = loss_total / step_total if step_total else math.nan
     if not math.isfinite(train_loss):
         raise _diverged(train_loss, epoch, steps)
-    return EpochResult(train_loss=train_loss, steps=steps, out_of_time=out_of_time,
+    return EpochResult(train_loss=train_loss, steps=steps, out_of_time=out_of_time, out_of_steps=out_of_steps,
                        train_quantizer_loss=aux_total / step_total if step_total else math.nan)
 
 

@@ -34,7 +34,7 @@ MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipM
 
 def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = None,
           max_minutes: float | None = None, device: str = "auto", seed: int = 0, progress: bool = True,
-          max_slices: int | None = None, num_workers: int = 0) -> Path:
+          max_slices: int | None = None, num_workers: int = 0, max_steps: int | None = None) -> Path:
     """ReFiT run folder (best.pt/last.pt/history.csv/refit.json) fine-tuned from `checkpoint`.
 
     Spatial size, batch size and losses come from the checkpoint's config; the learning rate from its
@@ -57,6 +57,8 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     cfg["quantizer"]["dead_code_threshold"] = max(restart, float(cfg["quantizer"].get("dead_code_threshold") or 0))
     training = cfg["training"]
     training["epochs"] = int(epochs or refit_cfg.get("epochs") or training["epochs"])
+    max_steps = max_steps or refit_cfg.get("max_steps")  # the base run's budget is not the fine-tuning's
+    training["max_steps"] = int(max_steps) if max_steps else None
     if refit_cfg.get("lr"):
         training["lr"] = float(refit_cfg["lr"])
     info = {"base_checkpoint": str(checkpoint.resolve()), "base_epoch": int(base.get("epoch", 0)),
@@ -166,20 +168,21 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
     """`train --preset v2-refit`: stage 1 trains the preset into RUN/base, stage 2 ReFiTs its best.pt into RUN."""
     started = time.monotonic()
     out = Path(options.out)
-    refit_cfg = cfg["refit"]
     budget = options.max_minutes
     device = options.device
     base_dir = out / "base"
     base_last = base_dir / "last.pt"
     # Under torchrun the group lives across both stages (each fit() joins it, none destroys it).
+    cfg = split_step_budget(cfg)
+    refit_cfg = cfg["refit"]
     with ddp.process_group(resolve_device(device)):
         stage1 = replace(options, out=base_dir, resume=options.resume and base_last.exists(),
-                         max_minutes=None if budget is None else 0.75 * budget)
+                         max_minutes=None if budget is None else 0.75 * budget, max_steps=None)
         if not (stage1.resume and load_checkpoint(base_last).get("finished")):
             fit(stage1, None if stage1.resume else cfg)
         remaining = None if budget is None else max(0.05, budget - (time.monotonic() - started) / 60.0)
         if options.resume and (out / "last.pt").exists():
-            run = fit(replace(options, resume=True, max_minutes=remaining, epochs=None))
+            run = fit(replace(options, resume=True, max_minutes=remaining, epochs=None, max_steps=None))
             _write_summary(out)
         else:
             run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
@@ -187,3 +190,15 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
                         seed=options.seed, progress=options.progress, max_slices=options.max_slices,
                         num_workers=options.num_workers)
         return run
+
+
+def split_step_budget(cfg: dict) -> dict:
+    """A step budget for train-then-ReFiT (training.max_steps = N) is the whole command's, split like a time
+    budget: 3/4 for stage 1 (training.max_steps), the rest for the fine-tuning (refit.max_steps), so a sweep
+    compares v2-refit at the same total steps as single-stage presets. A split config is returned unchanged."""
+    steps, refit_cfg = cfg["training"].get("max_steps"), cfg.get("refit") or {}
+    if not steps or refit_cfg.get("max_steps"):
+        return cfg
+    stage1 = max(1, round(0.75 * int(steps)))
+    return {**cfg, "training": {**cfg["training"], "max_steps": stage1},
+            "refit": {**refit_cfg, "max_steps": max(1, int(steps) - stage1)}}

@@ -26,7 +26,6 @@ from prostate_vq.training.config import (
     check_training_config,
     downsample_factor,
     make_optimizer,
-    make_scheduler,
     resolve_config,
 )
 from prostate_vq.training.data_loading import first_batch, load_datasets, make_loader
@@ -35,9 +34,18 @@ from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_d
 from prostate_vq.training.history import HISTORY_COLUMNS
 from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.losses import TaskLoss
-from prostate_vq.training.resume import announce_resume, refuse_other_data, retune_schedule
+from prostate_vq.training.resume import announce_resume, refuse_other_data
 from prostate_vq.training.run_files import RunWriter, record_rank_sync, step_bar, versions
 from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
+from prostate_vq.training.schedule import (
+    PLAN_AFTER_STEPS,
+    StepCosine,
+    describe,
+    estimate_time_horizon,
+    log_plan,
+    make_step_scheduler,
+    replan_on_resume,
+)
 from prostate_vq.training.seeding import restore_rng_state, seed_everything
 
 COLLAPSE_USAGE_PCT = 10.0
@@ -53,6 +61,7 @@ class TrainOptions:
     task: str = "image"
     epochs: int | None = None
     max_minutes: float | None = None
+    max_steps: int | None = None  # optimizer-step budget (training.max_steps); the cosine is planned over it
     spatial_size: tuple[int, int] | None = None
     batch_size: int | None = None
     lr: float | None = None
@@ -104,7 +113,7 @@ def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extr
             raise UserInputError("--resume: no last.pt in the run folder", out)
         resume = load_checkpoint(out / "last.pt", kind="resume")
         cfg = copy.deepcopy(resume["config"])
-        for key in ("epochs", "patience", "lr"):  # a resumed run may be extended, made more patient or slower
+        for key in ("epochs", "max_steps", "patience", "lr"):  # a resumed run may be extended, more patient, slower
             if getattr(options, key) is not None:
                 cfg["training"][key] = getattr(options, key)
     elif (out / "last.pt").exists():
@@ -182,14 +191,17 @@ class VQVAETraining:
         if self.settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = make_optimizer(model, training)
-        scheduler = make_scheduler(optimizer, training)
+        self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ds) / self.dist.world_size) / self.batch_size)
+        scheduler = make_step_scheduler(optimizer, training, self.steps_per_epoch)
         stopper = EarlyStopping(monitor=training["monitor"], patience=int(training["patience"]),
                                 min_delta=float(training["min_delta"]), patience_steps=int(training["patience_steps"]),
                                 min_steps=int(training["min_steps"]))
         state = LoopState()
         if self.resume is not None:
             state = self._restore(model, optimizer, scheduler, stopper)
-        else:
+        elif self.dist.is_main:
+            log_plan(scheduler, float(training["lr"]))
+        if self.resume is None:
             # On a copy and on every rank: a forward pass may k-means-initialise a codebook (with collectives
             # under DDP), which must neither touch the real model nor leave rank 0 alone in a collective.
             example = model.prepare_input(first_batch(self.val_ds, device))
@@ -198,7 +210,10 @@ class VQVAETraining:
         if self.options.compile:
             model = torch.compile(model)
         self.model = ddp.wrap_model(model, self.dist, device, bool(training.get("find_unused_parameters", False)))
-        self.optimizer = optimizer
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.settings.scheduler = scheduler if getattr(scheduler, "per_step", False) else None
+        self.settings.max_steps = int(training["max_steps"]) if training.get("max_steps") else None
+        self._rate_from = None  # (time, step) at the first epoch of this process: the measured step rate
         base_payload = {
             "config": self.cfg,
             "preset": self.resume["preset"] if self.resume else self.options.preset,
@@ -206,14 +221,43 @@ class VQVAETraining:
             "intensity": plain(self._intensity()), "seed": self.seed, "data_root": str(self.root),
             "versions": versions(), **plain(self.extra_payload),
         }
-        # A valid --config file that reproduces the run: prostate-vq train --config RUN/config.yaml --out NEW
-        self.writer.config(self.cfg, {"base": base_payload["preset"], "task": self.task,
-                                      "data_root": str(self.root), "seed": self.seed})
+        self.base_payload = base_payload
+        self._write_config()
         self.engine = Engine(self, self.core, optimizer, scheduler, stopper, self.writer, base_payload,
                              epochs=int(training["epochs"]), state=state,
                              deadline=budget_deadline(self.started, self.options.max_minutes),
                              progress=self.options.progress, dist=self.dist,
-                             budget_text=f"{self.options.max_minutes} min")
+                             budget_text=f"{self.options.max_minutes} min", max_steps=self.settings.max_steps)
+
+    def _write_config(self) -> None:
+        """A valid --config file that reproduces the run (prostate-vq train --config RUN/config.yaml --out NEW),
+        with the learning-rate plan it followed (`schedule`: informational, re-planned by the run that reads it)."""
+        schedule = describe(self.scheduler)
+        self.base_payload["schedule"] = schedule
+        self.writer.config(self.cfg, {"base": self.base_payload["preset"], "task": self.task,
+                                      "data_root": str(self.root), "seed": self.seed,
+                                      **({"schedule": schedule} if schedule else {})})
+
+    def _plan_from_time(self, steps_done: int) -> None:
+        """A time budget shorter than the planned horizon: once the step rate is measured, the cosine is re-planned
+        to end when the time does (all ranks agree on the smallest estimate)."""
+        scheduler, deadline = self.scheduler, self.engine.deadline
+        if not isinstance(scheduler, StepCosine) or deadline is None or scheduler.plan.source == "time":
+            return
+        now = time.monotonic()
+        if self._rate_from is None or steps_done - self._rate_from[1] < PLAN_AFTER_STEPS:
+            return
+        estimate = estimate_time_horizon(steps_done, steps_done - self._rate_from[1], now - self._rate_from[0],
+                                         deadline - now)
+        if self.dist.enabled:
+            value = torch.tensor([float(estimate)], device=self.device)
+            torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
+            estimate = int(value.item())
+        if estimate < scheduler.plan.horizon:
+            scheduler.replan(estimate, "time", steps_done)
+            if self.dist.is_main:
+                log_plan(scheduler, float(self.training["lr"]))
+                self._write_config()
 
     def _data_root(self, data_root) -> Path:
         """Absolute, so that a checkpoint resumes and evaluates from any working directory."""
@@ -241,7 +285,9 @@ class VQVAETraining:
         state = restore_training_state(resume, model, optimizer, scheduler, stopper)
         if "refit" in resume:
             self.extra_payload["refit"] = resume["refit"]
-        retune_schedule(optimizer, scheduler, self.training, state.start_epoch - 1)
+        replanned = replan_on_resume(optimizer, scheduler, self.training, state.step, self.steps_per_epoch)
+        if self.dist.is_main and replanned:
+            log_plan(scheduler, float(self.training["lr"]))
         if self.dist.is_main:
             announce_resume(self.options, resume, self.training, self.root)
         restore_rng_state(resume["rng_state"])  # last: nothing above may draw from the restored generators
@@ -263,6 +309,8 @@ class VQVAETraining:
                              pin_memory=self.device.type == "cuda")
         bar = step_bar(self.options.progress and self.dist.is_main, len(loader), epoch, epochs)
         self.settings.deadline, self.settings.steps_before = deadline, steps_before
+        if self._rate_from is None:
+            self._rate_from = (time.monotonic(), steps_before)
         try:
             result = train_one_epoch(self.model, loader, self.criterion, self.optimizer, self.settings, epoch, bar)
         finally:
@@ -277,13 +325,14 @@ class VQVAETraining:
         if not math.isfinite(metrics["val_loss"]):
             raise TrainingDiverged(f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
                                    "training stopped. Lower --lr (it applies to --resume too) or check the data")
+        self._plan_from_time(steps_before + result.steps)
         row = {"train_loss": result.train_loss, "val_loss": metrics["val_loss"], "val_ssim": metrics["val_ssim"],
                "val_dice": metrics["val_dice"], "codebook_usage_pct": metrics["codebook_usage_pct"],
                "perplexity": metrics["perplexity"], "dead_codes_restarted": restarted,
                "train_quantizer_loss": result.train_quantizer_loss,
                "val_quantizer_loss": metrics["val_quantizer_loss"]}
         return EpochResult(row, metrics[MONITOR_KEYS[self.training["monitor"]]], result.steps, result.out_of_time,
-                           time.monotonic() - t_val, checkpoint={"code_counts": metrics["code_counts"]},
+                           result.out_of_steps, time.monotonic() - t_val, checkpoint={"code_counts": metrics["code_counts"]},
                            metrics={"val_dice_per_class": metrics["val_dice_per_class"]}, details=metrics)
 
     def after_epoch(self, epoch: int, result: EpochResult) -> None:

@@ -48,7 +48,9 @@ class VectorQuantizer(Quantizer):
         self.project_in = nn.Linear(dim, self.code_dim) if self.code_dim != dim else nn.Identity()
         self.project_out = nn.Linear(self.code_dim, dim) if self.code_dim != dim else nn.Identity()
         self.embedding = nn.Parameter(self._initial_codebook(codebook_size))
-        self.register_buffer("usage_ema", torch.zeros(codebook_size))
+        # Usage starts at the threshold (vector-quantize-pytorch starts its cluster sizes at 1): from 0, the first
+        # step's EMA (1 - decay) x count sat below the threshold for nearly every code in use, and all restarted.
+        self.register_buffer("usage_ema", torch.full((codebook_size,), float(dead_code_threshold)))
         self.register_buffer("initted", torch.tensor(not kmeans_init))
 
     def _initial_codebook(self, k: int) -> Tensor:
