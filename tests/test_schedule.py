@@ -4,6 +4,7 @@ steps per epoch, or what a time budget allows at the measured step rate; a resum
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 
 import pytest
@@ -74,7 +75,7 @@ def test_max_steps_ends_the_run_and_plans_the_cosine_over_it(phantom_root, tmp_p
     history = _history(run)
     assert int(history[-1]["step"]) == 13
     rates = [float(row["lr"]) for row in history]
-    assert all(b <= a * (1 + 1e-9) for a, b in zip(rates, rates[1:]))
+    assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(rates))
 
 
 def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_path, tiny_spatial,

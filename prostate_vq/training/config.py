@@ -81,7 +81,8 @@ def resolve_config(options) -> dict:
     cfg["training"] = {**copy.deepcopy(TRAINING_DEFAULTS), **(cfg.get("training") or {})}
     cfg = apply_overrides(cfg, list(options.overrides or []))
     training = cfg["training"]
-    explicit = {"epochs": options.epochs, "max_steps": getattr(options, "max_steps", None), "batch_size": options.batch_size, "lr": options.lr,
+    explicit = {"epochs": options.epochs, "max_steps": getattr(options, "max_steps", None),
+                "batch_size": options.batch_size, "lr": options.lr,
                 "patience": options.patience,
                 "spatial_size": list(options.spatial_size) if options.spatial_size else None}
     training.update({k: v for k, v in explicit.items() if v is not None})
