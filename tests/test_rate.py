@@ -71,3 +71,46 @@ def test_metrics_json_has_rate_and_levels(tiny_run, phantom_root, tmp_path):
     (level,) = metrics["levels"]
     assert metrics["bits_per_pixel"] == pytest.approx(level["bits_per_pixel"]) and metrics["bits_per_pixel"] > 0
     assert level["codes_used"] == metrics["codes_used"] and level["codebook_size"] == metrics["codebook_size"]
+
+
+def test_joint_usage_and_effective_rate_on_a_hand_built_three_level_code():
+    """Three 8-code RQ levels on a 2x2 grid: every level uses all 8 codes (pooled: 24 codes, '100%'), but the
+    positions carry only 8 of the 512 tuples, and the effective rate follows each level's histogram entropy."""
+    from prostate_vq.models.rate import JointCodes, effective_bits_per_pixel
+
+    # 8 slices x 2x2 positions = 32 positions; level 1 cycles through 8 codes, levels 2 and 3 copy it, so each
+    # level's histogram is uniform (3 bits) and the tuples are (k, k, k): 8 distinct of min(512, 32) possible.
+    base = torch.arange(32).remainder(8).reshape(8, 2, 2)
+    indices = torch.stack([base, base, base], 1)
+    joint = JointCodes([8, 8, 8])
+    joint.add(indices[:5])
+    joint.add(indices[5:])  # accumulated over batches
+    result = joint.to_dict()
+    assert result["joint_codes_used"] == 8 and result["joint_codes_possible"] == 512
+    assert result["joint_usage_pct"] == pytest.approx(100 * 8 / 32)
+    assert result["joint_perplexity"] == pytest.approx(8.0)
+
+    levels = [CodeLevel(f"rq{i}", (2, 2), 8) for i in (1, 2, 3)]
+    counts = torch.cat([torch.bincount(base.reshape(-1), minlength=8)] * 3)
+    health = level_health(counts, levels, (8, 8))
+    assert [lv["codebook_usage_pct"] for lv in health] == [100.0] * 3
+    assert health[0]["entropy_bits"] == pytest.approx(3.0)
+    assert effective_bits_per_pixel(health) == pytest.approx(3 * 4 * 3.0 / 64)  # = the nominal rate here
+    assert bits_per_pixel(levels, (8, 8)) == pytest.approx(3 * 4 * 3.0 / 64)
+
+    # A level stuck on one code carries nothing: the effective rate drops by that level's share.
+    stuck = torch.cat([torch.bincount(base.reshape(-1), minlength=8)] * 2 + [torch.tensor([32, 0, 0, 0, 0, 0, 0, 0])])
+    assert effective_bits_per_pixel(level_health(stuck, levels, (8, 8))) == pytest.approx(2 * 4 * 3.0 / 64)
+    one_level = JointCodes([4])
+    one_level.add(torch.tensor([[[0, 1], [1, 1]]]))
+    assert one_level.to_dict()["joint_usage_pct"] == pytest.approx(50.0)  # 2 of min(4, 4)
+
+
+def test_metrics_json_carries_joint_codes_effective_rate_and_steps(tiny_run, phantom_root, tmp_path):
+    from prostate_vq.evaluation import evaluate_checkpoint
+
+    m = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu",
+                            figures=False).to_dict()
+    assert m["joint_codes_used"] == m["codes_used"]  # one level: the tuples are the codes
+    assert 0 < m["effective_bits_per_pixel"] <= m["bits_per_pixel"]
+    assert m["run_steps"] == m["steps"] == 6 and m["run_epochs"] == 2 and m["stop_reason"] == "epochs"

@@ -39,7 +39,7 @@ from prostate_vq.evaluation.metrics import (
 )
 from prostate_vq.evaluation.results import EvaluationResult
 from prostate_vq.files import atomic_open, ensure_dir, staged_folder
-from prostate_vq.models.rate import level_health
+from prostate_vq.models.rate import JointCodes, level_health
 
 GRID_SLICES = 6
 BEST_WORST = 4
@@ -74,7 +74,7 @@ def _records(dataset, n: int) -> list[dict]:
 
 
 @torch.inference_mode()
-def _run(model, dataset, device: torch.device, batch_size: int) -> dict:
+def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCodes) -> dict:
     from prostate_vq.data import make_loader
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
@@ -85,6 +85,7 @@ def _run(model, dataset, device: torch.device, batch_size: int) -> dict:
     for batch in loader:
         image, recon, label, pred, indices = _predict(model, batch, device)
         counts += model.code_counts(indices).to(device=device, dtype=torch.long)
+        joint.add(indices)
         if recon is not None:
             for key, value in reconstruction_per_slice(recon, image).items():
                 values[key].append(value)
@@ -220,9 +221,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         raise DataError(f"the {task} task needs masks (keras_slices_seg_{split})", data)
 
     start = time.perf_counter()
-    values = _run(model, dataset, torch_device, batch_size)
     spatial = [int(s) for s in payload["spatial_size"]]
-    values["levels"] = level_health(values["counts"], model.code_levels(spatial), spatial)
+    levels = model.code_levels(spatial)
+    joint = JointCodes([level.codebook_size for level in levels])
+    values = _run(model, dataset, torch_device, batch_size, joint)
+    values["levels"] = level_health(values["counts"], levels, spatial)
+    values["joint"] = joint.to_dict()
     rows = _records(dataset, len(dataset))
     # Everything is written into a folder beside the results and moved in only when complete, metrics.json
     # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
@@ -244,8 +248,36 @@ def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict],
         segmentation=None if values["dice"] is None else summarize_dice(values["dice"]),
         figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
         epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
-        levels=values["levels"], conventions=_conventions(values, rows),
+        levels=values["levels"], conventions=_conventions(values, rows), joint=values["joint"],
+        budget=_budget(checkpoint, payload),
     )
+
+
+def _budget(checkpoint: Path, payload: dict) -> dict:
+    """Optimizer steps and epochs: of the evaluated checkpoint, and of the whole run it was selected from (last.pt
+    beside it; a ReFiT run adds its base run's steps), so tables compare variants at equal steps."""
+    from prostate_vq.training.checkpoints import load_checkpoint
+
+    metrics = payload.get("metrics") or {}
+    out = {"steps": metrics.get("step"), "epochs": payload.get("epoch"), "run_steps": None, "run_epochs": None,
+           "stop_reason": None, "schedule": payload.get("schedule")}
+    last = checkpoint.parent / "last.pt"
+    if last.is_file():
+        try:
+            run = load_checkpoint(last, kind="resume")
+        except Exception:  # the run's totals are extra information: the evaluation stands without them
+            return out
+        history = run.get("history") or []
+        out.update(run_steps=(history[-1].get("step") if history else None), run_epochs=run.get("epoch"),
+                   stop_reason=run.get("stop_reason"))
+        base = (payload.get("refit") or {}).get("base_checkpoint")
+        base_last = Path(base).parent / "last.pt" if base else None
+        if base_last is not None and base_last.is_file() and out["run_steps"] is not None:
+            base_history = load_checkpoint(base_last, kind="resume").get("history") or []
+            if base_history:
+                out["base_steps"] = base_history[-1].get("step")
+                out["run_steps"] += int(base_history[-1].get("step") or 0)
+    return out
 
 
 def _conventions(values: dict, rows: list[dict]) -> dict:

@@ -34,11 +34,18 @@ class EvaluationResult:
     versions: dict = field(default_factory=dict)
     levels: list[dict] = field(default_factory=list)  # per code map: usage, perplexity, its bits per pixel
     conventions: dict = field(default_factory=dict)  # MONAI / per-case Dice, SSIM in region, per-patient stats
+    joint: dict = field(default_factory=dict)  # joint-code usage and perplexity over the levels (models.rate.JointCodes)
+    budget: dict = field(default_factory=dict)  # steps/epochs of the checkpoint and of its run (evaluate._budget)
 
     @property
     def bits_per_pixel(self) -> float | None:
         """The rate: bits of one slice's codes (all levels) per input pixel."""
         return sum(level["bits_per_pixel"] for level in self.levels) if self.levels else None
+
+    @property
+    def effective_bits_per_pixel(self) -> float | None:
+        """What the codes carry: per level, positions x entropy of its code histogram, per input pixel."""
+        return sum(level["effective_bits_per_pixel"] for level in self.levels) if self.levels else None
 
     @property
     def verdict(self) -> str:
@@ -65,6 +72,8 @@ class EvaluationResult:
         out.update({"device": self.device, "seconds": json_float(self.seconds), "epoch": self.epoch,
                     "seed": self.seed, "versions": dict(self.versions), "figures": dict(self.figures),
                     "bits_per_pixel": json_float(self.bits_per_pixel),
+                    "effective_bits_per_pixel": json_float(self.effective_bits_per_pixel),
+                    **strict_json(self.joint), **strict_json(self.budget),
                     "levels": strict_json(self.levels),
                     "code_counts": counts})
         return out
@@ -95,8 +104,16 @@ class EvaluationResult:
         if len(self.levels) > 1:
             rows += [(f"  level {lv['name']}", f"{lv['codes_used']} / {lv['codebook_size']} "
                       f"({lv['codebook_usage_pct']:.1f}%), perplexity {lv['perplexity']:.1f}") for lv in self.levels]
+        if self.joint.get("joint_usage_pct") is not None and len(self.levels) > 1:
+            rows.append(("joint codes", f"{self.joint['joint_codes_used']} tuples ({self.joint['joint_usage_pct']:.1f}%), "
+                                        f"perplexity {self.joint['joint_perplexity']:.1f}"))
         if self.bits_per_pixel is not None:
-            rows.append(("rate", f"{self.bits_per_pixel:.4g} bits per pixel"))
+            effective = self.effective_bits_per_pixel
+            rows.append(("rate", f"{self.bits_per_pixel:.4g} bits per pixel nominal"
+                                 + (f", {effective:.4g} effective" if effective is not None else "")))
+        if self.budget.get("run_steps") is not None:
+            rows.append(("trained", f"{self.budget['run_steps']} optimizer steps, {self.budget['run_epochs']} epochs "
+                                    f"(checkpoint: step {self.budget.get('steps')}, epoch {self.budget.get('epochs')})"))
         width = max(len(k) for k, _ in rows)
         title = f"{self.preset} ({self.task} task) - {Path(self.checkpoint).name}"
         return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])
