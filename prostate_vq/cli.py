@@ -161,11 +161,26 @@ def cmd_report(args):
 def cmd_sweep(args):
     from prostate_vq.workflows import sweep
 
-    path = sweep(data=args.data, presets=[p for p in args.presets.split(",") if p], out=args.out,
+    kwargs = {}
+    for name in ("max_steps", "seeds", "grid", "reference", "study", "set"):
+        value = getattr(args, name)
+        if value:
+            kwargs["overrides" if name == "set" else name] = value
+    if args.shard:
+        kwargs["shard_spec"] = args.shard
+    if args.collect:
+        kwargs["collect_only"] = True
+    path = sweep(data=args.data, presets=[p for p in (args.presets or "").split(",") if p], out=args.out,
                  max_minutes=args.max_minutes, task=args.task, epochs=args.epochs, device=args.device,
                  seed=args.seed, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
-                 max_slices=args.max_slices)
+                 max_slices=args.max_slices, **kwargs)
     print(f"sweep report written to {path}")
+
+
+def cmd_studies(args):
+    from prostate_vq.workflows import list_studies
+
+    print(list_studies())
 
 
 def cmd_demo(args):
@@ -312,18 +327,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="prostate-vq report")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("sweep", help="train and evaluate several presets, then one comparison report")
+    p = sub.add_parser("sweep", help="train and evaluate presets x grid x seeds at equal steps, then one "
+                                     "comparison report (mean ± sd over seeds, paired intervals)")
     _data(p)
-    p.add_argument("--presets", required=True, help="comma-separated preset names")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--max-minutes", type=float, default=None, help="budget per preset")
+    p.add_argument("--presets", default=None, help="comma-separated preset names (or --study)")
+    p.add_argument("--out", type=Path, required=True, help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, "
+                                                            "sweep.json, results.json, report.md")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="optimizer steps of every job (compare at equal steps, not minutes)")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed)")
+    p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
+                   help="a grid axis over every preset (cartesian; repeat for more axes), e.g. "
+                        "quantizer.codebook_dim=4,8,16")
+    p.add_argument("--reference", default=None, metavar="PRESET_OR_CELL",
+                   help="paired differences against this preset (its cell with the same grid values) or cell")
+    p.add_argument("--study", default=None, help="run a reference-table study (prostate-vq studies lists them)")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every cell")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only share I of N (0 <= I < N) of the (cell, seed) jobs, e.g. a SLURM array task")
+    p.add_argument("--collect", action="store_true",
+                   help="train nothing: write the report from the finished jobs, naming the missing ones")
+    p.add_argument("--max-minutes", type=float, default=None, help="a wall-clock cap per job (steps stay the budget)")
     p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--task", choices=TASKS, default="image")
+    p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image, or the study's)")
     _spatial(p)
     p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the one seed when --seeds is not given")
     p.add_argument("--max-slices", type=int, default=None)
     p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("studies", help="list the reference-table studies (run one with sweep --study NAME)")
+    p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("demo", help="synth -> train default -> evaluate -> report, on the demo phantom")
     p.add_argument("--out", type=Path, default=Path("demo-out"))

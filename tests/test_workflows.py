@@ -24,12 +24,13 @@ def test_sweep_two_presets_trains_evaluates_and_compares(phantom_root, tiny_mode
     report = sweep(phantom_root, ["default", "v1-vq"], tmp_path / "sweep", overrides=tiny_model_overrides, **TINY)
     assert report == tmp_path / "sweep" / "report.md"
     for preset in ("default", "v1-vq"):
-        metrics = json.loads((tmp_path / "sweep" / preset / "eval" / "metrics.json").read_text(encoding="utf-8"))
+        job = tmp_path / "sweep" / preset / "seed0"  # OUT/<cell>/seed<k>/{run,eval}
+        metrics = json.loads((job / "eval" / "metrics.json").read_text(encoding="utf-8"))
         assert metrics["preset"] == preset and metrics["split"] == "test" and metrics["codebook_size"] == 32
-        assert (tmp_path / "sweep" / preset / "run" / "best.pt").is_file()
+        assert (job / "run" / "best.pt").is_file()
     text = report.read_text(encoding="utf-8")
     rows = [line for line in text.splitlines() if line.startswith(("| default |", "| v1-vq |"))]
-    assert len(rows) == 4  # verdict table + comparison table, one row each
+    assert len(rows) == 6  # sweep table + verdict table + comparison table, one row each
     from prostate_vq.models import get_preset
 
     for preset in ("default", "v1-vq"):  # the Parameters cell names each preset's quantizer and tiny D, K
@@ -37,7 +38,7 @@ def test_sweep_two_presets_trains_evaluates_and_compares(phantom_root, tiny_mode
         assert f"{get_preset(preset)['quantizer']['kind']}, D=16" in row and "K=32" in row
     _assert_links_resolve(report)
     out = capsys.readouterr().out
-    assert "[sweep 1/2] default: training" in out and "[sweep 2/2] v1-vq" in out
+    assert "[sweep 1/2] default seed 0: training" in out and "[sweep 2/2] v1-vq seed 0" in out
 
     # the same command again reuses the finished runs instead of failing on an existing run folder
     sweep(phantom_root, ["default"], tmp_path / "sweep", overrides=tiny_model_overrides, **TINY)

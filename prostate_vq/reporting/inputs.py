@@ -9,6 +9,7 @@ output) is expanded. Anything else is a ``UserInputError`` naming the folder.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,7 +185,11 @@ def load_samples(folder: Path) -> SampleFolder:
 
 
 def _display_name(folder: Path) -> str:
-    return folder.parent.name if folder.name.lower() in _GENERIC_NAMES and folder.parent.name else folder.name
+    if folder.name.lower() in _GENERIC_NAMES and folder.parent.name:
+        if re.fullmatch(r"seed\d+", folder.parent.name) and folder.parent.parent.name:  # a sweep's CELL/seedK/run
+            return f"{folder.parent.parent.name} ({folder.parent.name})"
+        return folder.parent.name
+    return folder.name
 
 
 def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]:

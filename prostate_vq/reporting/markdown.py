@@ -334,8 +334,9 @@ def _slug(name: str) -> str:
 
 # --- entry point ----------------------------------------------------------------------------
 
-def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> Path:
-    """Write one Markdown report comparing every run/evaluation in ``inputs``; returns its path."""
+def write_report(inputs, out: str | Path, title: str = "prostate-vq report", preamble: list[str] | None = None) -> Path:
+    """Write one Markdown report comparing every run/evaluation in ``inputs``; returns its path. ``preamble``
+    (Markdown lines, e.g. a sweep's comparison table) goes first, under the title."""
     from prostate_vq.files import ensure_dir, write_text_atomic
 
     entries, samples, priors = collect(list(inputs) if not isinstance(inputs, (str, Path)) else [inputs])
@@ -348,6 +349,8 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report") -> 
     report = _Report(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report.add(f"# {title}", "", f"_Generated {stamp} by `prostate-vq report`._", "")
+    if preamble:
+        report.add(*preamble)
 
     report.add("## Aim", "",
                f"Train a VQ-VAE on 2-D prostate MRI slices whose reconstructions are reasonably clear: mean "

@@ -1,0 +1,127 @@
+"""A sweep's results, read back from its folder: every finished (cell, seed), what is missing, mean +- sd over
+seeds per cell, and paired differences against the reference cell (workflows.stats). Everything is re-read from
+the files, so `sweep --collect` and any later sweep over the same folder give the same table as the run that
+trained them, whichever machines did the training."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from prostate_vq.workflows.grid import Cell, Job
+from prostate_vq.workflows.stats import PairedDifference, mean_sd, paired_difference, unit_of
+
+PAIRED_METRICS = ("ssim", "psnr", "dice")  # per-slice values in per_slice.csv, paired slice by slice
+FOREGROUND = ("dice_body", "dice_bones", "dice_bladder", "dice_rectum", "dice_prostate")
+
+
+@dataclass
+class JobResult:
+    job: Job
+    metrics: dict
+    slices: dict[str, dict[str, float]] = field(default_factory=dict)  # metric -> slice key -> value
+    rows: list[dict] = field(default_factory=list)  # per_slice.csv's file, case, week, slice per slice
+
+
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def load_job(out: Path, job: Job) -> JobResult | None:
+    """The evaluation of a finished job, or None (not trained, not evaluated, or unreadable)."""
+    folder = job.folder(out) / "eval"
+    try:
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        with open(folder / "per_slice.csv", newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(metrics, dict):
+        return None
+    slices: dict[str, dict[str, float]] = {m: {} for m in PAIRED_METRICS}
+    for row in rows:
+        key = f"{row.get('file', '')}#{row.get('slice', '')}"
+        for metric in ("ssim", "psnr"):
+            if metric in row:
+                slices[metric][key] = _number(row[metric])
+        dice = [_number(row[c]) for c in FOREGROUND if c in row]
+        finite = [d for d in dice if math.isfinite(d)]
+        if dice:
+            slices["dice"][key] = float(np.mean(finite)) if finite else math.nan
+    return JobResult(job, metrics, {m: v for m, v in slices.items() if v}, rows)
+
+
+@dataclass
+class SweepResults:
+    cells: list[Cell]
+    seeds: list[int]
+    done: dict[str, dict[int, JobResult]]  # cell name -> seed -> result
+    missing: list[str]
+
+    def of(self, cell: Cell) -> dict[int, JobResult]:
+        return self.done.get(cell.name, {})
+
+
+def collect(out: Path, cells: list[Cell], seeds: list[int]) -> SweepResults:
+    done: dict[str, dict[int, JobResult]] = {}
+    missing = []
+    for cell in cells:
+        for seed in seeds:
+            job = Job(cell, seed)
+            result = load_job(out, job)
+            if result is None:
+                trained = (job.folder(out) / "run" / "best.pt").is_file()
+                missing.append(f"{cell.name} seed {seed} ({'not evaluated' if trained else 'not trained'})")
+            else:
+                done.setdefault(cell.name, {})[seed] = result
+    return SweepResults(cells, seeds, done, missing)
+
+
+def over_seeds(results: dict[int, JobResult], key: str) -> tuple[float | None, float | None]:
+    return mean_sd([r.metrics.get(key) for r in results.values()])
+
+
+def level_usage(results: dict[int, JobResult]) -> list[tuple[str, float | None]]:
+    """Mean usage per code level over seeds (level names from the first result)."""
+    first = next(iter(results.values()), None)
+    if first is None:
+        return []
+    names = [lv.get("name") for lv in first.metrics.get("levels") or []]
+    out = []
+    for i, name in enumerate(names):
+        values = [(r.metrics.get("levels") or [{}] * len(names))[i].get("codebook_usage_pct") for r in results.values()
+                  if len(r.metrics.get("levels") or []) == len(names)]
+        out.append((name, mean_sd(values)[0]))
+    return out
+
+
+def paired(results: SweepResults, cell: Cell, reference: Cell, metric: str) -> PairedDifference | None:
+    """Cell minus reference on the same test slices, matched seeds; None without per-slice values."""
+    mine, theirs = results.of(cell), results.of(reference)
+    if not mine or not theirs or metric not in next(iter(mine.values())).slices:
+        return None
+    rows = next(iter(theirs.values())).rows
+    unit, owners = unit_of(rows)
+    units = {f"{r.get('file', '')}#{r.get('slice', '')}": owner for r, owner in zip(rows, owners)}
+    return paired_difference({s: r.slices.get(metric, {}) for s, r in mine.items()},
+                             {s: r.slices.get(metric, {}) for s, r in theirs.items()}, units, unit)
+
+
+def reference_for(cell: Cell, cells: list[Cell], reference: str | None) -> Cell | None:
+    """The cell a cell is compared with: `reference` names a cell, or a preset (its cell with the same grid
+    values); None for the reference itself or when nothing matches."""
+    if not reference:
+        return None
+    by_name = {c.name: c for c in cells}
+    target = by_name.get(reference)
+    if target is None:
+        target = next((c for c in cells if c.preset == reference and c.values == cell.values), None)
+    return None if target is None or target.name == cell.name else target
