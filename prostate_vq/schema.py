@@ -30,7 +30,7 @@ def option(default, *, minimum=None, above=None, below=None, maximum=None, choic
 class ModelConfig:
     """`model:` the encoder/decoder around the quantizer."""
 
-    architecture: str = option("vqvae", choices=("vqvae", "vqvae2"))  # vqvae2: a top/bottom hierarchy
+    architecture: str = option("vqvae", choices=("vqvae", "vqvae2", "monai"))  # vqvae2: top/bottom; monai: MONAI's VQVAE
     channels: list = option([64, 128], item_minimum=1)  # one per stride-2 stage; a short list repeats its last
     downsample: int = option(4, choices=(2, 4, 8, 16))  # vqvae2: the bottom level; the top is 2x coarser
     res_layers: int = option(2, minimum=0)

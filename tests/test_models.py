@@ -235,3 +235,24 @@ def test_presets_show_prints_the_resolved_config_with_its_rate(capsys):
     assert cfg["quantizer"]["codebook_size"] == 512 and cfg["refit"]["codebook_size"] == 256
     assert main(["presets", "--show", "nope"]) == 2
     assert "unknown preset 'nope'" in capsys.readouterr().err
+
+
+def test_monai_stock_preset_is_monais_vqvae_as_shipped():
+    """The anchor must be MONAI's network and quantizer, not ours: same parameters, and with MONAI's weights
+    loaded it gives MONAI's reconstruction and codes."""
+    from monai.networks.nets import VQVAE as MonaiNet
+
+    torch.manual_seed(0)
+    ours = build_model(get_preset("monai-stock")).eval()
+    stock = MonaiNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(64, 128), num_res_layers=2,
+                     num_res_channels=(64, 128), downsample_parameters=((2, 4, 1, 1),) * 2,
+                     upsample_parameters=((2, 4, 1, 1, 0),) * 2, num_embeddings=512, embedding_dim=64).eval()
+    state = {k.replace("quantizer.quantizer.", "quantizer.ema."): v for k, v in stock.state_dict().items()}
+    ours.load_state_dict(state)  # strict: every tensor has its counterpart
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        recon, _ = stock(x)
+        out = ours(x)
+    assert torch.allclose(out.recon, recon, atol=1e-6)
+    assert torch.equal(out.indices, stock.index_quantize(x))
+    assert ours.bits_per_pixel((128, 128)) == pytest.approx(0.5625)

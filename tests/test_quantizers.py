@@ -28,6 +28,7 @@ SMALL = {
     "fsq": {"kind": "fsq", "levels": [5, 3]},
     "lfq": {"kind": "lfq", "codebook_size": 16},
     "soft": {"kind": "soft", "codebook_size": 16, "temperature": 0.5},
+    "monai-ema": {"kind": "monai-ema", "codebook_size": 16},
 }
 
 

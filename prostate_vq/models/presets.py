@@ -11,8 +11,8 @@ import yaml
 from prostate_vq import schema
 from prostate_vq.errors import UserInputError
 
+from .build import build_model
 from .quantizers import QUANTIZERS, quantizer_options
-from .vqvae import build_model
 
 SECTIONS = ("description", "model", "quantizer", "training", "refit")
 

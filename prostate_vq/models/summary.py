@@ -7,8 +7,9 @@ from torchinfo import summary
 
 from prostate_vq.errors import UserInputError
 
+from .build import build_model
 from .presets import apply_overrides, get_preset
-from .vqvae import NUM_CLASSES, TASKS, build_model
+from .vqvae import NUM_CLASSES, TASKS
 
 
 def network_summary(model: torch.nn.Module, example: torch.Tensor) -> str:

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from prostate_vq.data.layout import NUM_CLASSES, TASKS
 from prostate_vq.errors import UserInputError
-from prostate_vq.schema import check_section, defaults
+from prostate_vq.schema import defaults
 
 from .networks import Decoder, Encoder
 from .quantizers import Quantizer, QuantizerOutput, build_quantizer
@@ -202,11 +202,3 @@ class VQVAE2(VQVAE):
 
 def _repeat2(indices: Tensor) -> Tensor:
     return indices.repeat_interleave(2, dim=1).repeat_interleave(2, dim=2)
-
-
-def build_model(cfg: dict, task: str = "image") -> VQVAE:
-    """Model for a resolved config (a dict with `model` and `quantizer` sections; `get_preset(name)` gives one)."""
-    model_cfg = check_section("model", dict(cfg.get("model", {})))
-    architecture = model_cfg.get("architecture", "vqvae")
-    classes = {"vqvae": VQVAE, "vqvae2": VQVAE2}
-    return classes[architecture](model_cfg, dict(cfg.get("quantizer", {"kind": "vq"})), task)

@@ -18,6 +18,8 @@ QUANTIZER_LOSS = {
     "lfq": "commitment loss plus an entropy term that spreads codes over the binary codebook [8]",
     "soft": "codebook and commitment losses on a softmax-weighted (soft) assignment during training; "
             "hard nearest-code assignment at evaluation",
+    "monai-ema": "MONAI's EMAQuantizer: beta times the commitment loss; the codebook follows an exponential moving "
+                 "average (decay 0.5) of the encoder outputs assigned to each code [2, 5]",
 }
 
 SPLIT_RATIONALE = (

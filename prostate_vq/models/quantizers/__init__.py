@@ -10,6 +10,7 @@ from .base import Quantizer, QuantizerOutput, code_counts, nearest_code, perplex
 from .ema import EMAQuantizer
 from .fsq import FSQQuantizer
 from .lfq import LFQQuantizer
+from .monai_ema import MonaiEMAQuantizer
 from .rq import ResidualQuantizer
 from .soft import SoftQuantizer
 from .vq import VectorQuantizer
@@ -21,6 +22,7 @@ QUANTIZERS = {
     "fsq": FSQQuantizer,
     "lfq": LFQQuantizer,
     "soft": SoftQuantizer,
+    "monai-ema": MonaiEMAQuantizer,
 }
 
 
@@ -53,6 +55,7 @@ __all__ = [
     "EMAQuantizer",
     "FSQQuantizer",
     "LFQQuantizer",
+    "MonaiEMAQuantizer",
     "Quantizer",
     "QuantizerOutput",
     "ResidualQuantizer",
