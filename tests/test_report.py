@@ -14,8 +14,9 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation import evaluate_checkpoint
 from prostate_vq.reporting.markdown import write_report
 
-TABLE_HEADER = ("| Model | Parameters | Bits per pixel | SSIM | SSIM in region | PSNR | Dice (%, per slice) | "
-                "Prostate Dice (%, MONAI) | Codes used | Codebook usage (%) | Perplexity |")
+TABLE_HEADER = ("| Model | Parameters | Bits per pixel (nominal / effective) | Steps | SSIM | SSIM in region | PSNR | "
+                "Dice (%, per slice) | Prostate Dice (%, MONAI) | Codes used (joint) | Code usage (%, joint) | "
+                "Perplexity (joint) |")
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,8 @@ def test_report_has_table_details_verdict_and_resolving_links(evaluated, tmp_pat
     joint_row = next(row for row in table if "joint" in row)
     joint_metrics = json.loads((evaluated["joint_eval"] / "metrics.json").read_text(encoding="utf-8"))
     assert f"{100 * joint_metrics['dice_mean']:.2f}" in joint_row and "K=32" in joint_row and "epochs=2" in joint_row
-    assert f"| {joint_metrics['bits_per_pixel']:.4g} |" in joint_row  # the rate beside every score
+    rate = f"| {joint_metrics['bits_per_pixel']:.4g} / {joint_metrics['effective_bits_per_pixel']:.3f} | 6 |"
+    assert rate in joint_row  # the rate, nominal and effective, and the steps beside every score
     assert f"{100 * joint_metrics['dice_prostate_monai']:.2f}" in joint_row  # the headline convention
     for title in ("Dice (%, MONAI)", "Dice (%, case 3D)", "ignore_empty=True", "mean over patients [95% CI]",
                   "SSIM in region"):

@@ -67,7 +67,7 @@ def test_max_steps_ends_the_run_and_plans_the_cosine_over_it(phantom_root, tmp_p
     lr = float(last["config"]["training"]["lr"])
     assert last["optimizer_state"]["param_groups"][0]["lr"] == pytest.approx(lr * 0.05)
     assert float(history[1]["lr"]) < lr  # the second epoch already trains lower
-    schedule = yaml.safe_load((run / "config.yaml").read_text())["schedule"]
+    schedule = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["schedule"]
     assert schedule == {"kind": "cosine", "horizon_steps": 7, "source": "max_steps", "steps_per_epoch": 3}
 
     # Resumed with a larger budget: the rate goes on down from where it is, never back up.
@@ -82,7 +82,7 @@ def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_
                                                              tiny_model_overrides):
     run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=100_000,
                          max_minutes=0.1))
-    schedule = yaml.safe_load((run / "config.yaml").read_text())["schedule"]
+    schedule = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["schedule"]
     assert schedule["source"] == "time" and schedule["horizon_steps"] < 100_000 * 3
     last = load_checkpoint(run / "last.pt", kind="resume")
     lr = float(last["config"]["training"]["lr"])

@@ -83,24 +83,24 @@ def test_sweep_grid_seeds_reference_and_additions(phantom_root, tmp_path, capsys
                    reference="v1-vq", **kw)
     for cell in ("v1-vq__codebook_dim=4", "v3-ema__codebook_dim=8"):
         for seed in (0, 1):
-            metrics = json.loads((out / cell / f"seed{seed}" / "eval" / "metrics.json").read_text())
+            metrics = json.loads((out / cell / f"seed{seed}" / "eval" / "metrics.json").read_text(encoding="utf-8"))
             assert metrics["run_steps"] == 4 and metrics["seed"] == seed
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     cells = {c["name"]: c for c in results["cells"]}
     assert set(cells) == {"v1-vq__codebook_dim=4", "v1-vq__codebook_dim=8", "v3-ema__codebook_dim=4",
                           "v3-ema__codebook_dim=8"} and results["missing"] == []
     ema = cells["v3-ema__codebook_dim=8"]
     assert ema["reference"] == "v1-vq__codebook_dim=8" and ema["seeds"] == [0, 1]
     assert ema["paired"]["ssim"]["n_seeds"] == 2 and ema["ssim_mean"]["sd"] is not None
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "| v3-ema__codebook_dim=8 | 0.3125 / " in text and "Δ SSIM vs v1-vq [95% CI]" in text
 
     # more seeds add to the folder and reuse what is there; another budget is refused
     sweep(phantom_root, ["v1-vq"], out, seeds="0,2", grid=["quantizer.codebook_dim=4"], **kw)
     assert "v1-vq__codebook_dim=4 seed 0: reusing the finished run" in capsys.readouterr().out
-    settings = json.loads((out / "sweep.json").read_text())
+    settings = json.loads((out / "sweep.json").read_text(encoding="utf-8"))
     assert settings["seeds"] == [0, 1, 2] and len(settings["cells"]) == 4
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert any("v1-vq__codebook_dim=8 seed 2" in m for m in results["missing"])
     with pytest.raises(UserInputError, match="--max-steps 4, not 5"):
         sweep(phantom_root, ["v1-vq"], out, **{**kw, "max_steps": 5})
@@ -113,14 +113,14 @@ def test_two_concurrent_shards_fill_one_folder_and_collect_reports_it(phantom_ro
             "--device", "cpu", "--reference", "v1-vq", "--set", *TINY]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     procs = [subprocess.Popen([*base, "--shard", f"{i}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+                              text=True, encoding="utf-8") for i in range(2)]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "shard 0/2: 2 of 4 jobs" in outputs[0][0] and "shard 1/2: 2 of 4 jobs" in outputs[1][0]
     collected = subprocess.run([sys.executable, "-m", "prostate_vq", "sweep", "--out", str(out), "--collect"], env=env,
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, encoding="utf-8", timeout=300)
     assert collected.returncode == 0, collected.stderr
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["missing"] == [] and all(c["seeds"] == [0, 1] for c in results["cells"])
 
     # a job that vanished is named as missing by --collect
@@ -128,9 +128,9 @@ def test_two_concurrent_shards_fill_one_folder_and_collect_reports_it(phantom_ro
 
     shutil.rmtree(out / "v3-ema" / "seed1")
     subprocess.run([sys.executable, "-m", "prostate_vq", "sweep", "--out", str(out), "--collect"], env=env,
-                   capture_output=True, text=True, timeout=300, check=True)
-    assert json.loads((out / "results.json").read_text())["missing"] == ["v3-ema seed 1 (not trained)"]
-    assert "v3-ema seed 1 (not trained)" in (out / "report.md").read_text()
+                   capture_output=True, text=True, encoding="utf-8", timeout=300, check=True)
+    assert json.loads((out / "results.json").read_text(encoding="utf-8"))["missing"] == ["v3-ema seed 1 (not trained)"]
+    assert "v3-ema seed 1 (not trained)" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_every_study_builds_valid_cells_and_is_listed(capsys):
@@ -161,7 +161,7 @@ def test_a_study_writes_a_table_shaped_like_its_reference(phantom_root, tmp_path
     out = tmp_path / "study"
     report = sweep(phantom_root, None, out, study="celeba-lfq", seeds=[0], max_steps=3, spatial_size=(64, 32),
                    device="cpu", progress=False, overrides=TINY)
-    text = report.read_text()
+    text = report.read_text(encoding="utf-8")
     assert "## Study `celeba-lfq`: LFQ-VAE" in text and "Its finding: LFQ uses every code" in text
     header = next(line for line in text.splitlines() if line.startswith("| Cell | Quantizer | Codebook size |"))
     assert "Codebook usage (%) | PSNR (dB) | SSIM |" in header

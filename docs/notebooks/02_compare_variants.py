@@ -29,8 +29,9 @@
 # | `lfq` | lookup-free: 9 binary channels (512 codes) plus an entropy loss | no learned codebook; the entropy loss spreads usage |
 #
 # Every variant gets the same data, the same (small) network, the same learning rate and the same
-# number of epochs, so the differences come from the quantizer. Budgets are tiny (seconds per model): the ranking can
-# change with longer training; `prostate-vq sweep` runs the same comparison at full length. About
+# number of optimizer steps, so the differences come from the quantizer. Budgets are tiny (seconds per model) and
+# there is one seed: the ranking can change with longer training and another seed; `prostate-vq sweep` runs the same
+# comparison at full length over several seeds with paired intervals ([sweeps.md](sweeps.md)). About
 # 4 minutes on 2 CPU cores, under 2 minutes with `PROSTATE_VQ_FAST=1`.
 
 # %%
@@ -64,8 +65,8 @@ print(f"FAST={FAST}  data: {DATA}  outputs: {RUNS}")
 # Quarter-resolution slices (64x32, a 16x8 code map) so that seven trainings fit in a few CPU minutes.
 SPATIAL = (64, 32)
 MAX_SLICES = 48 if FAST else 160
-EPOCHS = 3 if FAST else 15                 # the same number of steps for every variant ...
-MINUTES = 0.15 if FAST else 0.5            # ... unless a model hits this wall-clock cap first
+STEPS = 9 if FAST else 150                 # the same number of optimizer steps for every variant
+MINUTES = 0.15 if FAST else 1.0            # a wall-clock cap that only a very slow machine reaches
 # One shared network and learning rate for every preset, so only the quantizer differs.
 NETWORK = ["model.channels=[32, 64]", "training.lr=0.001"]
 VARIANTS = ["v1-vq", "v3-ema", "v4-rq", "fsq", "lfq"]
@@ -76,7 +77,8 @@ REFIT_K = 64
 #
 # `train` takes the preset name and `overrides` (the `--set section.key=value` of the command line).
 # From the shell the whole loop is one command:
-# `prostate-vq sweep --presets v1-vq,v3-ema,v4-rq,fsq,lfq --out SWEEP --max-minutes 0.5 --spatial-size 128 64`.
+# `prostate-vq sweep --presets v1-vq,v3-ema,v4-rq,fsq,lfq --out SWEEP --max-steps 150 --seeds 0,1,2 --reference v1-vq
+# --spatial-size 128 64`.
 
 # %%
 import warnings
@@ -88,10 +90,10 @@ for preset in VARIANTS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the collapse warning: collapse is what this notebook shows
         runs[preset] = train(TrainOptions(out=RUNS / preset, data=DATA, preset=preset, spatial_size=SPATIAL,
-                                          max_slices=MAX_SLICES, epochs=EPOCHS, max_minutes=MINUTES, seed=0,
+                                          max_slices=MAX_SLICES, max_steps=STEPS, epochs=1000, max_minutes=MINUTES, seed=0,
                                           device="cpu", overrides=NETWORK, progress=False))
     last = pd.read_csv(runs[preset] / "history.csv").iloc[-1]
-    print(f"{preset:>7}: {int(last.epoch)} epochs, val SSIM {last.val_ssim:.3f}, "
+    print(f"{preset:>7}: {int(last.step)} steps ({int(last.epoch)} epochs), val SSIM {last.val_ssim:.3f}, "
           f"codebook usage {last.codebook_usage_pct:.1f}%")
 
 # %% [markdown]
@@ -107,8 +109,8 @@ from prostate_vq.training import refit
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     runs["ReFiT"] = refit(runs["v1-vq"] / "best.pt", out=RUNS / "refit", codebook_size=REFIT_K, data=DATA,
-                          epochs=EPOCHS, max_minutes=MINUTES, device="cpu", seed=0, max_slices=MAX_SLICES,
-                          progress=False)
+                          max_steps=STEPS // 3, epochs=1000, max_minutes=MINUTES, device="cpu", seed=0,
+                          max_slices=MAX_SLICES, progress=False)
 print(json.dumps(json.loads((runs["ReFiT"] / "refit.json").read_text(encoding="utf-8")), indent=1)[:600])
 
 # %% [markdown]
@@ -120,10 +122,14 @@ from prostate_vq.evaluation import evaluate_checkpoint
 results = {name: evaluate_checkpoint(run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / name,
                                      device="cpu", max_slices=MAX_SLICES, figures=False)
            for name, run in runs.items()}
+# Codes are counted as joint tuples (one code per level: v4-rq's 3 codebooks of 8 make 512 tuples), so usage and
+# perplexity compare across one- and multi-level quantizers; the rate is nominal and effective (entropy) bits.
 table = pd.DataFrame([{
-    "variant": name, "codes used": r.codebook.codes_used, "codebook size": r.codebook.codebook_size,
-    "usage %": r.codebook.codebook_usage_pct, "perplexity": r.codebook.perplexity,
-    "SSIM": r.reconstruction.ssim_mean, "PSNR (dB)": r.reconstruction.psnr_mean,
+    "variant": name, "steps": r.budget.get("run_steps"), "bits/pixel": r.bits_per_pixel,
+    "effective bits/pixel": r.effective_bits_per_pixel, "codes used": r.joint["joint_codes_used"],
+    "possible codes": r.joint["joint_codes_possible"], "usage %": r.joint["joint_usage_pct"],
+    "perplexity": r.joint["joint_perplexity"], "SSIM": r.reconstruction.ssim_mean,
+    "PSNR (dB)": r.reconstruction.psnr_mean,
 } for name, r in results.items()]).set_index("variant")
 table.round(3)
 
@@ -197,8 +203,8 @@ pick = table["perplexity"].drop("ReFiT").idxmax()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     joint_run = train(TrainOptions(out=RUNS / f"{pick}-joint", data=DATA, preset=pick, task="joint",
-                                   spatial_size=SPATIAL, max_slices=MAX_SLICES, epochs=EPOCHS, max_minutes=MINUTES,
-                                   seed=0, device="cpu", overrides=NETWORK, progress=False))
+                                   spatial_size=SPATIAL, max_slices=MAX_SLICES, max_steps=STEPS, epochs=1000,
+                                   max_minutes=MINUTES, seed=0, device="cpu", overrides=NETWORK, progress=False))
 joint = evaluate_checkpoint(joint_run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / f"{pick}-joint",
                             device="cpu", max_slices=MAX_SLICES)
 print(joint.summary_table())

@@ -57,7 +57,11 @@ def levels_table(m: dict) -> str | None:
     if len(levels) < 2:
         return None
     rows = [[lv.get("name", DASH), fmt(lv.get("codebook_size"), ".0f"), fmt(lv.get("bits_per_pixel"), ".4g"),
-             fmt(lv.get("codes_used"), ".0f"), fmt(lv.get("codebook_usage_pct"), ".2f"), fmt(lv.get("perplexity"), ".1f")]
-            for lv in levels]
-    return md_table(["Level", "Codebook size", "Bits per pixel", "Codes used", "Usage (%)", "Perplexity"],
-                    rows, ["l", "r", "r", "r", "r", "r"])
+             fmt(lv.get("effective_bits_per_pixel"), ".4g"), fmt(lv.get("codes_used"), ".0f"),
+             fmt(lv.get("codebook_usage_pct"), ".2f"), fmt(lv.get("perplexity"), ".1f")] for lv in levels]
+    if m.get("joint_codes_used") is not None:
+        rows.append(["joint (tuples)", fmt(m.get("joint_codes_possible"), ".0f"), fmt(m.get("bits_per_pixel"), ".4g"),
+                     fmt(m.get("effective_bits_per_pixel"), ".4g"), fmt(m.get("joint_codes_used"), ".0f"),
+                     fmt(m.get("joint_usage_pct"), ".2f"), fmt(m.get("joint_perplexity"), ".1f")])
+    return md_table(["Level", "Codebook size", "Bits per pixel", "Effective bits per pixel", "Codes used", "Usage (%)",
+                     "Perplexity"], rows, ["l", "r", "r", "r", "r", "r", "r"])

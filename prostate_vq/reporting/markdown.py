@@ -74,9 +74,20 @@ def _rate(entry: Entry, metrics: dict) -> str:
         return DASH
 
 
+def _steps(entry: Entry, metrics: dict) -> str:
+    """Optimizer steps of the run the model comes from (metrics.json, else its history)."""
+    if metrics.get("run_steps") is not None:
+        return fmt(metrics["run_steps"], ".0f")
+    run = entry.run
+    if run is not None and run.history is not None and "step" in run.history and len(run.history):
+        return fmt(float(run.history["step"].iloc[-1]), ".0f")
+    return DASH
+
+
 def _row(entry: Entry) -> list[str]:
-    """Model | Parameters | Bits per pixel | SSIM | SSIM in region | PSNR | Dice (%, per slice) |
-    Prostate Dice (%, MONAI) | Codes used | Usage (%) | Perplexity."""
+    """Model | Parameters | Bits per pixel (nominal / effective) | Steps | SSIM | SSIM in region | PSNR |
+    Dice (%, per slice) | Prostate Dice (%, MONAI) | Codes used | Usage (%) | Perplexity: the codebook columns
+    count joint code tuples (one code per level), comparable across one- and multi-level quantizers."""
     config = entry.run.payload.get("config", {}) if entry.run else {}
     refit_info = entry.run.payload.get("refit") if entry.run else None
     params = hyperparameters(config, _epochs_run(entry), refit_info if isinstance(refit_info, dict) else None) \
@@ -88,22 +99,27 @@ def _row(entry: Entry) -> list[str]:
         m = ev.metrics
         name = entry.name if m.get("split") == "test" else f"{entry.name} ({m.get('split')})"
         ssim = DASH if m.get("ssim_mean") is None else f"{fmt(m['ssim_mean'], '.4f')} ± {fmt(m.get('ssim_std'), '.3f')}"
-        return [name, params, _rate(entry, m), ssim, fmt(m.get("ssim_region_mean"), ".4f"),
+        joint = {k: m.get(f"joint_{k}", m.get(pooled)) for k, pooled in
+                 (("codes_used", "codes_used"), ("usage_pct", "codebook_usage_pct"), ("perplexity", "perplexity"))}
+        rate = f"{_rate(entry, m)} / {fmt(m.get('effective_bits_per_pixel'), '.3f')}"
+        return [name, params, rate, _steps(entry, m), ssim, fmt(m.get("ssim_region_mean"), ".4f"),
                 fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
-                fmt(m.get("dice_prostate_monai"), ".2f", 100), fmt(m.get("codes_used"), ".0f"),
-                fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
+                fmt(m.get("dice_prostate_monai"), ".2f", 100), fmt(joint["codes_used"], ".0f"),
+                fmt(joint["usage_pct"], ".2f"), fmt(joint["perplexity"], ".1f")]
     m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
     counts = entry.run.payload.get("code_counts")
     used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())
-    return [f"{entry.name} (validation)", params, _rate(entry, {}), fmt(m.get("val_ssim"), ".4f"), DASH, DASH,
+    return [f"{entry.name} (validation)", params, f"{_rate(entry, {})} / {DASH}", _steps(entry, {}),
+            fmt(m.get("val_ssim"), ".4f"), DASH, DASH,
             fmt(m.get("val_dice"), ".2f", 100), DASH,
             fmt(used, ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
 
 
 def comparison_table(entries: list[Entry]) -> str:
-    header = ["Model", "Parameters", "Bits per pixel", "SSIM", "SSIM in region", "PSNR", "Dice (%, per slice)",
-              "Prostate Dice (%, MONAI)", "Codes used", "Codebook usage (%)", "Perplexity"]
-    return md_table(header, [_row(e) for e in entries], ["l", "l"] + ["c"] * 9)
+    header = ["Model", "Parameters", "Bits per pixel (nominal / effective)", "Steps", "SSIM", "SSIM in region", "PSNR",
+              "Dice (%, per slice)", "Prostate Dice (%, MONAI)", "Codes used (joint)", "Code usage (%, joint)",
+              "Perplexity (joint)"]
+    return md_table(header, [_row(e) for e in entries], ["l", "l"] + ["c"] * 10)
 
 
 def _verdict(entry: Entry) -> tuple[str, str]:
@@ -366,9 +382,12 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
                    "finite value. Dice (per slice): mean over the foreground classes of the per-class mean over "
                    "slices where the class is in the reference or the prediction. Prostate Dice (MONAI): "
                    "`DiceMetric(ignore_empty=True)`, slices without prostate in the reference not scored. "
-                   "Bits per pixel: code map size x log2 K over input pixels, all levels. "
-                   "Codebook usage: share of codes assigned at least once on the split; "
-                   "perplexity exp(H) of the code histogram (= number of codes under uniform use).", "")
+                   "Bits per pixel: nominal = code map size x log2 K over input pixels, all levels; effective = "
+                   "per level, positions x entropy of its code histogram on the split. Steps: optimizer steps of "
+                   "the run. Codes used, usage and perplexity count joint code tuples (one code per level at a "
+                   "position; for one level, the codes): usage = tuples seen over min(possible tuples, positions); "
+                   "perplexity exp(H) of the tuple histogram (= number of tuples under uniform use). Per-level "
+                   "numbers are in each model's section.", "")
         _dataset_section(report, entries)
         report.add("## Models", "",
                    "A VQ-VAE [1] encodes a slice into a grid of vectors, replaces each by its nearest codebook "
