@@ -186,7 +186,8 @@ def cmd_studies(args):
 def cmd_demo(args):
     from prostate_vq.workflows import demo
 
-    path = demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed)
+    extra = {"compile": True} if args.compile else {}
+    path = demo(out=args.out, minutes=args.minutes, device=args.device, seed=args.seed, **extra)
     print(f"demo report: {path}")
 
 
@@ -364,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=5.0, help="training budget")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("train-prior", help="train an autoregressive prior over a model's codes")

@@ -59,10 +59,17 @@ def configure_cpu_threads(num_workers: int, world_size: int = 1) -> int:
     return threads
 
 
+PRECISION_ENV = "PROSTATE_VQ_PRECISION"  # auto (default), fp32, or bf16 (also on the CPU: the GPU check's dry run)
+
+
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA where the GPU supports it; full fp32 elsewhere (CPU bf16 is slower for convs)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+    """bf16 autocast on CUDA where the GPU supports it; full fp32 elsewhere (CPU bf16 is slower for convs).
+    PROSTATE_VQ_PRECISION=fp32 turns it off (to compare), =bf16 forces it (CPU included)."""
+    precision = os.environ.get(PRECISION_ENV, "auto").lower()
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision not in ("auto", "fp32", "bf16"):
+        raise UserInputError(f"{PRECISION_ENV}={precision!r}: use auto, fp32 or bf16")
     return contextlib.nullcontext()
 
 
