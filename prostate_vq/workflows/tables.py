@@ -55,8 +55,12 @@ def _rate_cell(per_seed) -> str:
 
 
 def _steps_cell(per_seed) -> str:
-    steps = sorted({r.metrics.get("run_steps") for r in per_seed.values()}, key=lambda s: (s is None, s))
-    return "/".join("-" if s is None else str(int(s)) for s in steps)
+    """Optimizer steps of the runs (one number when equal) and their epochs."""
+    def distinct(key):
+        values = sorted({r.metrics.get(key) for r in per_seed.values()}, key=lambda s: (s is None, s))
+        return "/".join("-" if v is None else str(int(v)) for v in values)
+
+    return f"{distinct('run_steps')} ({distinct('run_epochs')} ep.)"
 
 
 def _units(results: SweepResults, reference: str | None) -> tuple[int, str]:
@@ -72,7 +76,7 @@ def _units(results: SweepResults, reference: str | None) -> tuple[int, str]:
 def sweep_table(results: SweepResults, reference: str | None) -> str:
     """The comparison table: one row per cell of the sweep that has at least one finished seed."""
     scores = [m for m in ("ssim", "psnr", "dice") if _has(results, SCORES[m][0])]
-    headers = ["Cell", "Bits per pixel (nominal / effective)", "Steps", "Seeds"]
+    headers = ["Cell", "Bits per pixel (nominal / effective)", "Steps (epochs)", "Seeds"]
     headers += [f"Test {SCORES[m][1]}" + (" (per slice)" if m == "dice" else "") for m in scores]
     headers += ["Code usage (joint tuples)", "Usage per level"]
     if reference:
@@ -161,7 +165,7 @@ def study_table(study: dict, results: SweepResults, sweep_overrides=()) -> str:
     metrics = list(study.get("metrics") or ["usage", "psnr", "ssim"])
     reference = study.get("reference")
     headers = ["Cell", *columns, *(metric_heads[m] for m in metrics), "Bits per pixel (nominal / effective)",
-               "Steps", "Seeds"]
+               "Steps (epochs)", "Seeds"]
     paired_metrics = [m for m in metrics if m in ("ssim", "psnr", "dice")]
     headers += [f"Δ {metric_heads[m]} vs reference [95% CI]" for m in paired_metrics] + ["Δ usage (pp), mean ± sd"]
     rows = []
