@@ -88,3 +88,28 @@ def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_
     lr = float(last["config"]["training"]["lr"])
     assert last["optimizer_state"]["param_groups"][0]["lr"] < 0.5 * lr  # the cosine went most of its way
     assert not math.isnan(float(_history(run)[-1]["val_loss"]))
+
+
+def test_a_run_from_before_per_step_planning_resumes_downward(phantom_root, tmp_path, tiny_spatial,
+                                                            tiny_model_overrides):
+    """last.pt written when the cosine was planned per epoch (a CosineAnnealingLR state): the resumed run takes
+    the per-step cosine over from the rate it had reached instead of failing on the foreign state."""
+    from prostate_vq.training.checkpoints import save_checkpoint
+
+    run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=4))
+    last = load_checkpoint(run / "last.pt", kind="resume")
+    module = torch.nn.Linear(1, 1)
+    old_opt = torch.optim.Adam(module.parameters(), lr=2e-3)
+    old = torch.optim.lr_scheduler.CosineAnnealingLR(old_opt, T_max=8, eta_min=1e-4)
+    for _ in range(4):
+        old_opt.step()
+        old.step()
+    reached = old_opt.param_groups[0]["lr"]
+    last["scheduler_state"] = old.state_dict()
+    last["optimizer_state"]["param_groups"][0]["lr"] = reached
+    last["finished"], last["stop_reason"] = False, None
+    save_checkpoint(run / "last.pt", last)
+    train(_options(phantom_root, run, tiny_spatial, [], resume=True, epochs=8))
+    rates = [float(row["lr"]) for row in _history(run)[4:]]
+    assert rates[0] == pytest.approx(reached, rel=1e-6)
+    assert all(b < a for a, b in itertools.pairwise(rates)) and rates[-1] > 2e-3 * 0.05

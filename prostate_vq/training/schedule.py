@@ -102,12 +102,25 @@ def replan_on_resume(optimizer, scheduler, training: dict, step: int, steps_per_
         return False
     factor = plan(step)
     scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-    plan.start, plan.start_factor, plan.horizon, plan.source = int(step), factor, max(int(step) + 1, horizon), source
+    scheduler.replan(horizon, source, step)
     plan.steps_per_epoch = int(steps_per_epoch)
     for group in optimizer.param_groups:
         group["initial_lr"], group["lr"] = lr, lr * factor
     scheduler._last_lr = [lr * factor] * len(optimizer.param_groups)
     return True
+
+
+def adopt_epoch_schedule(optimizer, scheduler, step: int) -> None:
+    """A run from before per-step planning (its last.pt holds a per-epoch cosine): the per-step cosine takes
+    over from the rate the run had reached, down to the floor over the run's horizon."""
+    if not isinstance(scheduler, StepCosine):
+        return
+    base = scheduler.base_lrs[0]
+    now = optimizer.param_groups[0]["lr"]
+    scheduler.last_epoch = int(step)
+    scheduler.plan.start, scheduler.plan.start_factor = int(step), now / base if base else 1.0
+    for group in optimizer.param_groups:
+        group["initial_lr"] = base
 
 
 def estimate_time_horizon(steps_done: int, steps_measured: int, seconds: float, seconds_left: float) -> int:

@@ -40,6 +40,7 @@ from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
 from prostate_vq.training.schedule import (
     PLAN_AFTER_STEPS,
     StepCosine,
+    adopt_epoch_schedule,
     describe,
     estimate_time_horizon,
     log_plan,
@@ -282,7 +283,11 @@ class VQVAETraining:
 
     def _restore(self, model, optimizer, scheduler, stopper) -> LoopState:
         resume = self.resume
-        state = restore_training_state(resume, model, optimizer, scheduler, stopper)
+        per_epoch = isinstance(scheduler, StepCosine) and "lr_lambdas" not in (resume.get("scheduler_state") or {})
+        state = restore_training_state({**resume, "scheduler_state": None} if per_epoch else resume, model,
+                                       optimizer, scheduler, stopper)
+        if per_epoch:  # last.pt of a version that planned the cosine per epoch
+            adopt_epoch_schedule(optimizer, scheduler, state.step)
         if "refit" in resume:
             self.extra_payload["refit"] = resume["refit"]
         replanned = replan_on_resume(optimizer, scheduler, self.training, state.step, self.steps_per_epoch)
