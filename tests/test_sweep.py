@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.evaluation.stats import paired_difference, unit_of
 from prostate_vq.workflows import sweep
 from prostate_vq.workflows.grid import expand, jobs_of, parse_grid, parse_seeds, parse_shard, shard
-from prostate_vq.workflows.stats import paired_difference, unit_of
 
 TINY = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=16", "quantizer.codebook_size=32",
         "training.batch_size=4"]

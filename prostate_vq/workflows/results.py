@@ -1,5 +1,5 @@
 """A sweep's results, read back from its folder: every finished (cell, seed), what is missing, mean +- sd over
-seeds per cell, and paired differences against the reference cell (workflows.stats). Everything is re-read from
+seeds per cell, and paired differences against the reference cell (evaluation.stats). Everything is re-read from
 the files, so `sweep --collect` and any later sweep over the same folder give the same table as the run that
 trained them, whichever machines did the training."""
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prostate_vq.evaluation.stats import PairedDifference, mean_sd, paired_difference, unit_of
 from prostate_vq.workflows.grid import Cell, Job
-from prostate_vq.workflows.stats import PairedDifference, mean_sd, paired_difference, unit_of
 
 PAIRED_METRICS = ("ssim", "psnr", "dice")  # per-slice values in per_slice.csv, paired slice by slice
 FOREGROUND = ("dice_body", "dice_bones", "dice_bladder", "dice_rectum", "dice_prostate")

@@ -196,7 +196,7 @@ def study_table(study: dict, results: SweepResults, sweep_overrides=()) -> str:
 
 
 def _usage_delta(mine, theirs) -> str:
-    from prostate_vq.workflows.stats import mean_sd
+    from prostate_vq.evaluation.stats import mean_sd
 
     seeds = sorted(set(mine) & set(theirs))
     diffs = [mine[s].metrics.get("joint_usage_pct") - theirs[s].metrics.get("joint_usage_pct") for s in seeds
