@@ -146,7 +146,8 @@ def cmd_evaluate(args):
     from prostate_vq.evaluation.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
-                                 device=args.device, batch_size=args.batch_size, max_slices=args.max_slices)
+                                 device=args.device, batch_size=args.batch_size, max_slices=args.max_slices,
+                                 codecs=args.codecs)
     print(result.summary_table())
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
@@ -320,6 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--codecs", default=None, metavar="LIST",
+                   help="also code the same slices at the model's bits per pixel with these codecs and score them "
+                        "alike: webp,avif,jpeg2000,jpeg (Pillow), jpegxl (imagecodecs)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")

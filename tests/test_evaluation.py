@@ -227,3 +227,75 @@ def test_cli_evaluate(tiny_run, phantom_root, tmp_path, capsys):
     assert _strict_json(tmp_path / "metrics.json")["n_slices"] == 4
     assert main(["evaluate", "--checkpoint", str(tmp_path / "nope.pt"), "--out", str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+# --- codec baselines at the model's rate ---------------------------------------------------------
+
+def _textured(seed: int = 0, size=(64, 64)):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size[0], 0:size[1]] / size[0]
+    return (0.5 + 0.3 * np.sin(9 * x) * np.cos(7 * y) + 0.05 * rng.normal(size=size)).clip(0, 1).astype("float32")
+
+
+@pytest.mark.parametrize("name", ["webp", "avif", "jpeg2000", "jpeg"])
+def test_codec_search_takes_the_best_quality_that_fits(name):
+    """The file (headers included) fits the budget, and the next setting up would not."""
+    from prostate_vq.evaluation.codecs import code_at_budget, get_codec, to_pixels
+
+    codec = get_codec(name)
+    image = _textured()
+    budget = 1.0 * image.size  # 1 bit per pixel
+    decoded, bits = code_at_budget(codec, image, budget)
+    assert decoded is not None and decoded.shape == image.shape and bits <= budget
+    sizes = [8 * len(codec.encode(to_pixels(image), q)) for q in codec.qualities]
+    chosen = max(i for i, s in enumerate(sizes) if s == bits)
+    assert all(s > budget for s in sizes[chosen + 1:chosen + 4])  # a better setting does not fit
+    assert code_at_budget(codec, image, 64) == (None, None)  # 8 bytes: not even a header
+
+
+def test_codec_baselines_section_pairs_ours_with_the_best_codec():
+    import numpy as np
+
+    from prostate_vq.evaluation.baselines import codec_baselines
+
+    images = [_textured(s) for s in range(6)]
+    rows = [{"file": f"f{i}", "slice": i, "case": "A" if i < 3 else "B", "week": 0} for i in range(6)]
+    values = {"images": images, "ssim": np.full(6, 0.5), "psnr": np.full(6, 20.0)}
+    coded, section = codec_baselines(["webp", "jpeg"], values, rows, 1.0)
+    assert set(section["codecs"]) == {"webp", "jpeg"} and section["bits_per_pixel"] == 1.0
+    for name, codec in section["codecs"].items():
+        assert codec["fit_pct"] == 100.0 and codec["bpp_mean"] <= 1.0 and coded[name]["ssim"].shape == (6,)
+    best = section["best"]
+    assert section["codecs"][best]["ssim_mean"] == max(c["ssim_mean"] for c in section["codecs"].values())
+    diff = section["ours_minus_best"]["ssim"]
+    assert diff["mean"] == pytest.approx(0.5 - section["codecs"][best]["ssim_mean"], abs=1e-9)
+    assert diff["unit"] == "patients" and diff["n_units"] == 2
+
+
+def test_evaluate_with_codecs_writes_baselines_and_a_missing_codec_is_one_line(tiny_run, phantom_root, tmp_path,
+                                                                               monkeypatch):
+    import json
+
+    from prostate_vq.errors import UserInputError
+    from prostate_vq.evaluation import codecs
+
+    result = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu",
+                                 figures=False, codecs="webp,jpeg")
+    m = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert set(m["baselines"]["codecs"]) == {"webp", "jpeg"}
+    assert m["baselines"]["bits_per_pixel"] == pytest.approx(m["bits_per_pixel"])
+    header = (tmp_path / "eval" / "per_slice.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert header.endswith("webp_ssim,webp_psnr,webp_bpp,jpeg_ssim,jpeg_psnr,jpeg_bpp")
+    assert "webp at this rate" in result.summary_table()
+    from prostate_vq.reporting.markdown import write_report
+
+    report = write_report([tiny_run, tmp_path / "eval"], tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| Coder | Bits per pixel (mean file) | Slices that fit (%) | SSIM | PSNR (dB) |" in report
+    assert "| this model |" in report and "| webp |" in report and "Codecs at the model's" in report
+    monkeypatch.setattr(codecs, "_available_pillow", lambda feature: False)
+    with pytest.raises(UserInputError, match="--codecs avif: this Pillow has no AVIF support"):
+        evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "e2", codecs=["avif"])
+    with pytest.raises(UserInputError, match="unknown codec 'gif'"):
+        codecs.parse_codecs("gif")

@@ -74,16 +74,19 @@ def _records(dataset, n: int) -> list[dict]:
 
 
 @torch.inference_mode()
-def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCodes) -> dict:
+def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCodes, keep_images: bool = False) -> dict:
     from prostate_vq.data import make_loader
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
+    images: list = []
     values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "dice": [], "ssim_region": [],
                                "dice_monai": [], "overlap": []}
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
     body = False
     for batch in loader:
         image, recon, label, pred, indices = _predict(model, batch, device)
+        if keep_images:  # the codec baselines code the same slices
+            images.extend(image[:, 0].float().cpu().numpy())
         counts += model.code_counts(indices).to(device=device, dtype=torch.long)
         joint.add(indices)
         if recon is not None:
@@ -95,7 +98,7 @@ def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCode
             values["dice"].append(dice_per_slice(pred, label))
             values["dice_monai"].append(dice_monai(pred, label))
             values["overlap"].append(overlap_counts(pred, label))
-    return {"counts": counts.cpu(), "region": "body (label > 0)" if body else
+    return {"counts": counts.cpu(), "images": images, "region": "body (label > 0)" if body else
             f"foreground (reference > {FOREGROUND_THRESHOLD}, dilated by half the SSIM window)",
             **{k: torch.cat(v).numpy() if v else None for k, v in values.items()}}
 
@@ -106,6 +109,9 @@ def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
         columns += ["ssim", "psnr", "mse", "mae"]
     if values["dice"] is not None:
         columns += [f"dice_{name}" for name in LABEL_NAMES]
+    baselines = values.get("codec_values") or {}
+    for codec in baselines:
+        columns += [f"{codec}_ssim", f"{codec}_psnr", f"{codec}_bpp"]
     with atomic_open(path, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(columns)
@@ -115,6 +121,8 @@ def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
                 cells += [f"{values[k][i]:.6g}" for k in ("ssim", "psnr", "mse", "mae")]
             if values["dice"] is not None:
                 cells += ["" if math.isnan(d) else f"{d:.6g}" for d in values["dice"][i]]
+            for codec in baselines.values():
+                cells += ["" if math.isnan(codec[k][i]) else f"{codec[k][i]:.6g}" for k in ("ssim", "psnr", "bpp")]
             writer.writerow(cells)
 
 
@@ -195,8 +203,11 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "test",
                         out: str | Path | None = None, device: str = "auto", batch_size: int = 32,
-                        max_slices: int | None = None, figures: bool = True) -> EvaluationResult:
-    """Score a checkpoint on ``split`` of ``data`` (default: the demo phantom) and write the results to ``out``."""
+                        max_slices: int | None = None, figures: bool = True, codecs=None) -> EvaluationResult:
+    """Score a checkpoint on ``split`` of ``data`` (default: the demo phantom) and write the results to ``out``.
+    ``codecs`` (e.g. ``["webp", "avif", "jpeg2000", "jpeg"]``) codes the same slices at the model's rate
+    (evaluation.codecs) and scores them alike: metrics.json's ``baselines``."""
+    from prostate_vq.evaluation.codecs import parse_codecs
     from prostate_vq.training.checkpoints import load_model
     from prostate_vq.training.runtime import resolve_device
 
@@ -207,6 +218,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     if max_slices is not None and max_slices < 1:
         raise UserInputError(f"--max-slices must be at least 1, got {max_slices}")
     checkpoint, out = Path(checkpoint), Path(out)
+    codecs = parse_codecs(codecs)  # a missing codec library is one line before anything runs
     torch_device = resolve_device(device)
     model, payload = load_model(checkpoint, torch_device)
     if data is None:
@@ -224,10 +236,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     spatial = [int(s) for s in payload["spatial_size"]]
     levels = model.code_levels(spatial)
     joint = JointCodes([level.codebook_size for level in levels])
-    values = _run(model, dataset, torch_device, batch_size, joint)
+    values = _run(model, dataset, torch_device, batch_size, joint, keep_images=bool(codecs))
     values["levels"] = level_health(values["counts"], levels, spatial)
     values["joint"] = joint.to_dict()
     rows = _records(dataset, len(dataset))
+    if codecs and values["ssim"] is not None:
+        from prostate_vq.evaluation.baselines import codec_baselines
+
+        values["codec_values"], values["baselines"] = codec_baselines(
+            codecs, values, rows, sum(level["bits_per_pixel"] for level in values["levels"]))
     # Everything is written into a folder beside the results and moved in only when complete, metrics.json
     # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
     with staged_folder(ensure_dir(out), last="metrics.json") as stage:
@@ -249,7 +266,7 @@ def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict],
         figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
         epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
         levels=values["levels"], conventions=_conventions(values, rows), joint=values["joint"],
-        budget=_budget(checkpoint, payload),
+        budget=_budget(checkpoint, payload), baselines=values.get("baselines"),
     )
 
 

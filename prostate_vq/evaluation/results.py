@@ -36,6 +36,7 @@ class EvaluationResult:
     conventions: dict = field(default_factory=dict)  # MONAI / per-case Dice, SSIM in region, per-patient stats
     joint: dict = field(default_factory=dict)  # joint-code usage and perplexity over the levels (models.rate.JointCodes)
     budget: dict = field(default_factory=dict)  # steps/epochs of the checkpoint and of its run (evaluate._budget)
+    baselines: dict | None = None  # classical codecs at the model's rate (evaluation.baselines), when asked for
 
     @property
     def bits_per_pixel(self) -> float | None:
@@ -74,6 +75,7 @@ class EvaluationResult:
                     "bits_per_pixel": json_float(self.bits_per_pixel),
                     "effective_bits_per_pixel": json_float(self.effective_bits_per_pixel),
                     **strict_json(self.joint), **strict_json(self.budget),
+                    **({"baselines": strict_json(self.baselines)} if self.baselines else {}),
                     "levels": strict_json(self.levels),
                     "code_counts": counts})
         return out
@@ -111,9 +113,17 @@ class EvaluationResult:
             effective = self.effective_bits_per_pixel
             rows.append(("rate", f"{self.bits_per_pixel:.4g} bits per pixel nominal"
                                  + (f", {effective:.4g} effective" if effective is not None else "")))
+        for name, codec in ((self.baselines or {}).get("codecs") or {}).items():
+            text = (f"SSIM {_f(codec['ssim_mean'])}, PSNR {_f(codec['psnr_mean'], 2)} dB, {_f(codec['bpp_mean'], 3)} bpp, "
+                    f"fits {codec['fit_pct']:.0f}% of slices") if codec["fit_pct"] else "does not fit: no quality is that small"
+            rows.append((f"{name} at this rate", text))
         if self.budget.get("run_steps") is not None:
             rows.append(("trained", f"{self.budget['run_steps']} optimizer steps, {self.budget['run_epochs']} epochs "
                                     f"(checkpoint: step {self.budget.get('steps')}, epoch {self.budget.get('epochs')})"))
         width = max(len(k) for k, _ in rows)
         title = f"{self.preset} ({self.task} task) - {Path(self.checkpoint).name}"
         return "\n".join([title] + [f"  {k:<{width}}  {v}" for k, v in rows])
+
+
+def _f(value, digits: int = 3) -> str:
+    return "-" if value is None or value != value else f"{value:.{digits}f}"

@@ -65,3 +65,32 @@ def levels_table(m: dict) -> str | None:
                      fmt(m.get("joint_usage_pct"), ".2f"), fmt(m.get("joint_perplexity"), ".1f")])
     return md_table(["Level", "Codebook size", "Bits per pixel", "Effective bits per pixel", "Codes used", "Usage (%)",
                      "Perplexity"], rows, ["l", "r", "r", "r", "r", "r", "r"])
+
+
+def baselines_table(m: dict) -> str | None:
+    """Ours beside every classical codec at the same rate on the same slices (metrics.json `baselines`)."""
+    section = m.get("baselines") or {}
+    codecs = section.get("codecs") or {}
+    if not codecs:
+        return None
+    diff = section.get("ours_minus_best") or {}
+
+    def delta(metric: str, digits: str) -> str:
+        d = diff.get(metric) or {}
+        if d.get("mean") is None:
+            return DASH
+        ci = d.get("ci95")
+        text = f"{d['mean']:+{digits}}"
+        return text + (f" [{ci[0]:+{digits}}, {ci[1]:+{digits}}] over {d['n_units']} {d['unit']}" if ci else "")
+
+    rows = [["this model", fmt(m.get("bits_per_pixel"), ".4g"), "100", fmt(m.get("ssim_mean"), ".4f"),
+             fmt(m.get("psnr_mean"), ".2f")]]
+    for name, c in codecs.items():
+        label = f"{name} (best)" if name == section.get("best") else name
+        rows.append([label, fmt(c.get("bpp_mean"), ".4g"), fmt(c.get("fit_pct"), ".0f"), fmt(c.get("ssim_mean"), ".4f"),
+                     fmt(c.get("psnr_mean"), ".2f")])
+    table = md_table(["Coder", "Bits per pixel (mean file)", "Slices that fit (%)", "SSIM", "PSNR (dB)"], rows,
+                     ["l", "r", "r", "r", "r"])
+    note = (f"Codecs at the model's {fmt(section.get('bits_per_pixel'), '.4g')} bits per pixel: {section.get('rule', '')}. "
+            f"Ours minus the best codec: SSIM {delta('ssim', '.4f')}, PSNR {delta('psnr', '.2f')} dB.")
+    return table + "\n\n" + note

@@ -18,7 +18,7 @@ from prostate_vq.evaluation import figures
 from prostate_vq.evaluation.metrics import SSIM_THRESHOLD
 from prostate_vq.models import build_model
 from prostate_vq.models.summary import network_summary
-from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
+from prostate_vq.reporting.evaluation_tables import baselines_table, dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
@@ -253,7 +253,7 @@ def _testing_section(report: _Report, entry: Entry) -> None:
     for ev in entry.evaluations:
         m = ev.metrics
         report.add(f"### {esc(entry.name)}: {esc(m.get('split'))} split ({esc(m.get('n_slices'))} slices)", "")
-        for table in (dice_table(m), per_patient_table(m), levels_table(m)):
+        for table in (dice_table(m), per_patient_table(m), levels_table(m), baselines_table(m)):
             if table:
                 report.add(table, "")
         for key, caption in EVAL_FIGURES:
