@@ -163,7 +163,7 @@ def cmd_sweep(args):
     from prostate_vq.workflows import sweep
 
     kwargs = {}
-    for name in ("max_steps", "seeds", "grid", "reference", "study", "set"):
+    for name in ("max_steps", "seeds", "grid", "reference", "study", "set", "codecs"):
         value = getattr(args, name)
         if value:
             kwargs["overrides" if name == "set" else name] = value
@@ -352,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only share I of N (0 <= I < N) of the (cell, seed) jobs, e.g. a SLURM array task")
     p.add_argument("--collect", action="store_true",
                    help="train nothing: write the report from the finished jobs, naming the missing ones")
+    p.add_argument("--codecs", default=None, metavar="LIST",
+                   help="evaluate every job beside these codecs at its rate (webp,avif,jpeg2000,jpeg): "
+                        "the table adds ours minus the best codec with its interval")
     p.add_argument("--max-minutes", type=float, default=None, help="a wall-clock cap per job (steps stay the budget)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image, or the study's)")

@@ -44,12 +44,14 @@ PARTS = {
     "rd": {"presets": ["default"], "reference": "default__downsample=4", "grid": ["model.downsample=8,4,2"]},
 }
 USAGE_BAR = 10.0
+CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
 
 
 def sweep_command(part: str, root: Path, work: Path, steps: int, seeds: str, spatial: tuple[int, int]) -> list[str]:
     spec = PARTS[part]
     args = ["sweep", "--data", str(root), "--out", str(work / part), "--presets", ",".join(spec["presets"]),
-            "--seeds", seeds, "--max-steps", str(steps), "--spatial-size", *map(str, spatial), "--device", "cpu"]
+            "--seeds", seeds, "--max-steps", str(steps), "--spatial-size", *map(str, spatial), "--device", "cpu",
+            "--codecs", CODECS]
     if spec["reference"]:
         args += ["--reference", spec["reference"]]
     for axis in spec["grid"]:

@@ -9,6 +9,7 @@ AVIF, JPEG 2000, JPEG); JPEG XL comes from `imagecodecs` when it is installed.
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,11 +97,24 @@ def to_pixels(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.asarray(image, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8)
 
 
+_CACHE: dict[tuple, tuple] = {}  # (codec, budget, slice digest) -> result: a sweep's jobs share slices and rates
+_CACHE_MAX = 50_000
+
+
 def code_at_budget(codec: Codec, image: np.ndarray, budget_bits: float) -> tuple[np.ndarray | None, int | None]:
     """The decoded slice at the best quality whose file fits `budget_bits`, and its size in bits; (None, None)
     when no quality fits. Binary search over the codec's settings (file size grows with them; a setting whose
     file does not fit ends the search on its side)."""
     pixels = to_pixels(image)
+    key = (codec.name, float(budget_bits), pixels.shape, hashlib.sha1(pixels.tobytes()).hexdigest())
+    if key not in _CACHE:
+        if len(_CACHE) >= _CACHE_MAX:
+            _CACHE.clear()
+        _CACHE[key] = _search(codec, pixels, budget_bits)
+    return _CACHE[key]
+
+
+def _search(codec: Codec, pixels: np.ndarray, budget_bits: float) -> tuple[np.ndarray | None, int | None]:
     settings = codec.qualities
     lo, hi, best = 0, len(settings) - 1, None
     while lo <= hi:

@@ -52,6 +52,10 @@ def load_job(out: Path, job: Job) -> JobResult | None:
         for metric in ("ssim", "psnr"):
             if metric in row:
                 slices[metric][key] = _number(row[metric])
+        for column in row:  # codec baselines: <codec>_ssim, <codec>_psnr
+            codec, _, metric = column.rpartition("_")
+            if codec and metric in ("ssim", "psnr") and codec in ((metrics.get("baselines") or {}).get("codecs") or {}):
+                slices.setdefault(f"{codec}:{metric}", {})[key] = _number(row[column])
         dice = [_number(row[c]) for c in FOREGROUND if c in row]
         finite = [d for d in dice if math.isfinite(d)]
         if dice:
@@ -113,6 +117,25 @@ def paired(results: SweepResults, cell: Cell, reference: Cell, metric: str) -> P
     units = {f"{r.get('file', '')}#{r.get('slice', '')}": owner for r, owner in zip(rows, owners)}
     return paired_difference({s: r.slices.get(metric, {}) for s, r in mine.items()},
                              {s: r.slices.get(metric, {}) for s, r in theirs.items()}, units, unit)
+
+
+def best_codec(results: dict[int, JobResult]) -> str | None:
+    """The best codec at the cell's rate (the same for every seed: codecs do not depend on the model's weights,
+    only on its rate), from the first seed's metrics.json."""
+    first = next(iter(results.values()), None)
+    return ((first.metrics.get("baselines") or {}).get("best")) if first else None
+
+
+def versus_codec(results: dict[int, JobResult], metric: str = "ssim") -> PairedDifference | None:
+    """Ours minus the best codec at the same rate on the same slices, every seed paired with the codec."""
+    codec = best_codec(results)
+    if codec is None or not results:
+        return None
+    first = next(iter(results.values()))
+    unit, owners = unit_of(first.rows)
+    units = {f"{r.get('file', '')}#{r.get('slice', '')}": owner for r, owner in zip(first.rows, owners)}
+    return paired_difference({s: r.slices.get(metric, {}) for s, r in results.items()},
+                             {s: r.slices.get(f"{codec}:{metric}", {}) for s, r in results.items()}, units, unit)
 
 
 def reference_for(cell: Cell, cells: list[Cell], reference: str | None) -> Cell | None:

@@ -41,11 +41,12 @@ def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_
     return run
 
 
-def evaluate_run(tag: str, run: Path, out: Path, *, data, device: str, max_slices, label: str | None = None):
+def evaluate_run(tag: str, run: Path, out: Path, *, data, device: str, max_slices, label: str | None = None,
+                 codecs=None):
     from prostate_vq.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(run / "best.pt", data=data, split="test", out=out, device=device,
-                                 max_slices=max_slices)
+                                 max_slices=max_slices, codecs=codecs)
     m = result.to_dict()
     parts = [f"{result.n_slices} test slices"]
     if m.get("ssim_mean") is not None:

@@ -31,7 +31,7 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
           epochs: int | None = None, device: str = "auto", seed: int = 0, spatial_size=None,
           max_slices: int | None = None, progress: bool = True, overrides=None, *, max_steps: int | None = None,
           seeds=None, grid=None, reference: str | None = None, study: str | None = None, shard_spec: str | None = None,
-          collect_only: bool = False) -> Path:
+          collect_only: bool = False, codecs=None) -> Path:
     """Train and evaluate every (cell, seed) into ``out/<cell>/seed<k>/{run,eval}``; returns ``out/report.md``.
 
     ``presets`` x ``grid`` (``["section.key=v1,v2"]``) make the cells, or ``study`` names a reference-table study
@@ -67,6 +67,9 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
     task = task or "image"
     seed_list = parse_seeds(",".join(map(str, seeds)) if isinstance(seeds, (list, tuple)) else seeds, default=seed)
     part = parse_shard(shard_spec)
+    from prostate_vq.evaluation.codecs import parse_codecs
+
+    codecs = parse_codecs(codecs)
     for cell in cells:  # fail before hours of training, not after
         try:
             apply_overrides(get_preset(cell.preset), [*(overrides or []), *cell.overrides])
@@ -91,12 +94,13 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
     for cell in cells:
         write_json_atomic(ensure_dir(out / cell.name) / CELL_FILE, cell.to_dict())
     for i, job in enumerate(jobs, 1):
-        _run_job(f"sweep {i}/{len(jobs)}", out, job, data=data, device=device, progress=progress, **given)
+        _run_job(f"sweep {i}/{len(jobs)}", out, job, data=data, device=device, progress=progress, codecs=codecs,
+                 **given)
     return write_sweep_report(out, settings)
 
 
-def _run_job(tag: str, out: Path, job: Job, *, data, device, progress, task, spatial_size, max_steps, max_minutes,
-             epochs, overrides, max_slices) -> None:
+def _run_job(tag: str, out: Path, job: Job, *, data, device, progress, codecs, task, spatial_size, max_steps,
+             max_minutes, epochs, overrides, max_slices) -> None:
     folder = job.folder(out)
     label = f"{job.cell.name} seed {job.seed}"
     run = train_run(tag, folder / "run", data=data, preset=job.cell.preset, task=task, epochs=epochs,
@@ -104,10 +108,22 @@ def _run_job(tag: str, out: Path, job: Job, *, data, device, progress, task, spa
                     device=device, max_slices=max_slices, progress=progress,
                     overrides=[*overrides, *job.cell.overrides], label=label)
     metrics = folder / "eval" / "metrics.json"
-    if metrics.is_file() and metrics.stat().st_mtime >= (run / "best.pt").stat().st_mtime:
+    if metrics.is_file() and metrics.stat().st_mtime >= (run / "best.pt").stat().st_mtime and _has_codecs(metrics, codecs):
         say(tag, f"{label}: reusing its evaluation in {metrics.parent}")
         return
-    evaluate_run(tag, run, folder / "eval", data=data, device=device, max_slices=max_slices, label=label)
+    evaluate_run(tag, run, folder / "eval", data=data, device=device, max_slices=max_slices, label=label,
+                 codecs=codecs)
+
+
+def _has_codecs(metrics: Path, codecs: list[str]) -> bool:
+    """An evaluation already holds the codec baselines asked for (else it is evaluated again)."""
+    if not codecs:
+        return True
+    try:
+        done = (json.loads(metrics.read_text(encoding="utf-8")).get("baselines") or {}).get("codecs") or {}
+    except (OSError, ValueError):
+        return False
+    return set(codecs) <= set(done)
 
 
 def _read_settings(out: Path) -> dict | None:

@@ -9,7 +9,15 @@ import math
 from prostate_vq.evaluation.metrics import SSIM_THRESHOLD
 from prostate_vq.reporting.tables import md_escape, md_table
 from prostate_vq.workflows.grid import Cell
-from prostate_vq.workflows.results import SweepResults, level_usage, over_seeds, paired, reference_for
+from prostate_vq.workflows.results import (
+    SweepResults,
+    best_codec,
+    level_usage,
+    over_seeds,
+    paired,
+    reference_for,
+    versus_codec,
+)
 
 SCORES = {"ssim": ("ssim_mean", "SSIM", 3), "psnr": ("psnr_mean", "PSNR (dB)", 2), "dice": ("dice_mean", "Dice", 4)}
 
@@ -81,6 +89,9 @@ def sweep_table(results: SweepResults, reference: str | None) -> str:
     headers += ["Code usage (joint tuples)", "Usage per level"]
     if reference:
         headers += [f"Δ {SCORES[m][1]} vs {md_escape(reference)} [95% CI]" for m in scores]
+    codecs = any(best_codec(per_seed) for per_seed in results.done.values())
+    if codecs:
+        headers += ["Best codec at this rate: SSIM", "Ours − best codec: SSIM [95% CI]"]
     rows = []
     for cell in results.cells:
         per_seed = results.of(cell)
@@ -99,8 +110,18 @@ def sweep_table(results: SweepResults, reference: str | None) -> str:
                 row.append("(reference)" if ref is None and _is_reference(cell, reference)
                            else delta_text(paired(results, cell, ref, m) if ref else None, digits,
                                            100.0 if m == "dice" else 1.0))
+        if codecs:
+            row += _codec_cells(per_seed)
         rows.append(row)
     return md_table(headers, rows)
+
+
+def _codec_cells(per_seed) -> list[str]:
+    codec = best_codec(per_seed)
+    if codec is None:
+        return ["-", "-"]
+    first = next(iter(per_seed.values())).metrics["baselines"]["codecs"][codec]
+    return [f"{md_escape(codec)} {_fmt(first.get('ssim_mean'))}", delta_text(versus_codec(per_seed, "ssim"), 3)]
 
 
 def _is_reference(cell: Cell, reference: str) -> bool:
@@ -220,6 +241,9 @@ def results_data(results: SweepResults, reference: str | None) -> dict:
         entry["levels_usage_pct"] = dict(level_usage(per_seed))
         ref = reference_for(cell, results.cells, reference)
         entry["reference"] = ref.name if ref else None
+        vs_codec = versus_codec(per_seed, "ssim")
+        entry["best_codec"] = best_codec(per_seed)
+        entry["ours_minus_best_codec_ssim"] = vs_codec.to_dict() if vs_codec else None
         entry["paired"] = {}
         for metric in ("ssim", "psnr", "dice"):
             diff = paired(results, cell, ref, metric) if ref else None
