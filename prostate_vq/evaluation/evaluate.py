@@ -294,6 +294,7 @@ def _budget(checkpoint: Path, payload: dict) -> dict:
             if base_history:
                 out["base_steps"] = base_history[-1].get("step")
                 out["run_steps"] += int(base_history[-1].get("step") or 0)
+                out["run_epochs"] = int(out["run_epochs"] or 0) + len(base_history)
     return out
 
 
