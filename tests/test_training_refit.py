@@ -82,3 +82,18 @@ def test_v2_refit_preset_runs_both_stages(phantom_root, tmp_path, tiny_model_ove
     assert final["config"]["quantizer"]["codebook_size"] == 8
     assert final["refit"]["usage_after_kmeans_pct"] >= 87.5
     assert json.loads((out / "refit.json").read_text(encoding="utf-8"))["codebook_size_after"] == 8
+
+
+def test_v2_refit_splits_a_step_budget_and_reports_the_whole_run(phantom_root, tmp_path, tiny_model_overrides):
+    """--max-steps 8 is the command's: 6 steps of stage 1, 2 of ReFiT; metrics.json counts both stages."""
+    from prostate_vq.evaluation import evaluate_checkpoint
+
+    out = tmp_path / "v2"
+    assert main(["train", "--preset", "v2-refit", "--data", str(phantom_root), "--out", str(out), "--max-steps", "8",
+                 "--spatial-size", "64", "32", "--batch-size", "4", "--device", "cpu", "--no-progress",
+                 "--set", *tiny_model_overrides, "refit.codebook_size=8"]) == 0
+    assert load_checkpoint(out / "base" / "last.pt")["history"][-1]["step"] == 6
+    assert load_checkpoint(out / "last.pt")["history"][-1]["step"] == 2
+    m = evaluate_checkpoint(out / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu",
+                            figures=False).to_dict()
+    assert m["run_steps"] == 8 and m["base_steps"] == 6 and m["run_epochs"] == 3  # 2 + 1 epochs of 3 steps
