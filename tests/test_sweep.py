@@ -104,6 +104,10 @@ def test_sweep_grid_seeds_reference_and_additions(phantom_root, tmp_path, capsys
     assert any("v1-vq__codebook_dim=8 seed 2" in m for m in results["missing"])
     with pytest.raises(UserInputError, match="--max-steps 4, not 5"):
         sweep(phantom_root, ["v1-vq"], out, **{**kw, "max_steps": 5})
+    for bad in ({"max_steps": 0}, {"max_minutes": float("nan")}):  # refused before sweep.json records them
+        with pytest.raises(UserInputError, match="--max-"):
+            sweep(phantom_root, ["v1-vq"], tmp_path / "bad", **{**kw, **bad})
+        assert not (tmp_path / "bad" / "sweep.json").exists()
 
 
 def test_two_concurrent_shards_fill_one_folder_and_collect_reports_it(phantom_root, tmp_path):

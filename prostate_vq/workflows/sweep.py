@@ -65,6 +65,7 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
             raise UserInputError(f"a preset is listed twice: {', '.join(presets)}")
         cells = expand(presets, parse_grid(grid))
     task = task or "image"
+    _check_budget(max_steps, max_minutes, epochs)
     seed_list = parse_seeds(",".join(map(str, seeds)) if isinstance(seeds, (list, tuple)) else seeds, default=seed)
     part = parse_shard(shard_spec)
     from prostate_vq.evaluation.codecs import parse_codecs
@@ -97,6 +98,18 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
         _run_job(f"sweep {i}/{len(jobs)}", out, job, data=data, device=device, progress=progress, codecs=codecs,
                  **given)
     return write_sweep_report(out, settings)
+
+
+def _check_budget(max_steps, max_minutes, epochs) -> None:
+    """Before sweep.json records them: a bad budget must not become the folder's setting."""
+    import math
+
+    if max_steps is not None and (isinstance(max_steps, bool) or int(max_steps) != max_steps or max_steps < 1):
+        raise UserInputError(f"--max-steps must be a whole number of at least 1, got {max_steps}")
+    if max_minutes is not None and not (math.isfinite(float(max_minutes)) and float(max_minutes) > 0):
+        raise UserInputError(f"--max-minutes must be a positive number of minutes, got {max_minutes}")
+    if epochs is not None and int(epochs) < 1:
+        raise UserInputError(f"--epochs must be at least 1, got {epochs}")
 
 
 def _run_job(tag: str, out: Path, job: Job, *, data, device, progress, codecs, task, spatial_size, max_steps,
