@@ -48,7 +48,7 @@ def load_job(out: Path, job: Job) -> JobResult | None:
         return None
     slices: dict[str, dict[str, float]] = {m: {} for m in PAIRED_METRICS}
     for row in rows:
-        key = f"{row.get('file', '')}#{row.get('slice', '')}"
+        key = slice_key(row)
         for metric in ("ssim", "psnr"):
             if metric in row:
                 slices[metric][key] = _number(row[metric])
@@ -61,6 +61,17 @@ def load_job(out: Path, job: Job) -> JobResult | None:
         if dice:
             slices["dice"][key] = float(np.mean(finite)) if finite else math.nan
     return JobResult(job, metrics, {m: v for m, v in slices.items() if v}, rows)
+
+
+def slice_key(row: dict) -> str:
+    """One test slice across jobs: its file and index (per_slice.csv's first columns)."""
+    return f"{row.get('file', '')}#{row.get('slice', '')}"
+
+
+def _units(rows: list[dict]) -> tuple[str, dict[str, str]]:
+    """The resampling unit of these test slices and each slice key's unit."""
+    unit, owners = unit_of(rows)
+    return unit, {slice_key(r): owner for r, owner in zip(rows, owners)}
 
 
 @dataclass
@@ -113,8 +124,7 @@ def paired(results: SweepResults, cell: Cell, reference: Cell, metric: str) -> P
     if not mine or not theirs or metric not in next(iter(mine.values())).slices:
         return None
     rows = next(iter(theirs.values())).rows
-    unit, owners = unit_of(rows)
-    units = {f"{r.get('file', '')}#{r.get('slice', '')}": owner for r, owner in zip(rows, owners)}
+    unit, units = _units(rows)
     return paired_difference({s: r.slices.get(metric, {}) for s, r in mine.items()},
                              {s: r.slices.get(metric, {}) for s, r in theirs.items()}, units, unit)
 
@@ -132,8 +142,7 @@ def versus_codec(results: dict[int, JobResult], metric: str = "ssim") -> PairedD
     if codec is None or not results:
         return None
     first = next(iter(results.values()))
-    unit, owners = unit_of(first.rows)
-    units = {f"{r.get('file', '')}#{r.get('slice', '')}": owner for r, owner in zip(first.rows, owners)}
+    unit, units = _units(first.rows)
     return paired_difference({s: r.slices.get(metric, {}) for s, r in results.items()},
                              {s: r.slices.get(f"{codec}:{metric}", {}) for s, r in results.items()}, units, unit)
 
