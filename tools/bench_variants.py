@@ -18,6 +18,7 @@ Each part is one sweep command, printed before it runs, into WORK/<part>; re-run
 Targets (issue 19): every family variant SSIM > 0.6 and usage >= 10% in every seed.
 
 Usage:  python tools/bench_variants.py [--part family] [--steps 300] [--seeds 0,1,2] [--work benchmarks/variants]
+        [--direction reverse]   (leave-one-patient-out the other way: train 0001, test 0000; into WORK/reverse)
         [--quick]   (every path at 64x64 for a few steps: a smoke test of the benchmark, not a result)
 """
 
@@ -80,6 +81,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "variants")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--direction", choices=["forward", "reverse"], default="forward",
+                        help="leave-one-patient-out: forward tests on 0001, reverse trains on 0001 and tests on 0000")
     args = parser.parse_args()
     if not available():
         print(json.dumps({"bench": "variants", "skipped": "real scans (../shared/data/prostatex-dev) not available"}))
@@ -89,10 +92,12 @@ def main() -> int:
     from prostate_vq.cli import main as cli
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
-    root = import_prostatex(args.work / "prostatex")
+    suffix = "" if args.direction == "forward" else "-reverse"
+    root = import_prostatex(args.work / f"prostatex{suffix}", direction=args.direction)
     spatial = (64, 64) if args.quick else (128, 128)
     steps = 4 if args.quick else args.steps
     work = args.work / "quick" if args.quick else args.work
+    work = work / "reverse" if args.direction == "reverse" else work
     status = 0
     for part in args.part or ["family"]:
         command = sweep_command(part, root, work, steps, "0" if args.quick else args.seeds, spatial)

@@ -232,9 +232,14 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         "parameters": sum(p.numel() for p in prior.parameters()),
     }
     metrics["test_bits_per_slice"] = metrics["test_nll_bits_per_code"] * metrics["codes_per_slice"]
+    # The rate the codes would take entropy-coded under this prior (`encode --compress` makes it real).
+    pixels = int(spatial[0]) * int(spatial[1])
+    metrics["test_nll_bits_per_pixel"] = metrics["test_bits_per_slice"] / pixels
+    metrics["nominal_bits_per_pixel"] = metrics["uniform_bits_per_code"] * metrics["codes_per_slice"] / pixels
     write_json_atomic(out / "metrics.json", metrics)
-    log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f)", metrics["val_nll_bits_per_code"],
-             metrics["test_nll_bits_per_code"], metrics["uniform_bits_per_code"])
+    log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f); test %.4f bits per pixel under the prior "
+             "(nominal %.4f)", metrics["val_nll_bits_per_code"], metrics["test_nll_bits_per_code"],
+             metrics["uniform_bits_per_code"], metrics["test_nll_bits_per_pixel"], metrics["nominal_bits_per_pixel"])
     return out
 
 
