@@ -63,6 +63,7 @@ class TrainingConfig:
     seg_weight: float = option(1.0, minimum=0)
     grad_clip: float | None = option(None, above=0, kind=float)  # max gradient norm, None = off
     augment: bool = option(False)  # the data layer's batch augmentation (flips, small affine, intensity)
+    mri_augment: bool = option(False)  # MONAI's MRI transforms: bias field, Gibbs ringing, Rician noise, low resolution
     find_unused_parameters: bool = option(False)  # DDP: only for models with parameters a task leaves unused
     spatial_size: list = option([256, 128], item_minimum=16, length=2)
     mask_ratio: float = option(0.0, minimum=0, below=1)
