@@ -95,7 +95,7 @@ def main() -> int:
 
     from prostate_vq.cli import main as cli
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     work = args.work / args.direction
     root = import_masked(work / "data", args.direction)
     summary = {}

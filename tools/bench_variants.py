@@ -13,6 +13,8 @@ Parts (``--part``, several allowed):
            and seeds (`monai-stock-default-recipe` is MONAI's stock VQVAE under that recipe, for a longer run:
            it trains about 10x slower per step on the CPU)
   rd       rate-distortion of `default`: --grid model.downsample=8,4,2 (about 0.14, 0.56, 2.25 bits per pixel)
+  mri      `default` with MONAI's MRI augmentation (training.mri_augment: bias field, Gibbs ringing, Rician noise,
+           lower resolution); paired against the `default` part's jobs (same seeds and slices) when they exist
 
 Each part is one sweep command, printed before it runs, into WORK/<part>; re-running reuses finished jobs.
 Targets (issue 19): every family variant SSIM > 0.6 and usage >= 10% in every seed.
@@ -43,6 +45,7 @@ PARTS = {
     "family": {"presets": FAMILY, "reference": "v1-vq", "grid": []},
     "default": {"presets": ["default"], "reference": None, "grid": []},
     "rd": {"presets": ["default"], "reference": "default__downsample=4", "grid": ["model.downsample=8,4,2"]},
+    "mri": {"presets": ["default"], "reference": None, "grid": ["training.mri_augment=true"]},
 }
 USAGE_BAR = 10.0
 CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
@@ -74,6 +77,22 @@ def check_targets(results: dict) -> list[str]:
     return failures
 
 
+def versus_default(work: Path) -> dict:
+    """training.mri_augment=true minus `default`, paired over the same seeds and test slices (two sweep folders)."""
+    from prostate_vq.workflows.grid import Cell
+    from prostate_vq.workflows.results import SweepResults, collect, paired
+    from prostate_vq.workflows.sweep import _read_settings
+
+    found = {}
+    for part in ("default", "mri"):
+        settings = _read_settings(work / part)
+        cell = Cell.from_dict(settings["cells"][0])
+        found[part] = (cell, collect(work / part, [cell], settings["seeds"]).of(cell))
+    both = SweepResults([found["mri"][0], found["default"][0]], [], {c.name: r for c, r in found.values()}, [])
+    differences = {m: paired(both, found["mri"][0], found["default"][0], m) for m in ("ssim", "psnr")}
+    return {m: d.to_dict() if d is not None else None for m, d in differences.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", action="append", choices=list(PARTS), default=None)
@@ -91,7 +110,7 @@ def main() -> int:
 
     from prostate_vq.cli import main as cli
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     suffix = "" if args.direction == "forward" else "-reverse"
     root = import_prostatex(args.work / f"prostatex{suffix}", direction=args.direction)
     spatial = (64, 64) if args.quick else (128, 128)
@@ -113,6 +132,8 @@ def main() -> int:
                           "seeds": args.seeds, "spatial_size": list(spatial), "missing": results["missing"],
                           "target_failures": failures}), flush=True)
         print((work / part / "report.md").read_text(encoding="utf-8").split("## Aim")[0])
+        if part == "mri" and (work / "default" / "sweep.json").is_file():
+            print(json.dumps({"bench": "variants-mri-vs-default", **versus_default(work)}), flush=True)
         status = status or (1 if failures and not args.quick else 0)
     return status
 
