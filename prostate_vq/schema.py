@@ -37,6 +37,8 @@ class ModelConfig:
     res_channels: int = option(32, minimum=1)
     embedding_dim: int = option(64, minimum=1)  # D: encoder output channels fed to the quantizer
     dlcr_stages: int = option(0, minimum=0)  # >0: dense channel-reduction head instead of one 1x1 conv
+    padding_mode: str = option("zeros", choices=("zeros", "replicate", "reflect"))  # beyond the slice edge
+    upsample: str = option("transposed", choices=("transposed", "nearest"))  # decoder x2 stages; nearest: + 3x3 conv
     top_codebook_size: int | None = option(None, minimum=1, kind=int)  # vqvae2 top K (None: codebook_size)
 
 

@@ -15,6 +15,8 @@ Parts (``--part``, several allowed):
   rd       rate-distortion of `default`: --grid model.downsample=8,4,2 (about 0.14, 0.56, 2.25 bits per pixel)
   mri      `default` with MONAI's MRI augmentation (training.mri_augment: bias field, Gibbs ringing, Rician noise,
            lower resolution); paired against the `default` part's jobs (same seeds and slices) when they exist
+  decoder  `default` with nearest x2 + 3x3 upsampling instead of transposed convolutions and replicate padding at
+           the slice edge (where its largest errors sat); paired against `default` like mri
 
 Each part is one sweep command, printed before it runs, into WORK/<part>; re-running reuses finished jobs.
 Targets (issue 19): every family variant SSIM > 0.6 and usage >= 10% in every seed.
@@ -46,7 +48,10 @@ PARTS = {
     "default": {"presets": ["default"], "reference": None, "grid": []},
     "rd": {"presets": ["default"], "reference": "default__downsample=4", "grid": ["model.downsample=8,4,2"]},
     "mri": {"presets": ["default"], "reference": None, "grid": ["training.mri_augment=true"]},
+    "decoder": {"presets": ["default"], "reference": None,
+                "grid": ["model.upsample=nearest", "model.padding_mode=replicate"]},
 }
+VERSUS_DEFAULT = ("mri", "decoder")  # one change to `default` each: paired against the default part's jobs
 USAGE_BAR = 10.0
 CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
 
@@ -77,19 +82,19 @@ def check_targets(results: dict) -> list[str]:
     return failures
 
 
-def versus_default(work: Path) -> dict:
-    """training.mri_augment=true minus `default`, paired over the same seeds and test slices (two sweep folders)."""
+def versus_default(work: Path, part: str) -> dict:
+    """The part's one change minus `default`, paired over the same seeds and test slices (two sweep folders)."""
     from prostate_vq.workflows.grid import Cell
     from prostate_vq.workflows.results import SweepResults, collect, paired
     from prostate_vq.workflows.sweep import _read_settings
 
     found = {}
-    for part in ("default", "mri"):
-        settings = _read_settings(work / part)
+    for name in ("default", part):
+        settings = _read_settings(work / name)
         cell = Cell.from_dict(settings["cells"][0])
-        found[part] = (cell, collect(work / part, [cell], settings["seeds"]).of(cell))
-    both = SweepResults([found["mri"][0], found["default"][0]], [], {c.name: r for c, r in found.values()}, [])
-    differences = {m: paired(both, found["mri"][0], found["default"][0], m) for m in ("ssim", "psnr")}
+        found[name] = (cell, collect(work / name, [cell], settings["seeds"]).of(cell))
+    both = SweepResults([found[part][0], found["default"][0]], [], {c.name: r for c, r in found.values()}, [])
+    differences = {m: paired(both, found[part][0], found["default"][0], m) for m in ("ssim", "psnr")}
     return {m: d.to_dict() if d is not None else None for m, d in differences.items()}
 
 
@@ -132,8 +137,8 @@ def main() -> int:
                           "seeds": args.seeds, "spatial_size": list(spatial), "missing": results["missing"],
                           "target_failures": failures}), flush=True)
         print((work / part / "report.md").read_text(encoding="utf-8").split("## Aim")[0])
-        if part == "mri" and (work / "default" / "sweep.json").is_file():
-            print(json.dumps({"bench": "variants-mri-vs-default", **versus_default(work)}), flush=True)
+        if part in VERSUS_DEFAULT and (work / "default" / "sweep.json").is_file():
+            print(json.dumps({"bench": f"variants-{part}-vs-default", **versus_default(work, part)}), flush=True)
         status = status or (1 if failures and not args.quick else 0)
     return status
 
