@@ -192,6 +192,15 @@ def cmd_demo(args):
     print(f"demo report: {path}")
 
 
+def cmd_export(args):
+    from prostate_vq.export import export_checkpoint
+
+    out, notes = export_checkpoint(args.checkpoint, args.out, fmt=args.format, metrics=args.metrics)
+    for line in notes:
+        print(f"prostate-vq export: note: {line}", file=sys.stderr)
+    print(f"export ({args.format}) written to {out}")
+
+
 # --- generative prior -----------------------------------------------------------------------
 
 def cmd_train_prior(args):
@@ -331,6 +340,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="prostate-vq report")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a checkpoint for others: safetensors + config.json + model card, "
+                                      "TorchScript and ONNX of encode/decode, or a MONAI Bundle")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run's best.pt")
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
+    p.add_argument("--format", choices=("pretrained", "monai-bundle"), default="pretrained",
+                   help="pretrained: model.safetensors, config.json, README.md, encode/decode .ts and .onnx; "
+                        "monai-bundle: configs/, models/, docs/ as monai.bundle expects")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="metrics.json of prostate-vq evaluate for the model card (default: a sweep job's "
+                        "eval/metrics.json beside the run, if any)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="train and evaluate presets x grid x seeds at equal steps, then one "
                                      "comparison report (mean ± sd over seeds, paired intervals)")

@@ -88,12 +88,12 @@ def no_lazy_init(codebooks, active: bool):
     evaluation (`active`) must not change the model, so uninitialised codebooks pass through unchanged."""
     pending = [cb for cb in codebooks if active and not bool(cb.initted)]
     for cb in pending:
-        cb.initted.fill_(True)
+        cb.initted.fill_(1)  # an int, not True: torch.jit.trace has no fill_ overload for a Python bool
     try:
         yield
     finally:
         for cb in pending:
-            cb.initted.fill_(False)
+            cb.initted.fill_(0)
 
 
 def is_distributed() -> bool:
