@@ -79,7 +79,7 @@ def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCode
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     images: list = []
-    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "dice": [], "ssim_region": [],
+    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "ms_ssim": [], "dice": [], "ssim_region": [],
                                "dice_monai": [], "overlap": []}
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
     body = False
@@ -106,7 +106,7 @@ def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCode
 def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
     columns = ["file", "case", "week", "slice"]
     if values["ssim"] is not None:
-        columns += ["ssim", "psnr", "mse", "mae"]
+        columns += ["ssim", "psnr", "mse", "mae", "ms_ssim"]
     if values["dice"] is not None:
         columns += [f"dice_{name}" for name in LABEL_NAMES]
     baselines = values.get("codec_values") or {}
@@ -119,6 +119,7 @@ def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
             cells = [row["file"], row["case"], row["week"], row["slice"]]
             if values["ssim"] is not None:
                 cells += [f"{values[k][i]:.6g}" for k in ("ssim", "psnr", "mse", "mae")]
+                cells.append("" if values["ms_ssim"] is None else f"{values['ms_ssim'][i]:.6g}")
             if values["dice"] is not None:
                 cells += ["" if math.isnan(d) else f"{d:.6g}" for d in values["dice"][i]]
             for codec in baselines.values():
@@ -315,7 +316,7 @@ def _conventions(values: dict, rows: list[dict]) -> dict:
                     "dice_per_class_case3d": case3d, "dice_mean_case3d": foreground_mean(case3d),
                     "dice_prostate_per_slice": per_slice["prostate"], "dice_prostate_monai": monai["prostate"],
                     "dice_prostate_case3d": case3d["prostate"]})
-    per_slice_metrics = {"ssim": values["ssim"], "ssim_region": values["ssim_region"],
+    per_slice_metrics = {"ssim": values["ssim"], "ssim_region": values["ssim_region"], "ms_ssim": values["ms_ssim"],
                          "dice_prostate_monai": None if values["dice"] is None else values["dice_monai"][:, PROSTATE]}
     out["per_patient"] = per_patient([str(r["case"]) for r in rows], per_slice_metrics, volume_dice)
     return out

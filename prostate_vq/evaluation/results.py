@@ -10,7 +10,7 @@ from prostate_vq.files import strict_json, write_json_atomic
 
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
-               "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean")
+               "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean", "ms_ssim_mean", "ms_ssim_std")
 
 
 @dataclass
@@ -96,6 +96,8 @@ class EvaluationResult:
                  else f"{r.psnr_mean:.2f} +/- {r.psnr_std:.2f}"),
                 ("MSE / MAE", f"{r.mse_mean:.2e} / {r.mae_mean:.2e}"),
             ]
+            if r.ms_ssim_mean is not None:
+                rows.append(("MS-SSIM", f"{r.ms_ssim_mean:.4f} +/- {r.ms_ssim_std:.4f}"))
         s = self.segmentation
         if s is not None:
             rows.append(("Dice (foreground)", "n/a" if s.dice_mean is None else f"{100 * s.dice_mean:.2f}%"))
