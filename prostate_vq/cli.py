@@ -147,7 +147,7 @@ def cmd_evaluate(args):
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                                  device=args.device, batch_size=args.batch_size, max_slices=args.max_slices,
-                                 codecs=args.codecs)
+                                 codecs=args.codecs, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights)
     print(result.summary_table())
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
@@ -333,6 +333,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codecs", default=None, metavar="LIST",
                    help="also code the same slices at the model's bits per pixel with these codecs and score them "
                         "alike: webp,avif,jpeg2000,jpeg (Pillow), jpegxl (imagecodecs)")
+    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of lpips.LPIPS(net='alex') (safetensors or torch.save): adds LPIPS; never downloaded")
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
+                   help="TorchScript feature network ([B, 3, H, W] in [0, 1] -> features): adds rFID; never downloaded")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")
