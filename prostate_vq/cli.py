@@ -217,7 +217,7 @@ def cmd_sample(args):
     from prostate_vq.prior.sample import sample
 
     out = sample(args.prior, n=args.n, out=args.out, temperature=args.temperature, seed=args.seed,
-                 device=args.device, data=args.data)
+                 device=args.device, data=args.data, fid_weights=args.fid_weights)
     print(f"{args.n} samples written to {out}")
 
 
@@ -425,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     _data(p)
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
+                   help="TorchScript feature network: adds FID of the samples against validation slices; never downloaded")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("encode", help="export the code map of every slice to an .npz")

@@ -297,6 +297,14 @@ def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[Sam
             if isinstance(reference, dict) and "mean" in reference:
                 line += f"; unseen validation slices reach {reference['mean']:.3f} on average"
             report.add(line + ".", "")
+        quality = info.get("quality") or {}
+        if quality:
+            parts = [f"diversity (mean pairwise MS-SSIM, lower is more diverse) {fmt(quality.get('diversity_ms_ssim'), '.3f')} "
+                     f"against {fmt(quality.get('diversity_ms_ssim_real'), '.3f')} among {quality.get('n_real', 0)} "
+                     "validation slices", f"MMD (MONAI) {fmt(quality.get('mmd'), '.4g')}"]
+            if "fid" in quality:
+                parts.append(f"FID {fmt(quality.get('fid'), '.2f')} ({esc((quality.get('fid_weights') or {}).get('file', '?'))})")
+            report.add("Sample quality: " + "; ".join(parts) + ".", "")
         report.image(folder.grid, f"samples from {esc(folder.path.name)}")
 
 
