@@ -136,7 +136,7 @@ def cmd_refit(args):
 
     run = refit(args.checkpoint, out=args.out, codebook_size=args.codebook_size, data=args.data,
                 epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, seed=args.seed,
-                progress=not args.no_progress)
+                progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"ReFiT run written to {run}")
 
 
@@ -171,6 +171,8 @@ def cmd_sweep(args):
         kwargs["shard_spec"] = args.shard
     if args.collect:
         kwargs["collect_only"] = True
+    if args.tensorboard:
+        kwargs["tensorboard"] = True
     path = sweep(data=args.data, presets=[p for p in (args.presets or "").split(",") if p], out=args.out,
                  max_minutes=args.max_minutes, task=args.task, epochs=args.epochs, device=args.device,
                  seed=args.seed, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
@@ -209,7 +211,7 @@ def cmd_train_prior(args):
     run = train_prior(args.checkpoint, data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
                       max_minutes=args.max_minutes, device=args.device, seed=args.seed, resume=args.resume,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      max_slices=args.max_slices, progress=not args.no_progress)
+                      max_slices=args.max_slices, progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"prior run written to {run}")
 
 
@@ -306,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, default=None, help="use at most this many slices per split")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in RUN/tb")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard in RUN/tb: scalars, reconstruction grids, code usage, hparams")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -320,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard in OUT/tb: scalars, reconstruction grids, code usage, hparams")
     p.set_defaults(func=cmd_refit)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics.json, per_slice.csv, figures")
@@ -387,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="the one seed when --seeds is not given")
     p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log every job to OUT/<cell>/seed<k>/run/tb: tensorboard --logdir OUT compares the cells")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("studies", help="list the reference-table studies (run one with sweep --study NAME)")
@@ -415,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in OUT/tb (history and hparams)")
     p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("sample", help="sample new slices from a prior")

@@ -21,7 +21,7 @@ def finished(run: Path) -> bool:
 
 def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_minutes, spatial_size, seed: int,
               device: str, max_slices, progress: bool, overrides=None, max_steps=None, label: str | None = None,
-              compile: bool = False) -> Path:
+              compile: bool = False, tensorboard: bool = False) -> Path:
     from prostate_vq.training import TrainOptions, train
 
     label = label or preset
@@ -36,7 +36,7 @@ def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_
                        max_minutes=max_minutes, max_steps=max_steps,
                        spatial_size=tuple(spatial_size) if spatial_size else None,
                        seed=seed, device=device, resume=resume, max_slices=max_slices, progress=progress,
-                       overrides=list(overrides or []), compile=compile))
+                       overrides=list(overrides or []), compile=compile, tensorboard=tensorboard))
     say(tag, f"{label}: trained in {(time.monotonic() - start) / 60:.1f} min")
     return run
 
