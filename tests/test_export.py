@@ -168,6 +168,15 @@ def test_monai_bundle_layout_loads_and_verifies(tiny_run, tmp_path):
         verify_metadata(meta_file=str(out / "configs/metadata.json"), filepath=str(schema))
 
 
+def test_mask_task_bundle_declares_six_label_channels(tmp_path):
+    checkpoint = _checkpoint(tmp_path, "v1-vq", ["quantizer.codebook_size=32"], task="mask")
+    out = tmp_path / "bundle"
+    export_checkpoint(checkpoint, out, fmt="monai-bundle")  # verify_net_in_out ran on it before the rename
+    meta = json.loads((out / "configs" / "metadata.json").read_text(encoding="utf-8"))
+    formats = meta["network_data_format"]
+    assert formats["inputs"]["image"]["num_channels"] == 6 and formats["outputs"]["pred"]["format"] == "labels"
+
+
 def test_existing_folder_is_refused_in_one_line(tiny_run, tmp_path, capsys):
     out = tmp_path / "taken"
     out.mkdir()

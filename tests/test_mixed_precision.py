@@ -57,6 +57,20 @@ def test_a_training_step_updates_the_codebook_as_in_fp32(kind):
         assert loss.dtype == torch.float32 and torch.allclose(loss, reference.losses[key], atol=1e-6), key
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_codes_match_fp32_under_cuda_bf16_autocast(kind):
+    torch.manual_seed(0)
+    quantizer = build_quantizer({"kind": kind, **KINDS[kind]}, 32).eval().cuda()
+    z = 3 * torch.randn(4, 32, 16, 8, device="cuda")
+    with torch.no_grad():
+        reference = quantizer(z)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            mixed = quantizer(z)
+    assert torch.equal(mixed.indices, reference.indices)
+
+
 def test_bf16_model_keeps_its_dtype_through_the_quantizer():
     """A model cast to bf16 (no autocast): the quantizer computes in fp32 and hands the decoder bf16."""
     cfg = apply_overrides(get_preset("v1-vq"), ["model.channels=[8,16]", "model.res_channels=8",

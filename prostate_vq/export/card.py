@@ -16,8 +16,9 @@ CITATIONS = {
     "soft": "van den Oord et al. 2017, with soft (temperature softmax) assignment in training.",
     "monai-ema": "MONAI Consortium. MONAI: Medical Open Network for AI (monai.networks.nets.VQVAE).",
 }
-DATA_CITATION = ("HipMRI: Dowling et al., prostate MR slices with organ labels (CSIRO); cite the release you "
-                 "obtained, under its own licence. The demo phantom is synthetic (prostate-vq).")
+DATA_CITATION = ("HipMRI (2D prostate MR slices with organ labels) or ProstateX: cite the release you obtained "
+                 "and follow its licence, which the weights inherit; neither ships with prostate-vq. The demo "
+                 "phantom is synthetic (prostate-vq, MIT).")
 
 
 def _num(value, digits: int = 4) -> str:
