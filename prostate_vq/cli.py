@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import sys
 import warnings
@@ -147,7 +148,8 @@ def cmd_evaluate(args):
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                                  device=args.device, batch_size=args.batch_size, max_slices=args.max_slices,
-                                 codecs=args.codecs, lpips_weights=args.lpips_weights, fid_weights=args.fid_weights)
+                                 codecs=args.codecs, codec_bits_per_pixel=args.codec_bpp,
+                                 lpips_weights=args.lpips_weights, fid_weights=args.fid_weights)
     print(result.summary_table())
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
@@ -224,10 +226,27 @@ def cmd_sample(args):
 
 
 def cmd_encode(args):
+    if args.compress is not None:
+        from prostate_vq.prior.compress import compress_dataset
+
+        rates = compress_dataset(args.checkpoint, args.compress, data=args.data, split=args.split, out=args.out)
+        print(f"codes entropy-coded under the prior written to {args.out}: "
+              f"{rates['coded_bits_per_pixel']:.4f} bits per pixel coded (prior NLL "
+              f"{rates['nll_bits_per_pixel']:.4f}, nominal {rates['nominal_bits_per_pixel']:.4f}, whole file "
+              f"{rates['file_bits_per_pixel']:.4f})")
+        print(json.dumps(rates))
+        return
     from prostate_vq.prior.codes import encode_dataset
 
     path = encode_dataset(args.checkpoint, data=args.data, split=args.split, out=args.out, device=args.device)
     print(f"codes written to {path}")
+
+
+def cmd_decode(args):
+    from prostate_vq.prior.compress import decode_dataset
+
+    path = decode_dataset(args.codes, args.prior, args.out)
+    print(f"decoded codes written to {path}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -338,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codecs", default=None, metavar="LIST",
                    help="also code the same slices at the model's bits per pixel with these codecs and score them "
                         "alike: webp,avif,jpeg2000,jpeg (Pillow), jpegxl (imagecodecs)")
+    p.add_argument("--codec-bpp", type=float, default=None, metavar="BPP",
+                   help="the codecs' budget in bits per pixel instead of the model's nominal rate (e.g. the coded "
+                        "rate `encode --compress` prints)")
     p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
                    help="state dict of lpips.LPIPS(net='alex') (safetensors or torch.save): adds LPIPS; never downloaded")
     p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
@@ -443,7 +465,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "validate", "test"), default="train")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--device", default="auto")
+    p.add_argument("--compress", type=Path, default=None, metavar="PRIOR",
+                   help="entropy-code the codes under this prior checkpoint (train-prior's best.pt; on the CPU) and "
+                        "print the coded, prior-NLL and nominal bits per pixel; `decode` restores the codes exactly")
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("decode", help="restore the codes of an `encode --compress` file exactly (a plain codes .npz)")
+    p.add_argument("--codes", type=Path, required=True, help="the entropy-coded .npz")
+    p.add_argument("--prior", type=Path, required=True, help="the prior checkpoint it was coded under")
+    p.add_argument("--out", type=Path, required=True)
+    p.set_defaults(func=cmd_decode)
     return parser
 
 

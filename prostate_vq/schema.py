@@ -37,6 +37,8 @@ class ModelConfig:
     res_channels: int = option(32, minimum=1)
     embedding_dim: int = option(64, minimum=1)  # D: encoder output channels fed to the quantizer
     dlcr_stages: int = option(0, minimum=0)  # >0: dense channel-reduction head instead of one 1x1 conv
+    padding_mode: str = option("zeros", choices=("zeros", "replicate", "reflect"))  # beyond the slice edge
+    upsample: str = option("transposed", choices=("transposed", "nearest"))  # decoder x2 stages; nearest: + 3x3 conv
     top_codebook_size: int | None = option(None, minimum=1, kind=int)  # vqvae2 top K (None: codebook_size)
 
 
@@ -63,6 +65,7 @@ class TrainingConfig:
     seg_weight: float = option(1.0, minimum=0)
     grad_clip: float | None = option(None, above=0, kind=float)  # max gradient norm, None = off
     augment: bool = option(False)  # the data layer's batch augmentation (flips, small affine, intensity)
+    mri_augment: bool = option(False)  # MONAI's MRI transforms: bias field, Gibbs ringing, Rician noise, low resolution
     find_unused_parameters: bool = option(False)  # DDP: only for models with parameters a task leaves unused
     spatial_size: list = option([256, 128], item_minimum=16, length=2)
     mask_ratio: float = option(0.0, minimum=0, below=1)

@@ -149,6 +149,33 @@ def test_real_prostatex_t2_series(tmp_path):
     assert image.std() > 10  # real anatomy, not an empty slice
 
 
+MASKS = PROSTATEX / "ProstateX-0000" / "masks" / "t2-tra_seg_hipmri.nii.gz"
+
+
+@pytest.mark.skipif(not MASKS.is_file(), reason="real ProstateX prostate masks not available (../shared)")
+def test_real_prostate_masks_import_onto_their_slices(tmp_path):
+    """The PI-CAI whole-gland mask (HipMRI class 5) lands on the 11 contiguous slices of the gland, on the
+    image grid, as the seg_ twin of each image slice; the dataset pairs them."""
+    from prostate_vq.data import make_dataset
+
+    written = import_volume(PROSTATEX / "ProstateX-0000" / "t2-tra", tmp_path / "out", case="0000", split="train",
+                            seg=MASKS)
+    records = discover(tmp_path / "out", ("train",))["train"]
+    assert len(records) == 19 and all(r.mask is not None for r in records)
+    by_slice = sorted(records, key=lambda r: r.slice)
+    gland = [int((np.asarray(nib.load(r.mask).dataobj) == 5).sum()) for r in by_slice]
+    labels = set().union(*(np.unique(np.asarray(nib.load(r.mask).dataobj)).tolist() for r in by_slice))
+    assert labels == {0, 5}  # whole gland only: no body, bones, bladder or rectum labels exist for these scans
+    covered = [i for i, voxels in enumerate(gland) if voxels]
+    assert len(covered) == 11 and covered == list(range(covered[0], covered[0] + 11))  # one contiguous gland
+    assert all(nib.load(r.mask).shape == nib.load(r.image).shape == (384, 384) for r in by_slice)
+    assert len(written) == 19
+    dataset = make_dataset(tmp_path / "out", "train", "joint", spatial_size=(128, 128))
+    items = [dataset[i] for i in range(len(dataset))]
+    assert all(item["label"].shape[-2:] == (128, 128) for item in items)
+    assert sum(int((item["label"] == 5).sum()) > 20 for item in items) == 11
+
+
 def test_reslicing_across_the_acquired_planes_warns(tmp_path):
     sagittal = sitk.PermuteAxes(_volume(), [1, 2, 0])  # slice normal along left-right
     sitk.WriteImage(sagittal, str(tmp_path / "sag.nii.gz"))

@@ -299,3 +299,26 @@ def test_evaluate_with_codecs_writes_baselines_and_a_missing_codec_is_one_line(t
         evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "e2", codecs=["avif"])
     with pytest.raises(UserInputError, match="unknown codec 'gif'"):
         codecs.parse_codecs("gif")
+
+
+def test_codec_bpp_gives_the_codecs_another_budget_and_the_report_says_so(tiny_run, phantom_root, tmp_path, capsys):
+    import json
+
+    from prostate_vq.cli import main
+    from prostate_vq.reporting.markdown import write_report
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root), "--out",
+                 str(out), "--device", "cpu", "--codecs", "jpeg2000", "--codec-bpp", "4"]) == 0
+    m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert m["baselines"]["bits_per_pixel"] == 4.0 != m["bits_per_pixel"]
+    assert m["baselines"]["codecs"]["jpeg2000"]["bpp_mean"] <= 4.0
+    report = write_report([tiny_run, out], tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "Codecs at the --codec-bpp budget (not the model's nominal rate), 4 bits per pixel" in report
+    for bad, why in ((["--codecs", "jpeg", "--codec-bpp", "0"], "--codec-bpp must be a positive"),
+                     (["--codecs", "jpeg", "--codec-bpp", "nan"], "--codec-bpp must be a positive"),
+                     (["--codec-bpp", "0.5"], "name them with --codecs")):
+        capsys.readouterr()
+        assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root), "--out",
+                     str(tmp_path / "e2"), *bad]) == 2
+        assert why in capsys.readouterr().err

@@ -184,6 +184,26 @@ def test_dlcr_head_halves_channels():
     model(_batch()["image"]).recon.mean().backward()
 
 
+@pytest.mark.parametrize("preset", ["default", "vqvae2"])
+def test_padding_mode_and_nearest_upsampling_reach_every_spatial_conv(preset):
+    """model.padding_mode reaches every 3x3/4x4 convolution of encoder and decoder; model.upsample=nearest
+    replaces every transposed convolution of the decoders by nearest x2 + 3x3 (same output size, trains)."""
+    cfg = apply_overrides(get_preset(preset), TINY + ["model.padding_mode=replicate", "model.upsample=nearest"])
+    model = build_model(cfg, "joint")
+    decoders = [m for name, m in model.named_children() if name.startswith(("decoder", "seg_decoder"))]
+    assert decoders and not any(isinstance(m, torch.nn.ConvTranspose2d) for d in decoders for m in d.modules())
+    spatial = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size != (1, 1)]
+    assert spatial and all(m.padding_mode == "replicate" for m in spatial)
+    x = _batch(32, 32)["image"]
+    out = model(x)
+    assert out.recon.shape == x.shape and out.seg_logits.shape == (2, NUM_CLASSES, 32, 32)
+    _loss(out, x).backward()
+    plain = build_model(apply_overrides(get_preset(preset), TINY), "joint")  # the defaults keep the old network
+    assert any(isinstance(m, torch.nn.ConvTranspose2d) for m in plain.decoder.modules())
+    with pytest.raises(UserInputError, match="padding_mode"):
+        build_model(apply_overrides(get_preset(preset), TINY + ["model.padding_mode=circular"]), "image")
+
+
 def test_summary_reports_parameters():
     text = model_summary("v1-vq", spatial_size=(32, 32), task="joint", overrides=TINY)
     model = build_model(apply_overrides(get_preset("v1-vq"), TINY), "joint")

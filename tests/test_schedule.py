@@ -78,6 +78,19 @@ def test_max_steps_ends_the_run_and_plans_the_cosine_over_it(phantom_root, tmp_p
     assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(rates))
 
 
+def test_a_step_budget_is_not_cut_short_by_the_presets_epochs(phantom_root, tmp_path, tiny_spatial,
+                                                             tiny_model_overrides):
+    """--max-steps 9 with a preset of 2 epochs on 3 steps per epoch: the run takes its 9 steps (it stopped at 6,
+    so a sweep at "equal steps" gave a small training set fewer steps); an explicit --epochs still caps it."""
+    overrides = [*tiny_model_overrides, "training.epochs=2"]
+    run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, overrides, max_steps=9))
+    assert int(_history(run)[-1]["step"]) == 9
+    schedule = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["schedule"]
+    assert schedule["horizon_steps"] == 9 and schedule["source"] == "max_steps"
+    capped = train(_options(phantom_root, tmp_path / "capped", tiny_spatial, overrides, max_steps=9, epochs=2))
+    assert int(_history(capped)[-1]["step"]) == 6
+
+
 def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_path, tiny_spatial,
                                                              tiny_model_overrides):
     run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=100_000,

@@ -187,3 +187,17 @@ def test_sweep_with_codecs_compares_every_cell_with_the_best_codec(phantom_root,
     assert cell["best_codec"] in ("webp", "jpeg") and cell["ours_minus_best_codec_ssim"]["n_seeds"] == 2
     text = (out / "report.md").read_text(encoding="utf-8")
     assert "Best codec at this rate: SSIM | Ours − best codec: SSIM [95% CI] |" in text
+    # The rate-distortion view: the cell at its rate and each codec at the same budget, figure and table.
+    assert "## Rate and distortion" in text and "![rate-distortion](rate_distortion.png)" in text
+    assert (out / "rate_distortion.png").stat().st_size > 10_000
+    from prostate_vq.workflows.rate_distortion import rd_points
+    from prostate_vq.workflows.results import collect
+    from prostate_vq.workflows.sweep import _read_settings
+
+    settings = _read_settings(out)
+    from prostate_vq.workflows.grid import Cell
+
+    ours, codecs = rd_points(collect(out, [Cell.from_dict(c) for c in settings["cells"]], settings["seeds"]))
+    assert [c["name"] for c in ours] == ["v1-vq"] and ours[0]["bpp"] == pytest.approx(1.25) and ours[0]["seeds"] == 2
+    assert set(codecs) == {"webp", "jpeg"} and all(p["bpp"] <= p["budget"] == pytest.approx(1.25)
+                                                  for points in codecs.values() for p in points)

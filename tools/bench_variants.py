@@ -13,11 +13,16 @@ Parts (``--part``, several allowed):
            and seeds (`monai-stock-default-recipe` is MONAI's stock VQVAE under that recipe, for a longer run:
            it trains about 10x slower per step on the CPU)
   rd       rate-distortion of `default`: --grid model.downsample=8,4,2 (about 0.14, 0.56, 2.25 bits per pixel)
+  mri      `default` with MONAI's MRI augmentation (training.mri_augment: bias field, Gibbs ringing, Rician noise,
+           lower resolution); paired against the `default` part's jobs (same seeds and slices) when they exist
+  decoder  `default` with nearest x2 + 3x3 upsampling instead of transposed convolutions and replicate padding at
+           the slice edge (where its largest errors sat); paired against `default` like mri
 
 Each part is one sweep command, printed before it runs, into WORK/<part>; re-running reuses finished jobs.
 Targets (issue 19): every family variant SSIM > 0.6 and usage >= 10% in every seed.
 
 Usage:  python tools/bench_variants.py [--part family] [--steps 300] [--seeds 0,1,2] [--work benchmarks/variants]
+        [--direction reverse]   (leave-one-patient-out the other way: train 0001, test 0000; into WORK/reverse)
         [--quick]   (every path at 64x64 for a few steps: a smoke test of the benchmark, not a result)
 """
 
@@ -42,7 +47,11 @@ PARTS = {
     "family": {"presets": FAMILY, "reference": "v1-vq", "grid": []},
     "default": {"presets": ["default"], "reference": None, "grid": []},
     "rd": {"presets": ["default"], "reference": "default__downsample=4", "grid": ["model.downsample=8,4,2"]},
+    "mri": {"presets": ["default"], "reference": None, "grid": ["training.mri_augment=true"]},
+    "decoder": {"presets": ["default"], "reference": None,
+                "grid": ["model.upsample=nearest", "model.padding_mode=replicate"]},
 }
+VERSUS_DEFAULT = ("mri", "decoder")  # one change to `default` each: paired against the default part's jobs
 USAGE_BAR = 10.0
 CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
 
@@ -73,6 +82,22 @@ def check_targets(results: dict) -> list[str]:
     return failures
 
 
+def versus_default(work: Path, part: str) -> dict:
+    """The part's one change minus `default`, paired over the same seeds and test slices (two sweep folders)."""
+    from prostate_vq.workflows.grid import Cell
+    from prostate_vq.workflows.results import SweepResults, collect, paired
+    from prostate_vq.workflows.sweep import _read_settings
+
+    found = {}
+    for name in ("default", part):
+        settings = _read_settings(work / name)
+        cell = Cell.from_dict(settings["cells"][0])
+        found[name] = (cell, collect(work / name, [cell], settings["seeds"]).of(cell))
+    both = SweepResults([found[part][0], found["default"][0]], [], {c.name: r for c, r in found.values()}, [])
+    differences = {m: paired(both, found[part][0], found["default"][0], m) for m in ("ssim", "psnr")}
+    return {m: d.to_dict() if d is not None else None for m, d in differences.items()}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", action="append", choices=list(PARTS), default=None)
@@ -80,6 +105,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "variants")
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--direction", choices=["forward", "reverse"], default="forward",
+                        help="leave-one-patient-out: forward tests on 0001, reverse trains on 0001 and tests on 0000")
     args = parser.parse_args()
     if not available():
         print(json.dumps({"bench": "variants", "skipped": "real scans (../shared/data/prostatex-dev) not available"}))
@@ -88,11 +115,13 @@ def main() -> int:
 
     from prostate_vq.cli import main as cli
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    root = import_prostatex(args.work / "prostatex")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
+    suffix = "" if args.direction == "forward" else "-reverse"
+    root = import_prostatex(args.work / f"prostatex{suffix}", direction=args.direction)
     spatial = (64, 64) if args.quick else (128, 128)
     steps = 4 if args.quick else args.steps
     work = args.work / "quick" if args.quick else args.work
+    work = work / "reverse" if args.direction == "reverse" else work
     status = 0
     for part in args.part or ["family"]:
         command = sweep_command(part, root, work, steps, "0" if args.quick else args.seeds, spatial)
@@ -108,6 +137,8 @@ def main() -> int:
                           "seeds": args.seeds, "spatial_size": list(spatial), "missing": results["missing"],
                           "target_failures": failures}), flush=True)
         print((work / part / "report.md").read_text(encoding="utf-8").split("## Aim")[0])
+        if part in VERSUS_DEFAULT and (work / "default" / "sweep.json").is_file():
+            print(json.dumps({"bench": f"variants-{part}-vs-default", **versus_default(work, part)}), flush=True)
         status = status or (1 if failures and not args.quick else 0)
     return status
 

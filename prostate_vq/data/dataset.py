@@ -150,7 +150,7 @@ def _subset(records: list[SliceRecord], max_slices: int | None) -> list[SliceRec
     return [records[i] for i in picks]
 
 
-def make_dataset(root, split: str, task: str = "image", spatial_size=(256, 128), augment: bool = False,
+def make_dataset(root, split: str, task: str = "image", spatial_size=(256, 128), augment: bool | BatchAugment = False,
                  cache: bool = True, max_slices: int | None = None, intensity: dict | None = None,
                  progress: bool = False) -> SliceDataset:
     """The slices of one split. Labels are included for the mask/joint tasks (masks then required) and

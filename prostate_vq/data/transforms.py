@@ -155,7 +155,8 @@ def slice_transforms(spatial_size=(256, 128), with_label: bool = True, intensity
 
 
 class BatchAugment:
-    """Random flips, small affine and intensity jitter on a whole batch ``[B, 1, H, W]``.
+    """Random flips, small affine and intensity jitter on a whole batch ``[B, 1, H, W]``; with ``mri``, then
+    MONAI's MRI-typical transforms per slice (``data/mri_augment.py``).
 
     Batched torch ops instead of per-item MONAI Rand*d transforms: per-item affine resampling costs
     about a millisecond per slice, which would cap the cached loader far below 2,000 slices/s.
@@ -166,8 +167,11 @@ class BatchAugment:
 
     def __init__(self, flip_prob: float = 0.5, affine_prob: float = 0.8, rotate_deg: float = 10.0,
                  scale: float = 0.1, translate: float = 0.05, intensity_prob: float = 0.8,
-                 gamma: float = 0.25, contrast: float = 0.1, shift: float = 0.05):
+                 gamma: float = 0.25, contrast: float = 0.1, shift: float = 0.05, mri: bool = False):
+        from prostate_vq.data.mri_augment import MRIAugment
+
         self.flip_prob, self.affine_prob, self.intensity_prob = flip_prob, affine_prob, intensity_prob
+        self.mri = MRIAugment() if mri else None  # bias field, Gibbs ringing, Rician noise, low resolution
         self.rotate, self.scale, self.translate = math.radians(rotate_deg), scale, translate
         self.gamma, self.contrast, self.shift = gamma, contrast, shift
 
@@ -214,6 +218,8 @@ class BatchAugment:
             offset = uniform(n, -self.shift, self.shift).view(n, 1, 1, 1)
             values = image[picked].clamp_(0, 1).pow_(gamma).mul_(gain).add_(offset).clamp_(0, 1)
             image[picked] = values
+        if self.mri is not None:
+            image = self.mri(image, generator)
         return image, label
 
 
@@ -229,3 +235,12 @@ def _affine_grid(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
     torch.add(t[:, 0] * X + t[:, 2], t[:, 1] * Y, out=grid[..., 0])
     torch.add(t[:, 3] * X + t[:, 5], t[:, 4] * Y, out=grid[..., 1])
     return grid
+
+
+def training_augment(geometry_and_intensity: bool, mri: bool) -> BatchAugment | None:
+    """The training set's augmentation from ``training.augment`` and ``training.mri_augment`` (either alone)."""
+    if not (geometry_and_intensity or mri):
+        return None
+    if geometry_and_intensity:
+        return BatchAugment(mri=mri)
+    return BatchAugment(flip_prob=0.0, affine_prob=0.0, intensity_prob=0.0, mri=True)

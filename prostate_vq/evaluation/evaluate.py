@@ -215,12 +215,14 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "test",
                         out: str | Path | None = None, device: str = "auto", batch_size: int = 32,
-                        max_slices: int | None = None, figures: bool = True, codecs=None, lpips_weights=None,
+                        max_slices: int | None = None, figures: bool = True, codecs=None,
+                        codec_bits_per_pixel: float | None = None, lpips_weights=None,
                         fid_weights=None) -> EvaluationResult:
     """Score a checkpoint on ``split`` of ``data`` (default: the demo phantom) and write the results to ``out``.
     ``codecs`` (e.g. ``["webp", "avif", "jpeg2000", "jpeg"]``) codes the same slices at the model's rate
-    (evaluation.codecs) and scores them alike: metrics.json's ``baselines``. ``lpips_weights`` and
-    ``fid_weights`` (files on disk, evaluation.perceptual) add LPIPS and rFID."""
+    (evaluation.codecs) and scores them alike: metrics.json's ``baselines``. ``codec_bits_per_pixel`` gives
+    the codecs another budget: the rate the codes really take entropy-coded (`encode --compress`).
+    ``lpips_weights`` and ``fid_weights`` (files on disk, evaluation.perceptual) add LPIPS and rFID."""
     from prostate_vq.evaluation.codecs import parse_codecs
     from prostate_vq.evaluation.perceptual import load_feature_net, load_lpips
     from prostate_vq.training.checkpoints import load_model
@@ -234,6 +236,10 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         raise UserInputError(f"--max-slices must be at least 1, got {max_slices}")
     checkpoint, out = Path(checkpoint), Path(out)
     codecs = parse_codecs(codecs)  # a missing codec library is one line before anything runs
+    if codec_bits_per_pixel is not None and not (math.isfinite(codec_bits_per_pixel) and codec_bits_per_pixel > 0):
+        raise UserInputError(f"--codec-bpp must be a positive number of bits per pixel, got {codec_bits_per_pixel}")
+    if codec_bits_per_pixel is not None and not codecs:
+        raise UserInputError("--codec-bpp sets the codecs' budget: name them with --codecs")
     lpips = None if lpips_weights is None else load_lpips(lpips_weights)  # so is a missing weights file
     fid_net = None if fid_weights is None else load_feature_net(fid_weights)
     torch_device = resolve_device(device)
@@ -263,7 +269,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         from prostate_vq.evaluation.baselines import codec_baselines
 
         values["codec_values"], values["baselines"] = codec_baselines(
-            codecs, values, rows, sum(level["bits_per_pixel"] for level in values["levels"]))
+            codecs, values, rows, codec_bits_per_pixel or sum(level["bits_per_pixel"] for level in values["levels"]))
     # Everything is written into a folder beside the results and moved in only when complete, metrics.json
     # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
     with staged_folder(ensure_dir(out), last="metrics.json") as stage:

@@ -175,3 +175,37 @@ def training_curves(history, path) -> Path:
         ax.set_visible(False)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def rate_distortion(ours: list[dict], codecs: dict[str, list[dict]], path) -> Path:
+    """SSIM and PSNR against bits per pixel: our cells (mean ± sd over seeds, at the nominal rate; a hollow
+    marker at the effective rate where it differs) and each codec's curve through its points (mean file size)."""
+    from matplotlib import colormaps
+
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    colours = colormaps["tab20"].colors
+    markers = "ov^Dx*"
+    for ax, metric, label in ((axes[0], "ssim", "SSIM"), (axes[1], "psnr", "PSNR (dB)")):
+        for k, (name, points) in enumerate(sorted(codecs.items())):
+            points = sorted(points, key=lambda p: p["bpp"])
+            ax.plot([p["bpp"] for p in points], [p[metric] for p in points], ls="--", marker=markers[k % 6], ms=4,
+                    lw=1, color=str(0.15 + 0.15 * (k % 4)), label=name)
+        for k, cell in enumerate(ours):
+            if cell.get(metric) is None:
+                continue
+            colour = colours[k % len(colours)]
+            ax.errorbar(cell["bpp"], cell[metric], yerr=cell.get(f"{metric}_sd") or 0, fmt="s", ms=6, capsize=3,
+                        color=colour, label=cell["name"])
+            effective = cell.get("effective_bpp")
+            if effective is not None and not np.isclose(effective, cell["bpp"]):
+                ax.plot([effective], [cell[metric]], "s", mfc="none", color=colour, ms=6)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("bits per pixel (log2 scale)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="outside right center")
+    fig.suptitle("Rate and distortion: filled = nominal rate, hollow = effective (entropy of the codes used); "
+                 "grey dashed = image codecs", fontsize=9)
+    return _save(fig, path)

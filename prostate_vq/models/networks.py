@@ -43,10 +43,10 @@ def he_init(module: nn.Module, output: nn.Module | None = None) -> None:
 class ResidualBlock(nn.Module):
     """x + conv1x1(relu(conv3x3(relu(x)))) with a narrow hidden width."""
 
-    def __init__(self, channels: int, hidden: int):
+    def __init__(self, channels: int, hidden: int, padding_mode: str = "zeros"):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1),
+            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1, padding_mode=padding_mode),
             nn.ReLU(), nn.Conv2d(hidden, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -54,8 +54,8 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualStack(nn.Sequential):
-    def __init__(self, channels: int, hidden: int, layers: int):
-        super().__init__(*[ResidualBlock(channels, hidden) for _ in range(layers)], nn.ReLU())
+    def __init__(self, channels: int, hidden: int, layers: int, padding_mode: str = "zeros"):
+        super().__init__(*[ResidualBlock(channels, hidden, padding_mode) for _ in range(layers)], nn.ReLU())
 
 
 class DLCRHead(nn.Module):
@@ -87,19 +87,22 @@ class _DLCRStage(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Stride-2 4x4 convolutions (one per factor of 2), residual stack, then a 1x1 (or DLCR) head."""
+    """Stride-2 4x4 convolutions (one per factor of 2), residual stack, then a 1x1 (or DLCR) head.
+
+    ``padding_mode`` (``model.padding_mode``): what the spatial convolutions see beyond the slice edge; zeros
+    (the paper's) make a dark frame the network must learn to undo, replicate/reflect continue the anatomy."""
 
     def __init__(self, in_channels: int, channels: list[int], downsample: int, res_layers: int,
-                 res_channels: int, out_channels: int, dlcr_stages: int = 0):
+                 res_channels: int, out_channels: int, dlcr_stages: int = 0, padding_mode: str = "zeros"):
         super().__init__()
         chans = stage_channels(channels, downsample)
         layers: list[nn.Module] = []
         prev = in_channels
         for ch in chans:
-            layers += [nn.Conv2d(prev, ch, 4, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(prev, ch, 4, stride=2, padding=1, padding_mode=padding_mode), nn.ReLU()]
             prev = ch
-        layers.append(nn.Conv2d(prev, prev, 3, padding=1))
-        layers.append(ResidualStack(prev, res_channels, res_layers))
+        layers.append(nn.Conv2d(prev, prev, 3, padding=1, padding_mode=padding_mode))
+        layers.append(ResidualStack(prev, res_channels, res_layers, padding_mode))
         self.body = nn.Sequential(*layers)
         self.head = (DLCRHead(prev, out_channels, dlcr_stages) if dlcr_stages
                      else nn.Conv2d(prev, out_channels, 1))
@@ -110,18 +113,28 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Mirror of the encoder: 3x3 conv, residual stack, stride-2 transposed convolutions."""
+    """Mirror of the encoder: 3x3 conv, residual stack, stride-2 upsampling stages.
+
+    ``upsample`` (``model.upsample``): ``transposed`` (4x4 stride-2 transposed convolutions, the paper's) or
+    ``nearest`` (nearest-neighbour x2 then a 3x3 convolution, as in the VQGAN/diffusers decoders: no
+    checkerboard from uneven kernel overlap, and it honours ``padding_mode`` at the edge)."""
 
     def __init__(self, in_channels: int, channels: list[int], downsample: int, res_layers: int,
-                 res_channels: int, out_channels: int):
+                 res_channels: int, out_channels: int, padding_mode: str = "zeros", upsample: str = "transposed"):
         super().__init__()
+        if upsample not in ("transposed", "nearest"):
+            raise ValueError(f"upsample must be transposed or nearest, got {upsample!r}")
         chans = stage_channels(channels, downsample)[::-1]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, chans[0], 3, padding=1),
-                                   ResidualStack(chans[0], res_channels, res_layers)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, chans[0], 3, padding=1, padding_mode=padding_mode),
+                                   ResidualStack(chans[0], res_channels, res_layers, padding_mode)]
         for i, ch in enumerate(chans):
             last = i == len(chans) - 1
             nxt = out_channels if last else chans[i + 1]
-            layers.append(nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1))
+            if upsample == "nearest":
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
+                           nn.Conv2d(ch, nxt, 3, padding=1, padding_mode=padding_mode)]
+            else:
+                layers.append(nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1))
             if not last:
                 layers.append(nn.ReLU())
         self.body = nn.Sequential(*layers)

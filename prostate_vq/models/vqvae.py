@@ -50,11 +50,12 @@ class VQVAE(nn.Module):
     def _build(self, cfg: dict, quantizer_cfg: dict, in_channels: int) -> None:
         d = int(cfg["embedding_dim"])
         net = dict(channels=cfg["channels"], downsample=self.downsample, res_layers=cfg["res_layers"],
-                   res_channels=cfg["res_channels"])
+                   res_channels=cfg["res_channels"], padding_mode=cfg["padding_mode"])
+        up = dict(net, upsample=cfg["upsample"])
         self.encoder = Encoder(in_channels, out_channels=d, dlcr_stages=cfg["dlcr_stages"], **net)
         self.quantizer: Quantizer = build_quantizer(quantizer_cfg, d)
-        self.decoder = Decoder(d, out_channels=NUM_CLASSES if self.task == "mask" else 1, **net)
-        self.seg_decoder = Decoder(d, out_channels=NUM_CLASSES, **net) if self.task == "joint" else None
+        self.decoder = Decoder(d, out_channels=NUM_CLASSES if self.task == "mask" else 1, **up)
+        self.seg_decoder = Decoder(d, out_channels=NUM_CLASSES, **up) if self.task == "joint" else None
 
     def _quantize(self, x: Tensor) -> QuantizerOutput:
         return self.quantizer(self.encoder(x))
@@ -144,20 +145,21 @@ class VQVAE2(VQVAE):
     def _build(self, cfg: dict, quantizer_cfg: dict, in_channels: int) -> None:
         d = int(cfg["embedding_dim"])
         ch = list(cfg["channels"])
-        net = dict(res_layers=cfg["res_layers"], res_channels=cfg["res_channels"])
+        net = dict(res_layers=cfg["res_layers"], res_channels=cfg["res_channels"], padding_mode=cfg["padding_mode"])
+        up = dict(net, upsample=cfg["upsample"])
         top_ch = ch[-1]
         self.encoder = Encoder(in_channels, ch, self.downsample, out_channels=top_ch, **net)
         self.encoder_top = Encoder(top_ch, [top_ch], 2, out_channels=d, **net)
         top_size = cfg.get("top_codebook_size")
         top_cfg = {**quantizer_cfg, "codebook_size": int(top_size)} if top_size else quantizer_cfg
         self.quantizer_top: Quantizer = build_quantizer(top_cfg, d)
-        self.decoder_top = Decoder(d, [top_ch], 2, out_channels=d, **net)
+        self.decoder_top = Decoder(d, [top_ch], 2, out_channels=d, **up)
         self.pre_bottom = nn.Conv2d(top_ch + d, d, 1)
         self.quantizer: Quantizer = build_quantizer(quantizer_cfg, d)
         self.upsample_top = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
         out = NUM_CLASSES if self.task == "mask" else 1
-        self.decoder = Decoder(2 * d, ch, self.downsample, out_channels=out, **net)
-        self.seg_decoder = (Decoder(2 * d, ch, self.downsample, out_channels=NUM_CLASSES, **net)
+        self.decoder = Decoder(2 * d, ch, self.downsample, out_channels=out, **up)
+        self.seg_decoder = (Decoder(2 * d, ch, self.downsample, out_channels=NUM_CLASSES, **up)
                             if self.task == "joint" else None)
 
     def _quantize(self, x: Tensor) -> QuantizerOutput:

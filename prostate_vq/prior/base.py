@@ -126,7 +126,7 @@ class CodePrior(nn.Module):
         """Draw ``n`` code maps of ``shape = (h, w)`` position by position in raster order.
 
         Returns ``[n, h, w]`` (one level) or ``[n, h, w, depth]``. Reproducible for a seeded ``generator``
-        (which must live on ``device``). Subclasses draw the same distribution faster by overriding ``_fill``.
+        (which must live on ``device``).
         """
         self._check_sampling(n, temperature)
         h, w = (int(s) for s in shape)
@@ -136,17 +136,29 @@ class CodePrior(nn.Module):
         self.eval()
         codes = torch.zeros(n, h, w, self.depth, dtype=torch.long, device=device)
         try:
-            self._fill(codes, temperature, generator)
+            self.fill(codes, lambda logits: self._draw(logits, temperature, generator))
         finally:
             self.train(was_training)
         return codes[..., 0] if self.depth == 1 else codes
 
-    def _fill(self, codes: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
-        """The reference sampler: each step re-runs the network on the rows the next output can see
-        (``receptive_rows``), which is exact because the network is causal. ``codes`` is ``[n, h, w, depth]``."""
+    @torch.no_grad()
+    def fill(self, codes: torch.Tensor, choose) -> None:
+        """Visit ``codes`` (``[n, h, w, depth]``, all zeros) position by position in raster order: hand the
+        logits ``[n, sum(vocab_sizes)]`` of the next position, computed from the codes written so far, to
+        ``choose`` and write the ``[n, depth]`` codes it returns there.
+
+        Sampling draws in ``choose``; the entropy coder (``prior/compress.py``) encodes or decodes there. Both
+        directions of the coder run this same computation on the same partial maps, so the probabilities they
+        see are bitwise equal and decoding is exact."""
+        self._fill(codes, choose)
+
+    def _fill(self, codes: torch.Tensor, choose) -> None:
+        """The reference stepper: each step re-runs the network on the rows the next output can see
+        (``receptive_rows``), which is exact because the network is causal. Subclasses visit the same
+        positions with the same distributions faster."""
         h, w = codes.shape[1:3]
         for i in range(h):
             top = 0 if self.receptive_rows is None else max(0, i - self.receptive_rows)
             for j in range(w):
                 logits = self(codes[:, top:i + 1])[:, :, i - top, j]  # [n, sum K]
-                codes[:, i, j] = self._draw(logits, temperature, generator)
+                codes[:, i, j] = choose(logits)

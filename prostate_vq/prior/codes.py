@@ -145,19 +145,14 @@ def resolve_data_root(data: str | Path | None, payload: dict) -> Path:
     return default_data_root()
 
 
-def encode_dataset(checkpoint: str | Path, data: str | Path | None = None, split: str = "train",
-                   out: str | Path = "codes.npz", device: str = "auto", batch_size: int = 64,
-                   max_slices: int | None = None) -> Path:
-    """Write ``codes.npz``: ``codes`` (the model's native index layout, the array ``decode_indices`` takes:
-    ``[N, h, w]``; RQ ``[N, depth, h, w]``; VQ-VAE-2 ``[N, 2, h, w]``), ``files``, ``case``, ``week``,
-    ``slice`` and ``meta`` (a JSON string: checkpoint, preset, task, spatial size, split, layout)."""
+def encode_split(checkpoint: str | Path, data: str | Path | None = None, split: str = "train", device: str = "auto",
+                 batch_size: int = 64, max_slices: int | None = None) -> tuple:
+    """``(model, dataset, indices [N, ...] numpy, meta)`` of one split: what ``encode_dataset`` and the entropy
+    coder (``prior/compress.py``) write."""
     from prostate_vq.data import make_dataset
     from prostate_vq.training.runtime import resolve_device
 
     device = resolve_device(device)
-    out = Path(out)
-    if out.suffix != ".npz":
-        raise UserInputError("the output must be an .npz file", out)
     model, payload = load_vqvae(checkpoint, device)
     root = resolve_data_root(data, payload)
     spatial = tuple(int(s) for s in payload["spatial_size"])
@@ -165,20 +160,43 @@ def encode_dataset(checkpoint: str | Path, data: str | Path | None = None, split
     if len(dataset) == 0:
         raise UserInputError(f"no {split} slices to encode", root)
     indices = encode_dataset_tensors(model, dataset, batch_size, device).numpy()
-    dtype = np.int16 if int(model.num_codes) <= np.iinfo(np.int16).max else np.int32
     meta = {"checkpoint": str(Path(checkpoint).resolve()), "preset": payload.get("preset"), "task": payload["task"],
             "spatial_size": list(spatial), "split": split, "data_root": str(root), "num_codes": int(model.num_codes),
             "layout": CodeLayout.for_model(model, spatial).to_dict(),
             "codes_layout": "native indices of model.decode_indices"}
-    records = dataset.records
+    return model, dataset, indices, meta
+
+
+def slice_columns(records) -> dict:
+    """The per-slice identity columns of a codes file (``files``, ``case``, ``week``, ``slice``)."""
+    return {"files": np.array([r.image.name for r in records]), "case": np.array([r.case for r in records]),
+            "week": np.array([r.week for r in records]), "slice": np.array([r.slice for r in records])}
+
+
+def write_codes(out: Path, indices: np.ndarray, columns: dict, meta: dict) -> Path:
+    """Write a plain ``codes.npz`` atomically (the smallest integer type that holds the codes)."""
+    dtype = np.int16 if int(meta["num_codes"]) <= np.iinfo(np.int16).max else np.int32
     with atomic_open(out, "wb") as handle:
-        np.savez_compressed(handle, codes=indices.astype(dtype), files=np.array([r.image.name for r in records]),
-                            case=np.array([r.case for r in records]), week=np.array([r.week for r in records]),
-                            slice=np.array([r.slice for r in records]), meta=np.array(json.dumps(meta)))
+        np.savez_compressed(handle, codes=indices.astype(dtype), **columns, meta=np.array(json.dumps(meta)))
     return out
+
+
+def encode_dataset(checkpoint: str | Path, data: str | Path | None = None, split: str = "train",
+                   out: str | Path = "codes.npz", device: str = "auto", batch_size: int = 64,
+                   max_slices: int | None = None) -> Path:
+    """Write ``codes.npz``: ``codes`` (the model's native index layout, the array ``decode_indices`` takes:
+    ``[N, h, w]``; RQ ``[N, depth, h, w]``; VQ-VAE-2 ``[N, 2, h, w]``), ``files``, ``case``, ``week``,
+    ``slice`` and ``meta`` (a JSON string: checkpoint, preset, task, spatial size, split, layout)."""
+    out = Path(out)
+    if out.suffix != ".npz":
+        raise UserInputError("the output must be an .npz file", out)
+    _, dataset, indices, meta = encode_split(checkpoint, data, split, device, batch_size, max_slices)
+    return write_codes(out, indices, slice_columns(dataset.records), meta)
 
 
 def read_codes(path: str | Path) -> tuple[np.ndarray, dict]:
     """``(codes, meta)`` of a ``codes.npz`` written by ``encode_dataset``."""
     with np.load(Path(path), allow_pickle=False) as data:
+        if "codes" not in data.files and "streams" in data.files:
+            raise UserInputError("these codes are entropy-coded: restore them with `prostate-vq decode`", path)
         return data["codes"].astype(np.int64), json.loads(str(data["meta"]))

@@ -82,8 +82,8 @@ class GatedPixelCNN(CodePrior):
             v, h = layer(v, h)
         return h
 
-    def _fill(self, codes: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
-        """Same distribution as ``CodePrior._fill`` but much cheaper: the vertical stack (rows above) is run
+    def _fill(self, codes: torch.Tensor, choose) -> None:
+        """Same distributions as ``CodePrior._fill`` but much cheaper: the vertical stack (rows above) is run
         once per row on the ``receptive_rows`` it can see, and only the one-row horizontal stack is re-run
         per position."""
         n, h, w = codes.shape[:3]
@@ -94,7 +94,7 @@ class GatedPixelCNN(CodePrior):
                 for layer, link in zip(self.layers, links):
                     x = layer.horizontal(x, link)
                 logits = self.head(x[..., j:j + 1])[:, :, 0, 0]
-                codes[:, i, j] = self._draw(logits, temperature, generator)
+                codes[:, i, j] = choose(logits)
 
     def _row_links(self, above: torch.Tensor, n: int, w: int, device) -> list[torch.Tensor]:
         """Each layer's vertical contribution ``v_to_h(v_down)`` to the next row, from the rows ``above`` it."""

@@ -215,13 +215,13 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
     try:
         stop_reason = engine.run()
         return _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path,
-                             root, seed, device, writer)
+                             root, seed, device, writer, spatial)
     finally:
         writer.close()
 
 
 def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path, root, seed,
-                  device, writer) -> Path:
+                  device, writer, spatial) -> Path:
     """metrics.json of the best checkpoint (and the TensorBoard hparams with its NLLs)."""
     history = state.history
     batch = int(training["batch_size"])
@@ -244,11 +244,16 @@ def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_re
         "parameters": sum(p.numel() for p in prior.parameters()),
     }
     metrics["test_bits_per_slice"] = metrics["test_nll_bits_per_code"] * metrics["codes_per_slice"]
+    # The rate the codes would take entropy-coded under this prior (`encode --compress` makes it real).
+    pixels = int(spatial[0]) * int(spatial[1])
+    metrics["test_nll_bits_per_pixel"] = metrics["test_bits_per_slice"] / pixels
+    metrics["nominal_bits_per_pixel"] = metrics["uniform_bits_per_code"] * metrics["codes_per_slice"] / pixels
     write_json_atomic(out / "metrics.json", metrics)
     writer.hparams({"arch": prior_cfg["arch"], "seed": seed, "prior": prior_cfg, "training": training},
                    {k: metrics[k] for k in ("val_nll_bits_per_code", "test_nll_bits_per_code", "best_epoch", "epochs_run")})
-    log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f)", metrics["val_nll_bits_per_code"],
-             metrics["test_nll_bits_per_code"], metrics["uniform_bits_per_code"])
+    log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f); test %.4f bits per pixel under the prior "
+             "(nominal %.4f)", metrics["val_nll_bits_per_code"], metrics["test_nll_bits_per_code"],
+             metrics["uniform_bits_per_code"], metrics["test_nll_bits_per_pixel"], metrics["nominal_bits_per_pixel"])
     return out
 
 

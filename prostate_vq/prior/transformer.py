@@ -93,13 +93,13 @@ class CodeTransformer(CodePrior):
             raise UserInputError(f"cannot sample {h}x{w} maps from a transformer built for "
                                  f"{self.max_positions} positions")
 
-    def _fill(self, codes: torch.Tensor, temperature: float, generator: torch.Generator | None) -> None:
-        """Raster-order sampling with a key/value cache (same distribution as ``CodePrior._fill``)."""
+    def _fill(self, codes: torch.Tensor, choose) -> None:
+        """Raster order with a key/value cache (the same distributions as ``CodePrior._fill``)."""
         n, h, w, _ = codes.shape
         flat = codes.view(n, h * w, self.depth)  # shares storage with ``codes``
         caches: list[dict] = [{} for _ in self.blocks]
         x = self.start.expand(n, 1, self.dim) + self.position[:, :1]
         for t in range(h * w):
-            flat[:, t] = self._draw(self._step_logits(x, caches), temperature, generator)
+            flat[:, t] = choose(self._step_logits(x, caches))
             if t + 1 < h * w:
                 x = self.embed(flat[:, t] + self.offsets).sum(1, keepdim=True) + self.position[:, t + 1:t + 2]

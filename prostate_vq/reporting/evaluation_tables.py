@@ -3,6 +3,8 @@ their bootstrap interval, and per-level codebook health of multi-level quantizer
 
 from __future__ import annotations
 
+import math
+
 from prostate_vq.reporting.tables import DASH, fmt, md_table
 
 DICE_NOTE = ("Dice conventions: *per slice* scores a false positive on a slice without the class as 0; *MONAI* "
@@ -92,7 +94,10 @@ def baselines_table(m: dict) -> str | None:
                      fmt(c.get("psnr_mean"), ".2f")])
     table = md_table(["Coder", "Bits per pixel (mean file)", "Slices that fit (%)", "SSIM", "PSNR (dB)"], rows,
                      ["l", "r", "r", "r", "r"])
-    note = (f"Codecs at the model's {fmt(section.get('bits_per_pixel'), '.4g')} bits per pixel: {section.get('rule', '')}. "
+    budget = section.get("bits_per_pixel")
+    nominal = budget is None or m.get("bits_per_pixel") is None or math.isclose(budget, m["bits_per_pixel"])
+    whose = "the model's" if nominal else "the --codec-bpp budget (not the model's nominal rate),"
+    note = (f"Codecs at {whose} {fmt(budget, '.4g')} bits per pixel: {section.get('rule', '')}. "
             f"Ours minus the best codec: SSIM {delta('ssim', '.4f')}, PSNR {delta('psnr', '.2f')} dB.")
     return table + "\n\n" + note
 

@@ -86,6 +86,12 @@ def resolve_config(options) -> dict:
                 "patience": options.patience,
                 "spatial_size": list(options.spatial_size) if options.spatial_size else None}
     training.update({k: v for k, v in explicit.items() if v is not None})
+    if training.get("max_steps") and options.epochs is None:
+        # A step budget is the run's length: a preset's nominal epochs must not end it first on a small training
+        # set (19 slices at batch 16 are 2 steps per epoch: 100 epochs would stop a 300-step budget at 200).
+        # Every epoch takes at least one step, so max_steps epochs always reach the budget. An explicit --epochs
+        # still caps it.
+        training["epochs"] = max(int(training["epochs"]), int(training["max_steps"]))
     # None = not given: an explicit --monitor loss or --mask-ratio 0 overrides a preset that says otherwise.
     if options.mask_ratio is not None:
         training["mask_ratio"] = options.mask_ratio

@@ -16,10 +16,12 @@ log = logging.getLogger("prostate_vq.training")
 def load_datasets(root: Path, task: str, training: dict, max_slices: int | None):
     """Cached train (augmented if the config says so) and validation datasets; bad data -> UserInputError."""
     from prostate_vq.data import make_dataset
+    from prostate_vq.data.transforms import training_augment
 
     size = tuple(int(s) for s in training["spatial_size"])
+    augment = training_augment(bool(training["augment"]), bool(training.get("mri_augment")))
     try:
-        train_ds = make_dataset(root, "train", task, spatial_size=size, augment=bool(training["augment"]),
+        train_ds = make_dataset(root, "train", task, spatial_size=size, augment=augment or False,
                                 max_slices=max_slices)
         val_ds = make_dataset(root, "validate", task, spatial_size=size, augment=False, max_slices=max_slices)
     except RuntimeError as error:

@@ -198,6 +198,9 @@ def write_sweep_report(out: Path, settings: dict) -> Path:
     reference = settings.get("reference")
     lines = [_settings_line(settings, results), "", "## Comparison at equal steps", "", sweep_table(results, reference),
              "", table_notes(results, reference), ""]
+    from prostate_vq.workflows.rate_distortion import rd_section
+
+    lines += rd_section(results, out)
     if settings.get("study"):
         from prostate_vq.workflows.studies import get_study
 
