@@ -125,6 +125,7 @@ def test_trained_run_export_card_and_config(tiny_run, tmp_path, capsys):
                     "## Intended use and limits", "## Licences and citations"):
         assert heading in card
     assert "van den Oord" in card and "not for diagnosis" in card
+    assert "run total: - steps" not in card  # read from the run's last.pt
     assert prostate_vq.from_pretrained(out).pretrained_config["task"] == "image"
 
 

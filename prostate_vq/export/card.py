@@ -46,13 +46,12 @@ def _metric_rows(metrics: dict) -> list[str]:
 
 
 def model_card(payload: dict, config: dict, metrics: dict | None, metrics_path: Path | None, files: list[str],
-               skipped: list[str]) -> str:
+               skipped: list[str], budget: dict) -> str:
     cfg = payload["config"]
     kind = (cfg.get("quantizer") or {}).get("kind", "vq")
     h, w = config["spatial_size"]
     training = cfg.get("training") or {}
     run_metrics = payload.get("metrics") or {}
-    budget = {k: (metrics or {}).get(k) for k in ("steps", "epochs", "run_steps", "run_epochs", "stop_reason")}
     lines = [
         f"# prostate-vq {payload.get('preset', '?')} ({config['task']} task)", "",
         f"A VQ-VAE tokenizer for 2D prostate MR slices ({h}x{w}), trained with prostate-vq "

@@ -45,6 +45,24 @@ def _read_metrics(path: Path | None, checkpoint: Path) -> tuple[dict | None, Pat
         raise UserInputError(f"not a readable metrics.json ({error})", path) from None
 
 
+def _run_budget(checkpoint: Path, metrics: dict | None) -> dict:
+    """Steps and epochs of the whole run for the card: the evaluation's, else the run's last.pt beside it."""
+    from prostate_vq.training.checkpoints import load_checkpoint
+
+    keys = ("steps", "epochs", "run_steps", "run_epochs", "stop_reason")
+    budget = {k: (metrics or {}).get(k) for k in keys}
+    last = checkpoint.parent / "last.pt"
+    if budget["run_steps"] is None and last.is_file():
+        try:
+            run = load_checkpoint(last, kind="resume")
+        except UserInputError:  # the budget is extra information: the export stands without it
+            return budget
+        history = run.get("history") or []
+        budget.update(run_steps=history[-1].get("step") if history else None, run_epochs=run.get("epoch"),
+                      stop_reason=run.get("stop_reason"))
+    return budget
+
+
 def _check_out(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserInputError("already exists and is not an empty folder; choose a new --out (nothing was written)", out)
@@ -138,7 +156,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "pretr
     if fmt == "monai-bundle":
         files = bundle_files(model, payload, config, files, notes)
     names = sorted(files) + [CONFIG if fmt == "pretrained" else "models/config.json", "README.md"]
-    card = model_card(payload, config, metrics_json, metrics_path, names, notes)
+    card = model_card(payload, config, metrics_json, metrics_path, names, notes, _run_budget(checkpoint, metrics_json))
     config_text = json.dumps(strict_json(config), indent=1, allow_nan=False) + "\n"
     if fmt == "pretrained":
         files.update({CONFIG: config_text.encode(), "README.md": card.encode()})
