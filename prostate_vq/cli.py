@@ -175,6 +175,9 @@ def cmd_sweep(args):
         kwargs["collect_only"] = True
     if args.tensorboard:
         kwargs["tensorboard"] = True
+    for name in ("lpips_weights", "fid_weights"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     path = sweep(data=args.data, presets=[p for p in (args.presets or "").split(",") if p], out=args.out,
                  max_minutes=args.max_minutes, task=args.task, epochs=args.epochs, device=args.device,
                  seed=args.seed, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
@@ -416,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--tensorboard", action="store_true",
                    help="log every job to OUT/<cell>/seed<k>/run/tb: tensorboard --logdir OUT compares the cells")
+    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                   help="as evaluate --lpips-weights, for every job's evaluation")
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
+                   help="as evaluate --fid-weights, for every job's evaluation")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("studies", help="list the reference-table studies (run one with sweep --study NAME)")

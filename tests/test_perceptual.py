@@ -117,3 +117,22 @@ def test_without_weights_the_metrics_are_absent(tiny_run, phantom_root, tmp_path
     assert not {"lpips_mean", "fid", "lpips_weights", "fid_weights"} & set(metrics)
     with open(tmp_path / "per_slice.csv", newline="", encoding="utf-8") as handle:
         assert "lpips" not in next(csv.reader(handle))
+
+
+def test_sweep_scores_every_job_with_the_weights(phantom_root, weights, tmp_path, tiny_spatial, tiny_model_overrides,
+                                                 capsys):
+    from prostate_vq.workflows import sweep
+
+    out = tmp_path / "sweep"
+    common = dict(presets=["v1-vq"], out=out, max_steps=2, spatial_size=tiny_spatial, device="cpu",
+                  overrides=list(tiny_model_overrides), progress=False, max_slices=4)
+    report = sweep(phantom_root, lpips_weights=weights[0], **common)
+    metrics = json.loads((out / "v1-vq" / "seed0" / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["lpips_mean"] > 0 and "fid" not in metrics
+    assert "| Model | MS-SSIM | LPIPS | rFID |" in report.read_text(encoding="utf-8")
+    capsys.readouterr()
+    sweep(phantom_root, lpips_weights=weights[0], fid_weights=weights[1], **common)  # asks for more: re-evaluated
+    assert "reusing its evaluation" not in capsys.readouterr().out
+    assert "fid" in json.loads((out / "v1-vq" / "seed0" / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    with pytest.raises(UserInputError, match="never downloaded"):
+        sweep(phantom_root, lpips_weights=tmp_path / "gone.pt", **common)

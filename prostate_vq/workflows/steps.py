@@ -42,11 +42,12 @@ def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_
 
 
 def evaluate_run(tag: str, run: Path, out: Path, *, data, device: str, max_slices, label: str | None = None,
-                 codecs=None):
+                 codecs=None, lpips_weights=None, fid_weights=None):
     from prostate_vq.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(run / "best.pt", data=data, split="test", out=out, device=device,
-                                 max_slices=max_slices, codecs=codecs)
+                                 max_slices=max_slices, codecs=codecs, lpips_weights=lpips_weights,
+                                 fid_weights=fid_weights)
     m = result.to_dict()
     parts = [f"{result.n_slices} test slices"]
     if m.get("ssim_mean") is not None:
