@@ -82,7 +82,8 @@ def bundle_files(model, payload: dict, config: dict, files: dict[str, bytes], no
     inputs = [example_input(config["task"], (h, w), 2), example_input(config["task"], (2 * h, 2 * w), 1, seed=1)]
     meta = metadata(payload, config)
     traced = trace(module, inputs[0])
-    problem = next((p for p in (mismatch(module(v), traced(v)) for v in inputs) if p), None)
+    with torch.no_grad():
+        problem = next((p for p in (mismatch(module(v), traced(v)) for v in inputs) if p), None)
     if problem:
         raise UserInputError(f"{config['config']['quantizer']['kind']}: models/model.ts does not reproduce the model "
                              f"({problem}); export it with --format pretrained")

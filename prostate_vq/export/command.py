@@ -85,7 +85,8 @@ def _graphs(model, task: str, spatial_size, kind: str) -> tuple[dict[str, bytes]
             data = io.BytesIO()
             torch.jit.save(trace(module, examples[0]), data)
             loaded = torch.jit.load(io.BytesIO(data.getvalue()))
-            problem = next((p for p in (mismatch(module(v), loaded(v)) for v in examples) if p), None)
+            with torch.no_grad():
+                problem = next((p for p in (mismatch(module(v), loaded(v)) for v in examples) if p), None)
         except Exception as error:  # the tracer's failures are RuntimeErrors of many kinds
             problem = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         if problem:
