@@ -222,3 +222,14 @@ def test_rq_lookup_matches_the_library(cosine):
     b, d, h, w = indices.shape
     library = rq.rvq.get_output_from_indices(indices.permute(0, 2, 3, 1).reshape(b, h * w, d))
     assert torch.allclose(rq.lookup(indices), library.reshape(b, h, w, -1).permute(0, 3, 1, 2), atol=1e-6)
+
+
+def test_the_kinds_cover_every_preset():
+    """Each (quantizer kind, architecture) the presets use has a round-trip case above."""
+    from prostate_vq.models.presets import list_presets
+
+    used = {(get_preset(name)["quantizer"]["kind"], get_preset(name)["model"].get("architecture", "vqvae"))
+            for name, _ in list_presets()}
+    tested = {(get_preset(p)["quantizer"]["kind"], get_preset(p)["model"].get("architecture", "vqvae"))
+              for p, _ in KINDS.values()}
+    assert used <= tested
