@@ -137,7 +137,7 @@ def cmd_refit(args):
 
     run = refit(args.checkpoint, out=args.out, codebook_size=args.codebook_size, data=args.data,
                 epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, seed=args.seed,
-                progress=not args.no_progress)
+                progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"ReFiT run written to {run}")
 
 
@@ -148,7 +148,8 @@ def cmd_evaluate(args):
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
                                  device=args.device, batch_size=args.batch_size, max_slices=args.max_slices,
-                                 codecs=args.codecs, codec_bits_per_pixel=args.codec_bpp)
+                                 codecs=args.codecs, codec_bits_per_pixel=args.codec_bpp,
+                                 lpips_weights=args.lpips_weights, fid_weights=args.fid_weights)
     print(result.summary_table())
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
@@ -172,6 +173,11 @@ def cmd_sweep(args):
         kwargs["shard_spec"] = args.shard
     if args.collect:
         kwargs["collect_only"] = True
+    if args.tensorboard:
+        kwargs["tensorboard"] = True
+    for name in ("lpips_weights", "fid_weights"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     path = sweep(data=args.data, presets=[p for p in (args.presets or "").split(",") if p], out=args.out,
                  max_minutes=args.max_minutes, task=args.task, epochs=args.epochs, device=args.device,
                  seed=args.seed, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
@@ -193,6 +199,15 @@ def cmd_demo(args):
     print(f"demo report: {path}")
 
 
+def cmd_export(args):
+    from prostate_vq.export import export_checkpoint
+
+    out, notes = export_checkpoint(args.checkpoint, args.out, fmt=args.format, metrics=args.metrics)
+    for line in notes:
+        print(f"prostate-vq export: note: {line}", file=sys.stderr)
+    print(f"export ({args.format}) written to {out}")
+
+
 # --- generative prior -----------------------------------------------------------------------
 
 def cmd_train_prior(args):
@@ -201,7 +216,7 @@ def cmd_train_prior(args):
     run = train_prior(args.checkpoint, data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
                       max_minutes=args.max_minutes, device=args.device, seed=args.seed, resume=args.resume,
                       batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      max_slices=args.max_slices, progress=not args.no_progress)
+                      max_slices=args.max_slices, progress=not args.no_progress, tensorboard=args.tensorboard)
     print(f"prior run written to {run}")
 
 
@@ -209,7 +224,7 @@ def cmd_sample(args):
     from prostate_vq.prior.sample import sample
 
     out = sample(args.prior, n=args.n, out=args.out, temperature=args.temperature, seed=args.seed,
-                 device=args.device, data=args.data)
+                 device=args.device, data=args.data, fid_weights=args.fid_weights)
     print(f"{args.n} samples written to {out}")
 
 
@@ -315,7 +330,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-slices", type=int, default=None, help="use at most this many slices per split")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in RUN/tb")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard in RUN/tb: scalars, reconstruction grids, code usage, hparams")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -329,6 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log to TensorBoard in OUT/tb: scalars, reconstruction grids, code usage, hparams")
     p.set_defaults(func=cmd_refit)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics.json, per_slice.csv, figures")
@@ -345,6 +363,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codec-bpp", type=float, default=None, metavar="BPP",
                    help="the codecs' budget in bits per pixel instead of the model's nominal rate (e.g. the coded "
                         "rate `encode --compress` prints)")
+    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                   help="state dict of lpips.LPIPS(net='alex') (safetensors or torch.save): adds LPIPS; never downloaded")
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
+                   help="TorchScript feature network ([B, 3, H, W] in [0, 1] -> features): adds rFID; never downloaded")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")
@@ -352,6 +374,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--title", default="prostate-vq report")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("export", help="export a checkpoint for others: safetensors + config.json + model card, "
+                                      "TorchScript and ONNX of encode/decode, or a MONAI Bundle")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a run's best.pt")
+    p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
+    p.add_argument("--format", choices=("pretrained", "monai-bundle"), default="pretrained",
+                   help="pretrained: model.safetensors, config.json, README.md, encode/decode .ts and .onnx; "
+                        "monai-bundle: configs/, models/, docs/ as monai.bundle expects")
+    p.add_argument("--metrics", type=Path, default=None,
+                   help="metrics.json of prostate-vq evaluate for the model card (default: a sweep job's "
+                        "eval/metrics.json beside the run, if any)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("sweep", help="train and evaluate presets x grid x seeds at equal steps, then one "
                                      "comparison report (mean ± sd over seeds, paired intervals)")
@@ -383,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="the one seed when --seeds is not given")
     p.add_argument("--max-slices", type=int, default=None)
+    p.add_argument("--tensorboard", action="store_true",
+                   help="log every job to OUT/<cell>/seed<k>/run/tb: tensorboard --logdir OUT compares the cells")
+    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
+                   help="as evaluate --lpips-weights, for every job's evaluation")
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
+                   help="as evaluate --fid-weights, for every job's evaluation")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("studies", help="list the reference-table studies (run one with sweep --study NAME)")
@@ -411,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--max-slices", type=int, default=None)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--tensorboard", action="store_true", help="also log to TensorBoard in OUT/tb (history and hparams)")
     p.set_defaults(func=cmd_train_prior)
 
     p = sub.add_parser("sample", help="sample new slices from a prior")
@@ -421,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     _data(p)
+    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
+                   help="TorchScript feature network: adds FID of the samples against validation slices; never downloaded")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("encode", help="export the code map of every slice to an .npz")

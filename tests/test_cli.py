@@ -10,7 +10,7 @@ from prostate_vq.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 VERBS = {"synth", "manifest", "import", "presets", "summary", "train", "refit", "evaluate", "report",
-         "sweep", "demo", "train-prior", "sample", "encode"}
+         "sweep", "demo", "train-prior", "sample", "encode", "export"}
 
 
 def test_every_verb_is_registered():

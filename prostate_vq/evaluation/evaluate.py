@@ -74,13 +74,15 @@ def _records(dataset, n: int) -> list[dict]:
 
 
 @torch.inference_mode()
-def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCodes, keep_images: bool = False) -> dict:
+def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCodes, keep_images: bool = False,
+         lpips=None, fid_net=None) -> dict:
     from prostate_vq.data import make_loader
+    from prostate_vq.evaluation.perceptual import features
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     images: list = []
-    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "dice": [], "ssim_region": [],
-                               "dice_monai": [], "overlap": []}
+    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "ms_ssim": [], "dice": [], "ssim_region": [],
+                               "dice_monai": [], "overlap": [], "lpips": [], "fid_recon": [], "fid_image": []}
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
     body = False
     for batch in loader:
@@ -94,6 +96,11 @@ def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCode
                 values[key].append(value)
             values["ssim_region"].append(ssim_in_region(recon, image, label))
             body = label is not None
+            if lpips is not None:
+                values["lpips"].append(lpips.to(device)(recon, image).float().cpu())
+            if fid_net is not None:
+                values["fid_recon"].append(features(fid_net.to(device), recon))
+                values["fid_image"].append(features(fid_net.to(device), image))
         if pred is not None and label is not None:
             values["dice"].append(dice_per_slice(pred, label))
             values["dice_monai"].append(dice_monai(pred, label))
@@ -106,7 +113,9 @@ def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCode
 def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
     columns = ["file", "case", "week", "slice"]
     if values["ssim"] is not None:
-        columns += ["ssim", "psnr", "mse", "mae"]
+        columns += ["ssim", "psnr", "mse", "mae", "ms_ssim"]
+    if values["lpips"] is not None:
+        columns.append("lpips")
     if values["dice"] is not None:
         columns += [f"dice_{name}" for name in LABEL_NAMES]
     baselines = values.get("codec_values") or {}
@@ -119,6 +128,9 @@ def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
             cells = [row["file"], row["case"], row["week"], row["slice"]]
             if values["ssim"] is not None:
                 cells += [f"{values[k][i]:.6g}" for k in ("ssim", "psnr", "mse", "mae")]
+                cells.append("" if values["ms_ssim"] is None else f"{values['ms_ssim'][i]:.6g}")
+            if values["lpips"] is not None:
+                cells.append(f"{values['lpips'][i]:.6g}")
             if values["dice"] is not None:
                 cells += ["" if math.isnan(d) else f"{d:.6g}" for d in values["dice"][i]]
             for codec in baselines.values():
@@ -204,12 +216,15 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "test",
                         out: str | Path | None = None, device: str = "auto", batch_size: int = 32,
                         max_slices: int | None = None, figures: bool = True, codecs=None,
-                        codec_bits_per_pixel: float | None = None) -> EvaluationResult:
+                        codec_bits_per_pixel: float | None = None, lpips_weights=None,
+                        fid_weights=None) -> EvaluationResult:
     """Score a checkpoint on ``split`` of ``data`` (default: the demo phantom) and write the results to ``out``.
     ``codecs`` (e.g. ``["webp", "avif", "jpeg2000", "jpeg"]``) codes the same slices at the model's rate
     (evaluation.codecs) and scores them alike: metrics.json's ``baselines``. ``codec_bits_per_pixel`` gives
-    the codecs another budget: the rate the codes really take entropy-coded (`encode --compress`)."""
+    the codecs another budget: the rate the codes really take entropy-coded (`encode --compress`).
+    ``lpips_weights`` and ``fid_weights`` (files on disk, evaluation.perceptual) add LPIPS and rFID."""
     from prostate_vq.evaluation.codecs import parse_codecs
+    from prostate_vq.evaluation.perceptual import load_feature_net, load_lpips
     from prostate_vq.training.checkpoints import load_model
     from prostate_vq.training.runtime import resolve_device
 
@@ -225,6 +240,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         raise UserInputError(f"--codec-bpp must be a positive number of bits per pixel, got {codec_bits_per_pixel}")
     if codec_bits_per_pixel is not None and not codecs:
         raise UserInputError("--codec-bpp sets the codecs' budget: name them with --codecs")
+    lpips = None if lpips_weights is None else load_lpips(lpips_weights)  # so is a missing weights file
+    fid_net = None if fid_weights is None else load_feature_net(fid_weights)
     torch_device = resolve_device(device)
     model, payload = load_model(checkpoint, torch_device)
     if data is None:
@@ -242,7 +259,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     spatial = [int(s) for s in payload["spatial_size"]]
     levels = model.code_levels(spatial)
     joint = JointCodes([level.codebook_size for level in levels])
-    values = _run(model, dataset, torch_device, batch_size, joint, keep_images=bool(codecs))
+    values = _run(model, dataset, torch_device, batch_size, joint, keep_images=bool(codecs), lpips=lpips,
+                  fid_net=fid_net)
+    values["perceptual"] = _perceptual(values, lpips_weights, fid_weights)
     values["levels"] = level_health(values["counts"], levels, spatial)
     values["joint"] = joint.to_dict()
     rows = _records(dataset, len(dataset))
@@ -272,8 +291,23 @@ def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict],
         figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
         epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
         levels=values["levels"], conventions=_conventions(values, rows), joint=values["joint"],
-        budget=_budget(checkpoint, payload), baselines=values.get("baselines"),
+        budget=_budget(checkpoint, payload), baselines=values.get("baselines"), perceptual=values["perceptual"],
     )
+
+
+def _perceptual(values: dict, lpips_weights, fid_weights) -> dict:
+    """metrics.json's LPIPS and rFID keys (absent without their weights) with the weights that scored them."""
+    from prostate_vq.evaluation.perceptual import frechet_distance, weights_id
+
+    out: dict = {}
+    if values["lpips"] is not None:
+        out.update(lpips_mean=float(values["lpips"].mean()), lpips_std=float(values["lpips"].std()),
+                   lpips_weights=weights_id(Path(lpips_weights)))
+    if values["fid_recon"] is not None:
+        out.update(fid=frechet_distance(torch.as_tensor(values["fid_recon"]), torch.as_tensor(values["fid_image"])),
+                   fid_n=len(values["fid_recon"]), fid_weights=weights_id(Path(fid_weights)),
+                   fid_reference="the same split's original slices (reconstruction FID)")
+    return out
 
 
 def _budget(checkpoint: Path, payload: dict) -> dict:
@@ -321,7 +355,7 @@ def _conventions(values: dict, rows: list[dict]) -> dict:
                     "dice_per_class_case3d": case3d, "dice_mean_case3d": foreground_mean(case3d),
                     "dice_prostate_per_slice": per_slice["prostate"], "dice_prostate_monai": monai["prostate"],
                     "dice_prostate_case3d": case3d["prostate"]})
-    per_slice_metrics = {"ssim": values["ssim"], "ssim_region": values["ssim_region"],
+    per_slice_metrics = {"ssim": values["ssim"], "ssim_region": values["ssim_region"], "ms_ssim": values["ms_ssim"],
                          "dice_prostate_monai": None if values["dice"] is None else values["dice_monai"][:, PROSTATE]}
     out["per_patient"] = per_patient([str(r["case"]) for r in rows], per_slice_metrics, volume_dice)
     return out

@@ -8,6 +8,11 @@ Conventions, fixed here so every report means the same thing:
   prediction (nothing to score), 0 when it is predicted but absent from the reference. A class's Dice
   is the mean over the slices where it is scored; ``dice_mean`` averages the foreground classes.
 * The brief's bar: a slice passes when its SSIM > 0.6; the model passes when the mean SSIM > 0.6.
+* MS-SSIM (Wang, Simoncelli & Bovik 2003; MONAI's ``MultiScaleSSIMMetric``): the standard 5 scales and
+  weights (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), 2x2 average pooling between scales, a 7x7 Gaussian
+  window with sigma 1.5 (not 11x11: MONAI needs each side // 16 > window - 1, so 11 would need 176 px and
+  128x128 slices would be refused; with 7 any side of at least 112 px works, 128x128 and 256x128 included).
+  Smaller slices get no MS-SSIM (null in metrics.json, an empty per_slice.csv cell).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from monai.metrics import PSNRMetric, SSIMMetric
+from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 
 from prostate_vq.data import LABEL_NAMES
 from prostate_vq.files import json_float
@@ -25,8 +30,24 @@ from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
 from prostate_vq.training.validation import dice_per_slice as training_dice
 
 SSIM_THRESHOLD = 0.6
+MS_SSIM_WINDOW = 7
+MS_SSIM_SIGMA = 1.5
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+MS_SSIM_MIN_SIDE = 16 * (MS_SSIM_WINDOW - 1) + 16  # MONAI: side // 16 > window - 1
 
 
+def ms_ssim_fits(shape) -> bool:
+    """Whether slices of this (H, W) are large enough for MS-SSIM at our window and scales."""
+    return min(int(s) for s in shape[-2:]) >= MS_SSIM_MIN_SIDE
+
+
+def ms_ssim_per_slice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
+    """MS-SSIM of each pair of ``[B, 1, H, W]`` slices in [0, 1] (clamped), or None when they are too small."""
+    if not ms_ssim_fits(a.shape):
+        return None
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", kernel_size=MS_SSIM_WINDOW,
+                                  kernel_sigma=MS_SSIM_SIGMA, weights=MS_SSIM_WEIGHTS, reduction="none")
+    return metric(a.detach().float().clamp(0, 1), b.detach().float().clamp(0, 1)).reshape(-1).cpu()
 
 
 # --- per-slice values -----------------------------------------------------------------------
@@ -45,12 +66,16 @@ def reconstruction_per_slice(recon: torch.Tensor, image: torch.Tensor) -> dict[s
     ssim = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=SSIM_WINDOW,
                       kernel_sigma=SSIM_SIGMA, reduction="none")
     psnr = PSNRMetric(max_val=1.0, reduction="none")
-    return {
+    out = {
         "ssim": ssim(recon, image).reshape(-1).cpu(),
         "psnr": psnr(recon, image).reshape(-1).cpu(),
         "mse": diff.pow(2).mean(dim=(1, 2, 3)).cpu(),
         "mae": diff.abs().mean(dim=(1, 2, 3)).cpu(),
     }
+    ms_ssim = ms_ssim_per_slice(recon, image)
+    if ms_ssim is not None:
+        out["ms_ssim"] = ms_ssim
+    return out
 
 
 def dice_per_slice(pred: torch.Tensor, target: torch.Tensor, num_classes: int = len(LABEL_NAMES)) -> torch.Tensor:
@@ -79,6 +104,8 @@ class ReconstructionMetrics:
     mae_mean: float
     n_slices: int
     ssim_threshold: float = SSIM_THRESHOLD
+    ms_ssim_mean: float | None = None  # None when the slices are too small for MS-SSIM (see the module docstring)
+    ms_ssim_std: float | None = None
 
     @property
     def verdict(self) -> str:
@@ -91,12 +118,14 @@ class ReconstructionMetrics:
 
 
 def summarize_reconstruction(values: dict[str, np.ndarray]) -> ReconstructionMetrics:
-    """Summaries of per-slice arrays ``ssim``, ``psnr``, ``mse``, ``mae``."""
+    """Summaries of per-slice arrays ``ssim``, ``psnr``, ``mse``, ``mae`` (and ``ms_ssim`` when present)."""
     ssim = np.asarray(values["ssim"], dtype=np.float64)
     if ssim.size == 0:
         raise ValueError("no slices to summarise")
     psnr = np.asarray(values["psnr"], dtype=np.float64)
     finite = psnr[np.isfinite(psnr)]
+    ms_ssim = values.get("ms_ssim")
+    ms_ssim = None if ms_ssim is None else np.asarray(ms_ssim, dtype=np.float64)
     return ReconstructionMetrics(
         ssim_mean=float(ssim.mean()), ssim_std=float(ssim.std()), ssim_median=float(np.median(ssim)),
         ssim_min=float(ssim.min()), ssim_max=float(ssim.max()),
@@ -106,6 +135,8 @@ def summarize_reconstruction(values: dict[str, np.ndarray]) -> ReconstructionMet
         psnr_infinite=int(psnr.size - finite.size),
         mse_mean=float(np.mean(values["mse"])), mae_mean=float(np.mean(values["mae"])),
         n_slices=int(ssim.size),
+        ms_ssim_mean=None if ms_ssim is None else float(ms_ssim.mean()),
+        ms_ssim_std=None if ms_ssim is None else float(ms_ssim.std()),
     )
 
 

@@ -10,7 +10,7 @@ from prostate_vq.files import strict_json, write_json_atomic
 
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
-               "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean")
+               "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean", "ms_ssim_mean", "ms_ssim_std")
 
 
 @dataclass
@@ -37,6 +37,7 @@ class EvaluationResult:
     joint: dict = field(default_factory=dict)  # joint-code usage and perplexity over the levels (models.rate.JointCodes)
     budget: dict = field(default_factory=dict)  # steps/epochs of the checkpoint and of its run (evaluate._budget)
     baselines: dict | None = None  # classical codecs at the model's rate (evaluation.baselines), when asked for
+    perceptual: dict = field(default_factory=dict)  # LPIPS / rFID from user-supplied weights (evaluation.perceptual)
 
     @property
     def bits_per_pixel(self) -> float | None:
@@ -74,7 +75,7 @@ class EvaluationResult:
                     "seed": self.seed, "versions": dict(self.versions), "figures": dict(self.figures),
                     "bits_per_pixel": json_float(self.bits_per_pixel),
                     "effective_bits_per_pixel": json_float(self.effective_bits_per_pixel),
-                    **strict_json(self.joint), **strict_json(self.budget),
+                    **strict_json(self.joint), **strict_json(self.budget), **strict_json(self.perceptual),
                     **({"baselines": strict_json(self.baselines)} if self.baselines else {}),
                     "levels": strict_json(self.levels),
                     "code_counts": counts})
@@ -96,10 +97,17 @@ class EvaluationResult:
                  else f"{r.psnr_mean:.2f} +/- {r.psnr_std:.2f}"),
                 ("MSE / MAE", f"{r.mse_mean:.2e} / {r.mae_mean:.2e}"),
             ]
+            if r.ms_ssim_mean is not None:
+                rows.append(("MS-SSIM", f"{r.ms_ssim_mean:.4f} +/- {r.ms_ssim_std:.4f}"))
         s = self.segmentation
         if s is not None:
             rows.append(("Dice (foreground)", "n/a" if s.dice_mean is None else f"{100 * s.dice_mean:.2f}%"))
             rows += [(f"  {name}", "n/a" if v is None else f"{100 * v:.2f}%") for name, v in s.dice_per_class.items()]
+        p = self.perceptual
+        if p.get("lpips_mean") is not None:
+            rows.append(("LPIPS", f"{p['lpips_mean']:.4f} +/- {p['lpips_std']:.4f} ({p['lpips_weights']['file']})"))
+        if "fid" in p:
+            rows.append(("rFID", f"{_f(p['fid'], 2)} over {p['fid_n']} slices ({p['fid_weights']['file']})"))
         c = self.codebook
         rows += [("codes used", f"{c.codes_used} / {c.codebook_size} ({c.codebook_usage_pct:.1f}%)"),
                  ("perplexity", f"{c.perplexity:.1f}")]

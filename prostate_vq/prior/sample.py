@@ -12,7 +12,9 @@ Output folder:
 * ``samples.json``: settings, per-sample checks (``prior/checks.py``), their summary, and the same
   checks for up to ``n`` validation slices as the reference a real unseen slice reaches;
   ``reference.samples_closer_than_any_validation_slice`` is the share of samples more similar to a
-  training slice than every validation slice is (a memorisation flag: near 0 is healthy).
+  training slice than every validation slice is (a memorisation flag: near 0 is healthy); ``quality``
+  (image and joint tasks): diversity as mean pairwise MS-SSIM among the samples and among as many
+  validation slices, MONAI's MMD against them, and FID with ``--fid-weights`` (evaluation.sample_quality).
 """
 
 from __future__ import annotations
@@ -106,10 +108,24 @@ def memorisation_check(generated: torch.Tensor, root: Path, task: str, spatial: 
     return per_sample, summary, reference, len(train_ds)
 
 
+def _real_slices(root: Path, task: str, spatial: tuple[int, int], n: int) -> torch.Tensor | None:
+    """Up to ``n`` validation images (the sample-quality reference), or None without a validation split."""
+    from prostate_vq.data import make_dataset
+
+    try:
+        dataset = make_dataset(root, "validate", task, spatial_size=spatial, max_slices=n)
+    except UserInputError:
+        return None
+    return _stacked(dataset, "image").float() if len(dataset) else None
+
+
 def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0, device: str = "auto",
-           data=None, candidates: int = 16) -> Path:
+           data=None, candidates: int = 16, fid_weights=None) -> Path:
     """Sample ``n`` slices from the prior checkpoint ``prior`` into the folder ``out`` (see module docstring).
-    Same seed, temperature and device -> the same samples."""
+    Same seed, temperature and device -> the same samples. ``fid_weights`` (a TorchScript feature network
+    on disk, evaluation.perceptual) adds FID against the validation slices."""
+    from prostate_vq.evaluation.perceptual import load_feature_net
+    from prostate_vq.evaluation.sample_quality import sample_quality
     from prostate_vq.training.runtime import resolve_device
 
     if out is None:
@@ -118,6 +134,7 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         raise UserInputError(f"--n must be at least 1, got {n}")
     if not temperature > 0:
         raise UserInputError(f"--temperature must be positive, got {temperature}")
+    fid_net = None if fid_weights is None else load_feature_net(fid_weights)  # a missing file: one line, first
     device = resolve_device(device)
     out = Path(out)
     network, vqvae, layout, payload = load_prior(prior, device)
@@ -153,6 +170,9 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
     for record, extra in zip(records, per_sample):
         record.update(extra)
     summary["nll_bits_per_code"] = _summary(sample_bits)
+    spatial = tuple(int(v) for v in payload["spatial_size"])
+    quality = None if images is None else sample_quality(
+        images, _real_slices(root, task, spatial, n), fid_net, None if fid_weights is None else Path(fid_weights))
 
     info = {
         "n": n, "arch": payload.get("arch"), "temperature": temperature, "seed": seed, "device": str(device),
@@ -165,6 +185,7 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
                            f"exact SSIM among the {candidates} training slices nearest in L2 (4x pooled)"),
         "summary": summary,
         "reference": reference,
+        "quality": quality,
         "samples": records,
     }
     write_json_atomic(out / "samples.json", info)

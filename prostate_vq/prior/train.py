@@ -123,19 +123,21 @@ def _encode_splits(model, root: Path, payload: dict, layout: CodeLayout, device,
 def train_prior(checkpoint, data=None, out=None, arch: str = "pixelcnn", epochs: int | None = None,
                 max_minutes: float | None = None, device: str = "auto", seed: int = 0, resume: bool = False,
                 batch_size: int | None = None, lr: float | None = None, patience: int | None = None,
-                max_slices: int | None = None, progress: bool = True, arch_options: dict | None = None) -> Path:
+                max_slices: int | None = None, progress: bool = True, arch_options: dict | None = None,
+                tensorboard: bool = False) -> Path:
     """Train a prior over the codes of the VQ-VAE ``checkpoint``; returns the run folder (best.pt, last.pt,
-    history.csv, metrics.json). ``arch_options`` overrides network sizes (e.g. ``{"dim": 32}``). The folder is
-    locked meanwhile: a second process is refused."""
+    history.csv, metrics.json). ``arch_options`` overrides network sizes (e.g. ``{"dim": 32}``); ``tensorboard``
+    also logs the history and, at the end, the hparams with the final NLLs to ``out/tb``. The folder is locked
+    meanwhile: a second process is refused."""
     if out is None:
         raise UserInputError("train-prior needs --out")
     with folder_lock(out, create=not resume):
         return _train_prior(checkpoint, data, Path(out), arch, epochs, max_minutes, device, seed, resume, batch_size,
-                            lr, patience, max_slices, progress, arch_options)
+                            lr, patience, max_slices, progress, arch_options, tensorboard)
 
 
 def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device, seed, resume, batch_size, lr,
-                 patience, max_slices, progress, arch_options) -> Path:
+                 patience, max_slices, progress, arch_options, tensorboard=False) -> Path:
     started = time.monotonic()
     last_path = out / "last.pt"
     device = resolve_device(device)
@@ -206,11 +208,21 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         "data_root": str(root), "seed": seed, "max_slices": max_slices, "versions": versions(),
     }
     plugin = PriorTraining(prior, codes, optimizer, training, device, seed)
-    writer = RunWriter(out, active=True, tensorboard=False)  # also clears our own writes cut short by a kill -9
+    writer = RunWriter(out, active=True, tensorboard=tensorboard)  # also clears our own writes cut short by a kill -9
     engine = Engine(plugin, prior, optimizer, scheduler, stopper, writer, plain(base_payload),
                     epochs=int(training["epochs"]), state=state, deadline=budget_deadline(started, max_minutes),
                     progress=progress, budget_text=f"{max_minutes} min")
-    stop_reason = engine.run()
+    try:
+        stop_reason = engine.run()
+        return _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path,
+                             root, seed, device, writer, spatial)
+    finally:
+        writer.close()
+
+
+def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path, root, seed,
+                  device, writer, spatial) -> Path:
+    """metrics.json of the best checkpoint (and the TensorBoard hparams with its NLLs)."""
     history = state.history
     batch = int(training["batch_size"])
     train_codes = codes["train"]
@@ -237,6 +249,8 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
     metrics["test_nll_bits_per_pixel"] = metrics["test_bits_per_slice"] / pixels
     metrics["nominal_bits_per_pixel"] = metrics["uniform_bits_per_code"] * metrics["codes_per_slice"] / pixels
     write_json_atomic(out / "metrics.json", metrics)
+    writer.hparams({"arch": prior_cfg["arch"], "seed": seed, "prior": prior_cfg, "training": training},
+                   {k: metrics[k] for k in ("val_nll_bits_per_code", "test_nll_bits_per_code", "best_epoch", "epochs_run")})
     log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f); test %.4f bits per pixel under the prior "
              "(nominal %.4f)", metrics["val_nll_bits_per_code"], metrics["test_nll_bits_per_code"],
              metrics["uniform_bits_per_code"], metrics["test_nll_bits_per_pixel"], metrics["nominal_bits_per_pixel"])

@@ -28,6 +28,7 @@ def dice_table(m: dict) -> str | None:
 
 
 _PATIENT_COLUMNS = (("ssim", "SSIM", 1.0, ".4f"), ("ssim_region", "SSIM in region", 1.0, ".4f"),
+                    ("ms_ssim", "MS-SSIM", 1.0, ".4f"),
                     ("dice_prostate_monai", "Prostate Dice (%, MONAI)", 100.0, ".2f"),
                     ("dice_prostate_case3d", "Prostate Dice (%, case 3D)", 100.0, ".2f"))
 
@@ -99,3 +100,21 @@ def baselines_table(m: dict) -> str | None:
     note = (f"Codecs at {whose} {fmt(budget, '.4g')} bits per pixel: {section.get('rule', '')}. "
             f"Ours minus the best codec: SSIM {delta('ssim', '.4f')}, PSNR {delta('psnr', '.2f')} dB.")
     return table + "\n\n" + note
+
+
+PERCEPTUAL_NOTE = ("MS-SSIM: MONAI `MultiScaleSSIMMetric`, 5 scales with the standard weights, 7x7 Gaussian window "
+                   "(sigma 1.5), images in [0, 1] (slices under 112 px a side have none). LPIPS (lower is better) and "
+                   "rFID (Fréchet distance between reconstructions and originals, lower is better) only with the "
+                   "network weights given to evaluate (`--lpips-weights`, `--fid-weights`); the weights file named "
+                   "in each model's metrics.json.")
+
+
+def perceptual_table(rows: list[tuple[str, dict]]) -> str | None:
+    """Model | MS-SSIM | LPIPS | rFID, when any evaluation has one of them (else None: no empty table)."""
+    keys = ("ms_ssim_mean", "lpips_mean", "fid")
+    if not any(m.get(k) is not None for _, m in rows for k in keys):
+        return None
+    body = [[name, DASH if m.get("ms_ssim_mean") is None else
+             f"{fmt(m['ms_ssim_mean'], '.4f')} ± {fmt(m.get('ms_ssim_std'), '.3f')}",
+             fmt(m.get("lpips_mean"), ".4f"), fmt(m.get("fid"), ".2f")] for name, m in rows]
+    return md_table(["Model", "MS-SSIM", "LPIPS", "rFID"], body, ["l", "c", "c", "c"]) + "\n\n" + PERCEPTUAL_NOTE

@@ -18,7 +18,13 @@ from prostate_vq.evaluation import figures
 from prostate_vq.evaluation.metrics import SSIM_THRESHOLD
 from prostate_vq.models import build_model
 from prostate_vq.models.summary import network_summary
-from prostate_vq.reporting.evaluation_tables import baselines_table, dice_table, levels_table, per_patient_table
+from prostate_vq.reporting.evaluation_tables import (
+    baselines_table,
+    dice_table,
+    levels_table,
+    per_patient_table,
+    perceptual_table,
+)
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
@@ -291,6 +297,14 @@ def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[Sam
             if isinstance(reference, dict) and "mean" in reference:
                 line += f"; unseen validation slices reach {reference['mean']:.3f} on average"
             report.add(line + ".", "")
+        quality = info.get("quality") or {}
+        if quality:
+            parts = [f"diversity (mean pairwise MS-SSIM, lower is more diverse) {fmt(quality.get('diversity_ms_ssim'), '.3f')} "
+                     f"against {fmt(quality.get('diversity_ms_ssim_real'), '.3f')} among {quality.get('n_real', 0)} "
+                     "validation slices", f"MMD (MONAI) {fmt(quality.get('mmd'), '.4g')}"]
+            if "fid" in quality:
+                parts.append(f"FID {fmt(quality.get('fid'), '.2f')} ({esc((quality.get('fid_weights') or {}).get('file', '?'))})")
+            report.add("Sample quality: " + "; ".join(parts) + ".", "")
         report.image(folder.grid, f"samples from {esc(folder.path.name)}")
 
 
@@ -388,6 +402,9 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
                    "position; for one level, the codes): usage = tuples seen over min(possible tuples, positions); "
                    "perplexity exp(H) of the tuple histogram (= number of tuples under uniform use). Per-level "
                    "numbers are in each model's section.", "")
+        perceptual = perceptual_table([(e.name, e.evaluation.metrics) for e in entries if e.evaluation is not None])
+        if perceptual:
+            report.add("### Multi-scale and perceptual metrics", "", perceptual, "")
         _dataset_section(report, entries)
         report.add("## Models", "",
                    "A VQ-VAE [1] encodes a slice into a grid of vectors, replaces each by its nearest codebook "

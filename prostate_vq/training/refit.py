@@ -34,7 +34,8 @@ MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipM
 
 def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = None,
           max_minutes: float | None = None, device: str = "auto", seed: int = 0, progress: bool = True,
-          max_slices: int | None = None, num_workers: int = 0, max_steps: int | None = None) -> Path:
+          max_slices: int | None = None, num_workers: int = 0, max_steps: int | None = None,
+          tensorboard: bool = False) -> Path:
     """ReFiT run folder (best.pt/last.pt/history.csv/refit.json) fine-tuned from `checkpoint`.
 
     Spatial size, batch size and losses come from the checkpoint's config; the learning rate from its
@@ -66,7 +67,7 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
             "codebook_size_after": int(codebook_size), "kmeans_points_max": MAX_KMEANS_POINTS}
     options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=base.get("preset", "custom"),
                            task=base["task"], max_minutes=max_minutes, seed=int(seed), device=device,
-                           progress=progress, max_slices=max_slices, num_workers=num_workers)
+                           progress=progress, max_slices=max_slices, num_workers=num_workers, tensorboard=tensorboard)
     root = None if data else Path(base["data_root"])
 
     def init(model, ctx: InitContext) -> dict:
@@ -188,7 +189,7 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
             run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
                         epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
                         seed=options.seed, progress=options.progress, max_slices=options.max_slices,
-                        num_workers=options.num_workers)
+                        num_workers=options.num_workers, tensorboard=options.tensorboard)
         return run
 
 

@@ -64,9 +64,49 @@ class RunWriter:
                     self.tb.add_scalar(key, value, epoch_row["epoch"])
             self.tb.flush()
 
+    def visuals(self, step: int, images: torch.Tensor, recon: torch.Tensor | None, counts: torch.Tensor | None) -> None:
+        """TensorBoard: a grid of validation slices over their reconstructions, and how often each code was used
+        (a histogram over code indices: dead codes are the gaps)."""
+        if self.tb is None:
+            return
+        if recon is not None:
+            self.tb.add_images("reconstructions/input_then_output",
+                               torch.cat([images, recon]).float().clamp(0, 1).cpu(), step)
+        if counts is not None and len(counts):
+            counts = torch.as_tensor(counts).double().cpu()
+            index = torch.arange(len(counts), dtype=torch.float64)
+            self.tb.add_histogram_raw("codebook/code_usage", min=0, max=len(counts) - 1, num=int(counts.sum()),
+                                      sum=float((counts * index).sum()), sum_squares=float((counts * index ** 2).sum()),
+                                      bucket_limits=(index + 0.5).tolist(), bucket_counts=counts.tolist(),
+                                      global_step=step)
+        self.tb.flush()
+
+    def hparams(self, params: dict, metrics: dict) -> None:
+        """TensorBoard's hparams table: this run's configuration beside its final metrics, so `tensorboard
+        --logdir SWEEP` compares the cells of a sweep (written into the run's own event folder)."""
+        if self.tb is None:
+            return
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(params).items()
+                if v is not None}
+        finite = {f"hparam/{k}": float(v) for k, v in metrics.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        self.tb.add_hparams(flat, finite, run_name=".")
+        self.tb.flush()
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """{"model": {"channels": [32]}} -> {"model.channels": [32]}."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def versions() -> dict:

@@ -304,6 +304,9 @@ class VQVAETraining:
             self.engine.run()
             if self.dist.enabled:
                 record_rank_sync(self.writer, self.core, self.dist)
+            self.writer.hparams({"preset": self.base_payload["preset"], "task": self.task, "seed": self.seed,
+                                 **{k: self.cfg[k] for k in ("model", "quantizer", "training", "refit") if self.cfg.get(k)}},
+                                final_metrics(self.engine.state.history))
         finally:
             self.writer.close()
         return self.out if self.dist.is_main else None  # under torchrun only rank 0 reports the run
@@ -343,6 +346,24 @@ class VQVAETraining:
     def after_epoch(self, epoch: int, result: EpochResult) -> None:
         metrics = result.details
         warn_if_collapsed(metrics, epoch, self.core.num_codes, self._levels(metrics))
+        if self.writer.tb is not None:
+            self._visuals(epoch, metrics.get("code_counts"))
+
+    @torch.no_grad()
+    def _visuals(self, epoch: int, counts) -> None:
+        """TensorBoard's reconstruction grid of the first validation slices (rank 0 only, the model in eval)."""
+        batch = self.val_ds.batch(range(min(8, len(self.val_ds))))
+        was_training = self.core.training
+        self.core.eval()
+        try:
+            out = self.core(self.core.prepare_input(batch))
+        finally:
+            self.core.train(was_training)
+        if out.recon is not None:
+            images, shown = batch["image"].float(), out.recon
+        else:  # mask task: reference and predicted label maps, scaled to [0, 1]
+            images, shown = batch["label"].float() / 5, out.seg_logits.argmax(1, keepdim=True).float() / 5
+        self.writer.visuals(epoch, images.cpu(), shown.cpu(), counts)
 
     def postfix(self, row: dict) -> dict:
         return {"loss": f"{row['train_loss']:.4g}", "val_ssim": _fmt(row["val_ssim"]),
@@ -352,6 +373,18 @@ class VQVAETraining:
         """Usage and perplexity per code map (RQ depths, VQ-VAE-2 top and bottom) on the validation split."""
         spatial = [int(s) for s in self.training["spatial_size"]]
         return level_health(metrics["code_counts"], self.core.code_levels(spatial), spatial)
+
+
+def final_metrics(history: list[dict]) -> dict:
+    """The hparams table's metrics: the best validation loss and SSIM over the run, the last epoch's usage."""
+    def best(key, pick):
+        values = [r[key] for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+        return pick(values) if values else None
+
+    last = history[-1] if history else {}
+    return {"best_val_loss": best("val_loss", min), "best_val_ssim": best("val_ssim", max),
+            "final_codebook_usage_pct": last.get("codebook_usage_pct"), "final_perplexity": last.get("perplexity"),
+            "steps": last.get("step"), "epochs": last.get("epoch")}
 
 
 class CodebookCollapseWarning(UserWarning):

@@ -21,7 +21,7 @@ def finished(run: Path) -> bool:
 
 def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_minutes, spatial_size, seed: int,
               device: str, max_slices, progress: bool, overrides=None, max_steps=None, label: str | None = None,
-              compile: bool = False) -> Path:
+              compile: bool = False, tensorboard: bool = False) -> Path:
     from prostate_vq.training import TrainOptions, train
 
     label = label or preset
@@ -36,17 +36,18 @@ def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_
                        max_minutes=max_minutes, max_steps=max_steps,
                        spatial_size=tuple(spatial_size) if spatial_size else None,
                        seed=seed, device=device, resume=resume, max_slices=max_slices, progress=progress,
-                       overrides=list(overrides or []), compile=compile))
+                       overrides=list(overrides or []), compile=compile, tensorboard=tensorboard))
     say(tag, f"{label}: trained in {(time.monotonic() - start) / 60:.1f} min")
     return run
 
 
 def evaluate_run(tag: str, run: Path, out: Path, *, data, device: str, max_slices, label: str | None = None,
-                 codecs=None):
+                 codecs=None, lpips_weights=None, fid_weights=None):
     from prostate_vq.evaluation import evaluate_checkpoint
 
     result = evaluate_checkpoint(run / "best.pt", data=data, split="test", out=out, device=device,
-                                 max_slices=max_slices, codecs=codecs)
+                                 max_slices=max_slices, codecs=codecs, lpips_weights=lpips_weights,
+                                 fid_weights=fid_weights)
     m = result.to_dict()
     parts = [f"{result.n_slices} test slices"]
     if m.get("ssim_mean") is not None:

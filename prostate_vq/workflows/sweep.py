@@ -31,12 +31,15 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
           epochs: int | None = None, device: str = "auto", seed: int = 0, spatial_size=None,
           max_slices: int | None = None, progress: bool = True, overrides=None, *, max_steps: int | None = None,
           seeds=None, grid=None, reference: str | None = None, study: str | None = None, shard_spec: str | None = None,
-          collect_only: bool = False, codecs=None) -> Path:
+          collect_only: bool = False, codecs=None, tensorboard: bool = False, lpips_weights=None,
+          fid_weights=None) -> Path:
     """Train and evaluate every (cell, seed) into ``out/<cell>/seed<k>/{run,eval}``; returns ``out/report.md``.
 
     ``presets`` x ``grid`` (``["section.key=v1,v2"]``) make the cells, or ``study`` names a reference-table study
     (workflows/studies.yaml); ``seeds`` (``"0,1,2"`` or a list) the seeds; ``overrides`` apply to every cell.
-    Finished jobs are reused and killed ones resumed."""
+    Finished jobs are reused and killed ones resumed. ``tensorboard`` logs every job into its run/tb, so
+    `tensorboard --logdir OUT` compares the cells (hparams with final metrics). ``lpips_weights`` and
+    ``fid_weights`` (files on disk) add LPIPS and rFID to every evaluation."""
     if out is None:
         raise UserInputError("--out is required")
     out = Path(out)
@@ -71,6 +74,13 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
     from prostate_vq.evaluation.codecs import parse_codecs
 
     codecs = parse_codecs(codecs)
+    from prostate_vq.evaluation.perceptual import load_feature_net, load_lpips
+
+    if lpips_weights is not None:
+        load_lpips(lpips_weights)  # a missing or foreign file is one line before hours of training
+    if fid_weights is not None:
+        load_feature_net(fid_weights)
+    perceptual = {"lpips_weights": lpips_weights, "fid_weights": fid_weights}
     for cell in cells:  # fail before hours of training, not after
         try:
             apply_overrides(get_preset(cell.preset), [*(overrides or []), *cell.overrides])
@@ -96,7 +106,7 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
         write_json_atomic(ensure_dir(out / cell.name) / CELL_FILE, cell.to_dict())
     for i, job in enumerate(jobs, 1):
         _run_job(f"sweep {i}/{len(jobs)}", out, job, data=data, device=device, progress=progress, codecs=codecs,
-                 **given)
+                 tensorboard=tensorboard, perceptual=perceptual, **given)
     return write_sweep_report(out, settings)
 
 
@@ -113,19 +123,33 @@ def _check_budget(max_steps, max_minutes, epochs) -> None:
 
 
 def _run_job(tag: str, out: Path, job: Job, *, data, device, progress, codecs, task, spatial_size, max_steps,
-             max_minutes, epochs, overrides, max_slices) -> None:
+             max_minutes, epochs, overrides, max_slices, tensorboard=False, perceptual=None) -> None:
     folder = job.folder(out)
     label = f"{job.cell.name} seed {job.seed}"
     run = train_run(tag, folder / "run", data=data, preset=job.cell.preset, task=task, epochs=epochs,
                     max_minutes=max_minutes, max_steps=max_steps, spatial_size=spatial_size, seed=job.seed,
                     device=device, max_slices=max_slices, progress=progress,
-                    overrides=[*overrides, *job.cell.overrides], label=label)
+                    overrides=[*overrides, *job.cell.overrides], label=label, tensorboard=tensorboard)
     metrics = folder / "eval" / "metrics.json"
-    if metrics.is_file() and metrics.stat().st_mtime >= (run / "best.pt").stat().st_mtime and _has_codecs(metrics, codecs):
+    perceptual = perceptual or {}
+    if metrics.is_file() and metrics.stat().st_mtime >= (run / "best.pt").stat().st_mtime and _has_codecs(metrics, codecs) \
+            and _has_perceptual(metrics, perceptual):
         say(tag, f"{label}: reusing its evaluation in {metrics.parent}")
         return
     evaluate_run(tag, run, folder / "eval", data=data, device=device, max_slices=max_slices, label=label,
-                 codecs=codecs)
+                 codecs=codecs, **perceptual)
+
+
+def _has_perceptual(metrics: Path, perceptual: dict) -> bool:
+    """An evaluation already holds the LPIPS / rFID asked for (else it is evaluated again)."""
+    wanted = [key for key, name in (("lpips_mean", "lpips_weights"), ("fid", "fid_weights")) if perceptual.get(name)]
+    if not wanted:
+        return True
+    try:
+        done = json.loads(metrics.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return all(key in done for key in wanted)
 
 
 def _has_codecs(metrics: Path, codecs: list[str]) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import NamedTuple
 
 import torch
@@ -88,12 +89,12 @@ def no_lazy_init(codebooks, active: bool):
     evaluation (`active`) must not change the model, so uninitialised codebooks pass through unchanged."""
     pending = [cb for cb in codebooks if active and not bool(cb.initted)]
     for cb in pending:
-        cb.initted.fill_(True)
+        cb.initted.fill_(1)  # an int, not True: torch.jit.trace has no fill_ overload for a Python bool
     try:
         yield
     finally:
         for cb in pending:
-            cb.initted.fill_(False)
+            cb.initted.fill_(0)
 
 
 def is_distributed() -> bool:
@@ -108,14 +109,42 @@ def broadcast_buffers(module: nn.Module) -> None:
             torch.distributed.broadcast(buffer, src=0)
 
 
+def full_precision(method):
+    """Run a quantizer's `forward` or `lookup` in fp32 with autocast off, whatever the caller's precision: in
+    bf16 (8 bits of mantissa) nearby distances tie, argmin picks other codes, and EMA statistics and
+    rounding (FSQ) drift. Float inputs are cast to fp32; the quantized map goes back in the input's dtype
+    (under autocast the decoder casts it again), losses and latents stay fp32."""
+
+    @functools.wraps(method)
+    def wrapper(self, x: Tensor, *args, **kwargs):
+        dtype = x.dtype
+        with torch.autocast(x.device.type, enabled=False):
+            out = method(self, x.float() if x.is_floating_point() else x, *args, **kwargs)
+        low = dtype if torch.is_floating_point(x) and dtype != torch.float32 else None
+        if isinstance(out, QuantizerOutput):
+            return out._replace(quantized=out.quantized.to(low)) if low is not None else out
+        return out.to(low) if low is not None and isinstance(out, Tensor) else out
+
+    wrapper.full_precision = True
+    return wrapper
+
+
 class Quantizer(nn.Module):
     """Base class: `forward(z [B, C, h, w]) -> QuantizerOutput`, `lookup(indices) -> quantized`.
 
     `num_codes` is every code the quantizer can emit (all levels together); `code_counts` turns an
     index map into LongTensor[num_codes]. Subclasses with dead-code restart add to `restarted`.
+    Every subclass's `forward` and `lookup` compute in fp32 under autocast (`full_precision`).
     """
 
     codebook_size: int
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        for name in ("forward", "lookup"):
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "full_precision", False):
+                setattr(cls, name, full_precision(method))
 
     def __init__(self) -> None:
         super().__init__()

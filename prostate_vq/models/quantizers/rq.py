@@ -9,6 +9,7 @@ encoder's gradient by the depth.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from vector_quantize_pytorch import ResidualVQ
 
@@ -70,6 +71,8 @@ class ResidualQuantizer(Quantizer):
         return QuantizerOutput(to_map(q.reshape(b * h * w, -1), z), indices, losses, z.detach())
 
     def lookup(self, indices: Tensor) -> Tensor:
-        b, d, h, w = indices.shape
-        q = self.rvq.get_output_from_indices(indices.permute(0, 2, 3, 1).reshape(b, h * w, d))
-        return q.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        """The sum of each level's code (the library's get_output_from_indices, written out: its einops packing
+        bakes the grid size into a torch.jit trace, and the exported decoder must take any size)."""
+        codebooks = self.rvq.codebooks  # [depth, K, D]: every level has the same codebook size here
+        q = sum(F.embedding(indices[:, level], codebooks[level]) for level in range(self.depth))
+        return self.rvq.project_out(q).permute(0, 3, 1, 2)
