@@ -99,6 +99,7 @@ def cmd_summary(args):
 # --- training -------------------------------------------------------------------------------
 
 def _train_options(args):
+    from prostate_vq.schema import check_option
     from prostate_vq.training import TrainOptions
     from prostate_vq.training.config import read_config_file
 
@@ -106,7 +107,12 @@ def _train_options(args):
     given = read_config_file(args.config) if args.config else {}
     preset = str(given.get("base", "default")) if args.config else args.preset
     task = args.task or given.get("task") or "image"
-    seed = args.seed if args.seed is not None else int(given.get("seed") or 0)
+    seed = args.seed
+    if seed is None:  # the file's seed, by the same rule as --seed
+        try:
+            seed = check_option("seed", given.get("seed", 0), label="seed")
+        except UserInputError as error:
+            raise UserInputError(f"--config: {error}", args.config) from None
     return TrainOptions(
         data=args.data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
         max_minutes=args.max_minutes, max_steps=args.max_steps,
@@ -449,11 +455,22 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in text or "out of memory" in text
 
 
+def _check_options(args) -> None:
+    """Every verb's numeric options by the config schema's rules (prostate_vq.schema.check_option), before the
+    verb runs: `--seed -1`, `--max-minutes nan` or `--temperature inf` is one line naming the flag."""
+    from prostate_vq.schema import COMMAND_LINE, FLAG_SECTIONS, check_option
+
+    for name in (*COMMAND_LINE, *FLAG_SECTIONS):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, check_option(name, getattr(args, name)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
     _log_to_stderr()
     try:
+        _check_options(args)
         code = args.func(args)
     except UserInputError as error:
         print(f"prostate-vq {args.command}: error: {error}", file=sys.stderr)

@@ -272,3 +272,71 @@ def test_a_size_the_allocator_refuses_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(summary, "model_summary", other)
     with pytest.raises(RuntimeError, match="a bug"):  # real errors keep their traceback
         main(["summary", "--preset", "default"])
+
+
+# --- issue 24: one line, exit 2, whatever way an option arrives ------------------------------------
+
+@pytest.mark.parametrize("argv, message", [
+    (["synth", "--out", "{tmp}/x", "--seed", "-1"], "--seed must be 0 or more"),
+    (["train", "--out", "{tmp}/r", "--seed", "99999999999999999999999"], "--seed must be at most"),
+    (["train-prior", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p", "--max-minutes", "0"], "--max-minutes"),
+    (["train-prior", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p", "--max-minutes", "nan"],
+     "--max-minutes must be a finite number"),
+    (["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--epochs", "0"],
+     "--epochs must be at least 1"),
+    (["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--max-minutes", "-1"],
+     "--max-minutes must be above 0"),
+    (["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--max-minutes", "nan"],
+     "--max-minutes must be a finite number"),
+    (["sample", "--prior", "{tmp}/none.pt", "--out", "{tmp}/s", "--temperature", "inf"],
+     "--temperature must be a finite number"),
+    (["demo", "--out", "{tmp}/d", "--minutes", "nan"], "--minutes must be a finite number"),
+    (["summary", "--spatial-size", "0", "0"], "--spatial-size must be a list of integers of at least 16"),
+])
+def test_command_line_numbers_are_checked_by_the_schema_before_any_work(tmp_path, capsys, argv, message):
+    assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
+    assert message in _err_line(capsys)
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.parametrize("text, message", [
+    ("quantizer: {codebook_size: abc}", "quantizer.codebook_size must be a finite number"),
+    ("quantizer: {codebook_size: -5}", "quantizer.codebook_size must be at least 1"),
+    ("quantizer: {beta: [1]}", "quantizer.beta must be a finite number"),
+    ("seed: abc", "seed must be a finite number"),
+    ("seed: [1]", "seed must be a finite number"),
+    ("seed: 1.5", "seed must be a whole number"),
+    ("seed: -3", "seed must be 0 or more"),
+])
+def test_config_file_values_are_checked_like_set_values(base, tmp_path, capsys, text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(f"base: default\n{text}\n", encoding="utf-8")
+    assert main(["train", "--data", str(base.data), "--out", str(base.out), "--config", str(config), "--epochs", "1",
+                 "--device", "cpu", "--no-progress"]) == 2
+    line = _err_line(capsys)
+    assert message in line and "bad.yaml" in line
+    assert not (base.out / "last.pt").exists()
+
+
+def _foreign_weights(payload):
+    payload["model_state"]["quantizer.fsq.project_in.weight"] = torch.zeros(4, 4)
+
+
+def _nan_weights(payload):
+    name = next(k for k, v in payload["model_state"].items() if v.is_floating_point())
+    payload["model_state"][name] = torch.full_like(payload["model_state"][name], float("nan"))
+
+
+@pytest.mark.parametrize("verb", ["refit", "evaluate", "train-prior", "encode"])
+@pytest.mark.parametrize("change, message", [(_foreign_weights, "do not match its own config"),
+                                             (_nan_weights, "non-finite (NaN or Inf) weights")])
+def test_a_checkpoint_inconsistent_with_itself_is_one_line(tiny_run, phantom_root, tmp_path, capsys, verb, change,
+                                                           message):
+    payload = load_checkpoint(tiny_run / "best.pt")
+    change(payload)
+    torch.save(payload, tmp_path / "odd.pt")
+    extra = {"refit": ["--codebook-size", "8"], "evaluate": [], "train-prior": [], "encode": []}[verb]
+    assert main([verb, "--checkpoint", str(tmp_path / "odd.pt"), "--data", str(phantom_root), "--out",
+                 str(tmp_path / ("o.npz" if verb == "encode" else "o")), "--device", "cpu", *extra]) == 2
+    line = _err_line(capsys)
+    assert "inconsistent" in line and message in line and "odd.pt" in line

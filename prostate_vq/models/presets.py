@@ -50,6 +50,9 @@ def resolve(cfg: dict) -> dict:
     if unknown:
         raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
                              f"valid: {', '.join(options)}")
+    # Every value by the type and range of the constructor default it replaces, as `--set` checks it.
+    quantizer = {k: v if k == "kind" else schema.check_like(f"quantizer.{k}", options[k], v, as_key=True)
+                 for k, v in quantizer.items()}
     cfg["quantizer"] = {"kind": kind, **options, **quantizer}
     cfg["training"] = {**schema.defaults("training"), **schema.check_section("training", cfg.get("training") or {})}
     if cfg.get("refit"):

@@ -36,14 +36,11 @@ SEG_NAME = "seg_sample_week_0_slice_{k}.nii.gz"
 
 def load_prior(path: str | Path, device: torch.device | str = "cpu"):
     """``(prior, vqvae, layout, payload)`` from a prior checkpoint, both networks in eval mode."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.training.checkpoints import load_checkpoint, load_weights
 
     payload = load_checkpoint(path, kind="prior")  # a VQ-VAE checkpoint here is refused in one line
     prior = build_prior(payload["config"])
-    try:
-        prior.load_state_dict(payload["model_state"])
-    except RuntimeError as error:
-        raise UserInputError(f"prior weights do not match their config ({str(error).splitlines()[0]})", path) from None
+    load_weights(prior, payload["model_state"], path, what="prior checkpoint")
     vqvae = model_from_payload(payload["vqvae"], device, path)
     return prior.to(device).eval(), vqvae, CodeLayout.from_dict(payload["layout"]), payload
 

@@ -19,7 +19,7 @@ import torch
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import write_json_atomic
 from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint
+from prostate_vq.training.checkpoints import load_checkpoint, model_of
 from prostate_vq.training.data_loading import make_loader
 from prostate_vq.training.kmeans import kmeans
 from prostate_vq.training.loop import validate
@@ -41,6 +41,7 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     `refit.lr` when the preset has one."""
     checkpoint = Path(checkpoint)
     base = load_checkpoint(checkpoint, kind="model")
+    model_of(base, checkpoint)  # weights of another model, or NaN ones, are one line now, not mid-run
     if int(codebook_size) < 2:
         raise UserInputError(f"--codebook-size must be at least 2, got {codebook_size}")
     kind = base["config"]["quantizer"].get("kind")
