@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -465,31 +467,70 @@ def _check_options(args) -> None:
             setattr(args, name, check_option(name, getattr(args, name)))
 
 
+def _symlink_loop(error: BaseException) -> str | None:
+    """The path of pathlib's `resolve()` refusal of a symlink loop (a RuntimeError before Python 3.13)."""
+    text = str(error)
+    if isinstance(error, RuntimeError) and text.startswith("Symlink loop from "):
+        return text.removeprefix("Symlink loop from ").strip("'\"")
+    return None
+
+
+class Terminated(Exception):
+    """SIGTERM (a scheduler's time limit, `kill`): ends the verb like Ctrl-C does, with a line saying so."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _say(command: str, text: str) -> None:
+    """One line on stderr; a path that is not UTF-8 is shown escaped, never a UnicodeEncodeError."""
+    line = f"prostate-vq {command}: {text}"
+    print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
     _log_to_stderr()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
+    try:
+        return _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         _check_options(args)
         code = args.func(args)
     except UserInputError as error:
-        print(f"prostate-vq {args.command}: error: {error}", file=sys.stderr)
+        _say(args.command, f"error: {error}")
         return 2
     except KeyboardInterrupt:
-        print(f"prostate-vq {args.command}: interrupted", file=sys.stderr)
+        _say(args.command, "interrupted")
         return 130
+    except Terminated:
+        _say(args.command, "terminated (SIGTERM); finished files are kept, a run continues with --resume")
+        return 143
     except (MemoryError, RuntimeError) as error:  # the allocator's refusal of a size the user asked for
+        loop = _symlink_loop(error)
+        if loop is not None:
+            _say(args.command, f"error: {loop}: a loop of symbolic links (it leads back to itself); point it at "
+                               "a real folder or file")
+            return 2
         if not isinstance(error, MemoryError) and not _is_out_of_memory(error):
             raise
         detail = str(error).strip().splitlines()[-1] if str(error).strip() else "out of memory"
-        print(f"prostate-vq {args.command}: error: out of memory ({detail[:200]}): try a smaller --spatial-size "
-              f"or --batch-size", file=sys.stderr)
+        _say(args.command, f"error: out of memory ({detail[:200]}): try a smaller --spatial-size or --batch-size")
         return 2
     except OSError as error:  # a file or folder the user named cannot be read or written (permissions, ...)
         if error.errno not in _USER_ERRNOS:
             raise
         where = f"{error.filename}: " if error.filename else ""
-        print(f"prostate-vq {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        _say(args.command, f"error: {where}{error.strerror or error}")
         return 2
     return int(code or 0)
 

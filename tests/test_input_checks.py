@@ -340,3 +340,73 @@ def test_a_checkpoint_inconsistent_with_itself_is_one_line(tiny_run, phantom_roo
                  str(tmp_path / ("o.npz" if verb == "encode" else "o")), "--device", "cpu", *extra]) == 2
     line = _err_line(capsys)
     assert "inconsistent" in line and message in line and "odd.pt" in line
+
+
+@pytest.fixture(scope="module")
+def tiny_eval(tiny_run, phantom_root, tmp_path_factory):
+    """An evaluation folder of `tiny_run` (metrics.json, per_slice.csv; no figures). Read-only."""
+    from prostate_vq.evaluation import evaluate_checkpoint
+
+    out = tmp_path_factory.mktemp("tiny_eval") / "eval"
+    evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=out, device="cpu", figures=False)
+    return out
+
+
+def _edit_json(path, change):
+    value = json.loads(path.read_text(encoding="utf-8"))
+    path.write_text(json.dumps(change(value)), encoding="utf-8")
+
+
+@pytest.mark.parametrize("folder, edit, message", [
+    ("eval", lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "ssim_mean": "abc"}),
+     "metrics.json: ssim_mean must be a number"),
+    ("eval", lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "levels": [3]}),
+     "metrics.json: levels[0] must be a mapping"),
+    ("eval", lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "per_patient": {"cases": {"004": 1}}}),
+     "metrics.json: per_patient.cases.004 must be a mapping"),
+    ("run", lambda f: (f / "history.csv").write_text(
+        (f / "history.csv").read_text(encoding="utf-8").replace("\n1,", "\nx,", 1), encoding="utf-8"),
+     "history.csv: column epoch must hold numbers"),
+    ("samples", lambda f: (f / "samples.json").write_text('{"n": 4, "summary": 3}', encoding="utf-8"),
+     "samples.json: summary must be a mapping"),
+    ("samples", lambda f: (f / "samples.json").write_text('"abc"', encoding="utf-8"),
+     "samples.json: must be a mapping"),
+])
+def test_report_on_malformed_inputs_is_one_line(tiny_run, tiny_eval, tmp_path, capsys, folder, edit, message):
+    given = tmp_path / folder
+    if folder == "samples":
+        given.mkdir()
+    else:
+        shutil.copytree(tiny_run if folder == "run" else tiny_eval, given)
+    edit(given)
+    assert main(["report", str(given), "--out", str(tmp_path / "report.md")]) == 2
+    assert message in _err_line(capsys)
+    assert not (tmp_path / "report.md").exists()
+
+
+def test_a_symlink_loop_and_an_undecodable_out_are_one_line(tiny_run, tmp_path, capsys):
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    assert main(["train", "--data", str(tmp_path / "a"), "--out", str(tmp_path / "r"), "--epochs", "1",
+                 "--device", "cpu", "--no-progress"]) == 2
+    assert "a loop of symbolic links" in _err_line(capsys)
+    out = os.fsdecode(bytes(tmp_path) + b"/r\xff.md")
+    assert main(["report", str(tiny_run), "--out", out]) == 2
+    assert "not valid UTF-8" in _err_line(capsys)
+
+
+def test_sigterm_says_so_like_ctrl_c(monkeypatch, capsys):
+    import signal
+    import time
+
+    import prostate_vq.cli as cli
+
+    def killed(args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "cmd_studies", killed)
+    assert main(["studies"]) == 143
+    assert "terminated (SIGTERM)" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.reporting.shapes import METRICS, SAMPLES, check_shape
 
 REQUIRED_METRICS = ("split", "n_slices", "ssim_mean", "codes_used", "codebook_size")
 _GENERIC_NAMES = {"run", "eval", "evaluation", "train", "best", "out", "checkpoints"}
@@ -134,6 +135,7 @@ def load_run(folder: Path) -> RunFolder:
             history = pd.read_csv(folder / "history.csv")
         except (ValueError, pd.errors.ParserError) as error:
             raise UserInputError(f"unreadable history.csv ({error})", folder / "history.csv") from None
+        _check_history(history, folder / "history.csv")
         if history.empty:
             history = None
     summary_file = folder / "summary.txt"
@@ -142,6 +144,22 @@ def load_run(folder: Path) -> RunFolder:
     if (folder / "last.pt").is_file():
         stop_reason = load_checkpoint(folder / "last.pt").get("stop_reason")
     return RunFolder(folder, checkpoint, payload, history, summary, stop_reason)
+
+
+def _check_history(history, path: Path) -> None:
+    """The columns the report computes with hold numbers (empty cells are 'not measured'); every row has its epoch."""
+    import pandas as pd
+
+    from prostate_vq.training.history import HISTORY_COLUMNS
+
+    for column in (c for c in HISTORY_COLUMNS if c in history):
+        values = pd.to_numeric(history[column], errors="coerce")
+        wrong = history[column][values.isna() & history[column].notna()]
+        if len(wrong):
+            raise UserInputError(f"column {column} must hold numbers, row {wrong.index[0] + 1} holds "
+                                 f"{wrong.iloc[0]!r:.40}", path)
+    if "epoch" in history and history["epoch"].isna().any():
+        raise UserInputError(f"row {int(history['epoch'].isna().idxmax()) + 1} has no epoch", path)
 
 
 def _read_json(path: Path):
@@ -157,6 +175,7 @@ def load_eval(folder: Path) -> EvalFolder:
     missing = [k for k in REQUIRED_METRICS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise UserInputError(f"not a prostate-vq metrics file (missing {', '.join(missing)})", path)
+    check_shape(metrics, METRICS, path)
     _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
     return EvalFolder(folder, metrics)
 
@@ -179,6 +198,9 @@ def _check_per_slice(path: Path, n_slices) -> None:
 
 def load_samples(folder: Path) -> SampleFolder:
     info = _read_json(folder / "samples.json")
+    if not isinstance(info, (dict, list)):
+        raise UserInputError(f"must be a mapping of sampling settings, got {info!r:.40}", folder / "samples.json")
+    check_shape(info, SAMPLES if isinstance(info, dict) else None, folder / "samples.json")
     grid = folder / "samples_grid.png"
     return SampleFolder(folder, info if isinstance(info, dict) else {"samples": info},
                         grid if grid.is_file() else None)

@@ -361,6 +361,9 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     out = Path(out)
     if out.is_dir():
         out = out / "report.md"
+    if not _is_utf8(str(out.resolve())):
+        raise UserInputError("--out: the name is not valid UTF-8, and the report names itself and its figures; "
+                             "choose a UTF-8 name", out)
     ensure_dir(out.parent)
     report = _Report(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -407,5 +410,15 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     if entries:
         _reproduce_section(report, entries)
     report.add("## References", "", *[f"{i}. {text}" for i, (_, text) in enumerate(REFERENCES, 1)], "")
-    write_text_atomic(out, "\n".join(report.lines))
+    # A folder name that is not UTF-8 (surrogate-escaped bytes) is shown with U+FFFD, never a UnicodeEncodeError.
+    text = "\n".join(report.lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    write_text_atomic(out, text)
     return out
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
