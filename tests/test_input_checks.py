@@ -410,3 +410,49 @@ def test_sigterm_says_so_like_ctrl_c(monkeypatch, capsys):
     assert main(["studies"]) == 143
     assert "terminated (SIGTERM)" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+# --- written where it must not be -----------------------------------------------------------------
+
+@pytest.mark.parametrize("verb", ["train", "train-prior"])
+def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(tiny_run, phantom_root, tmp_path, capsys,
+                                                                         verb):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep me\n", encoding="utf-8")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").symlink_to(outside)
+    argv = (["train", "--epochs", "1"] if verb == "train" else ["train-prior", "--checkpoint", str(tiny_run / "best.pt")])
+    assert main([*argv, "--data", str(phantom_root), "--out", str(run), "--device", "cpu", "--no-progress"]) == 2
+    assert ".lock: is a symbolic link" in _err_line(capsys)
+    assert outside.read_text(encoding="utf-8") == "keep me\n"
+
+
+@pytest.mark.parametrize("name", ["history.csv", "config.yaml", "best.pt"])
+def test_report_refuses_to_overwrite_its_own_input(tiny_run, tmp_path, capsys, name):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / name).read_bytes()
+    assert main(["report", str(run), "--out", str(run / name)]) == 2
+    assert "--out is one of the report's inputs" in _err_line(capsys)
+    assert (run / name).read_bytes() == before
+
+
+@pytest.mark.parametrize("name", ["<img src=x onerror=alert(1)>", "x](javascript:alert(1))"])
+def test_folder_names_never_reach_markdown_raw(tiny_run, tiny_eval, tmp_path, name):
+    from urllib.parse import unquote
+
+    from prostate_vq.reporting import write_report
+
+    folder = tmp_path / name
+    shutil.copytree(tiny_eval, folder / "eval")
+    (folder / "eval" / "figures").mkdir()
+    (folder / "eval" / "figures" / "f.png").write_bytes(b"png")
+    _edit_json(folder / "eval" / "metrics.json", lambda m: {**m, "figures": {"reconstructions": "figures/f.png"}})
+    text = write_report([folder / "eval"], tmp_path / "report.md").read_text(encoding="utf-8")
+    rendered = "".join(part for k, part in enumerate(text.split("```")) if k % 2 == 0)  # code blocks show text
+    assert name not in rendered and "<img" not in rendered
+    import re
+
+    links = re.findall(r"\]\(([^)\s]+)\)", rendered)
+    assert links and all((tmp_path / unquote(link)).is_file() for link in links)  # the links still resolve

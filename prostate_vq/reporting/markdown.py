@@ -9,6 +9,7 @@ import os
 import platform
 import shlex
 from pathlib import Path
+from urllib.parse import quote
 
 import torch
 
@@ -41,9 +42,10 @@ class _Report:
         self.lines.extend(lines)
 
     def link(self, path: Path) -> str:
-        """A link that resolves from the report's folder, wherever the figure lives."""
+        """A link that resolves from the report's folder, wherever the figure lives; percent-encoded, so that
+        no folder name (`x](javascript:...)`, `<img ...>`, a space) can end the link or open a tag."""
         rel = os.path.relpath(Path(path).resolve(), self.base).replace(os.sep, "/")
-        return f"<{rel}>" if " " in rel else rel
+        return quote(rel.encode("utf-8", "surrogateescape"), safe="/._-~")
 
     def image(self, path: Path | None, alt: str) -> None:
         if path is not None and Path(path).is_file():
@@ -261,7 +263,8 @@ def _testing_section(report: _Report, entry: Entry) -> None:
             if path is not None:
                 report.add(f"*{caption}*", "")
                 report.image(path, f"{caption} - {esc(entry.name)}")
-        report.add(f"Per-slice values: [{ev.path.name}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).", "")
+        report.add(f"Per-slice values: [{esc(ev.path.name)}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).",
+                   "")
 
 
 def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[SampleFolder]) -> None:
@@ -361,6 +364,7 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     out = Path(out)
     if out.is_dir():
         out = out / "report.md"
+    _refuse_overwriting_inputs(out, entries, samples, priors)
     if not _is_utf8(str(out.resolve())):
         raise UserInputError("--out: the name is not valid UTF-8, and the report names itself and its figures; "
                              "choose a UTF-8 name", out)
@@ -414,6 +418,17 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     text = "\n".join(report.lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     write_text_atomic(out, text)
     return out
+
+
+def _refuse_overwriting_inputs(out: Path, entries, samples, priors) -> None:
+    """The report never replaces a file of a folder it reads (`--out RUN/history.csv`); an earlier report (.md)
+    there may be replaced."""
+    folders = [f.path for f in (*samples, *priors)]
+    for e in entries:
+        folders += ([e.run.path] if e.run else []) + [ev.path for ev in e.evaluations]
+    target = out.resolve()
+    if target.suffix.lower() != ".md" and target.exists() and any(f.resolve() in target.parents for f in folders):
+        raise UserInputError("--out is one of the report's inputs; write the report elsewhere (e.g. report.md)", out)
 
 
 def _is_utf8(text: str) -> bool:
