@@ -456,3 +456,46 @@ def test_folder_names_never_reach_markdown_raw(tiny_run, tiny_eval, tmp_path, na
 
     links = re.findall(r"\]\(([^)\s]+)\)", rendered)
     assert links and all((tmp_path / unquote(link)).is_file() for link in links)  # the links still resolve
+
+
+@pytest.fixture(scope="module")
+def tiny_prior(tiny_run, tmp_path_factory):
+    from prostate_vq.prior.train import train_prior
+
+    return train_prior(tiny_run / "best.pt", out=tmp_path_factory.mktemp("tiny_prior") / "prior", epochs=1,
+                       batch_size=4, device="cpu", progress=False, arch_options={"dim": 16, "layers": 2})
+
+
+def _sample(prior, out, n):
+    return ["sample", "--prior", str(prior / "best.pt"), "--n", str(n), "--out", str(out), "--device", "cpu"]
+
+
+def test_sample_into_earlier_samples_replaces_them_whole_and_says_so(tiny_prior, tmp_path, capsys):
+    out = tmp_path / "s"
+    assert main(_sample(tiny_prior, out, 3)) == 0
+    user_file = out / "slices" / "notes.txt"
+    user_file.write_text("mine", encoding="utf-8")
+    capsys.readouterr()
+    assert main(_sample(tiny_prior, out, 2)) == 0
+    assert "replaced the earlier samples" in capsys.readouterr().err
+    info = json.loads((out / "samples.json").read_text(encoding="utf-8"))
+    listed = {r["file"].split("/")[-1] for r in info["samples"]}
+    assert {p.name for p in (out / "slices").iterdir()} == listed | {"notes.txt"}  # no stale slice beside them
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names open files through /proc")
+def test_a_full_disk_during_sample_leaves_no_slices_without_samples_json(tiny_prior, tmp_path, capsys, monkeypatch):
+    import errno
+
+    original = os.fsync
+
+    def full(fd):  # the disk fills up just as samples.json is written, after the slices
+        if "samples.json" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(fd)
+
+    monkeypatch.setattr(os, "fsync", full)
+    out = tmp_path / "s"
+    assert main(_sample(tiny_prior, out, 2)) == 2
+    assert "No space left" in _err_line(capsys)
+    assert not [p for p in out.rglob("*") if p.is_file()]  # nothing changed: no slice files without samples.json
