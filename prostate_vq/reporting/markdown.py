@@ -21,7 +21,7 @@ from prostate_vq.models import build_model
 from prostate_vq.models.summary import network_summary
 from prostate_vq.reporting.evaluation_tables import baselines_table, dice_table, levels_table, per_patient_table
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
-from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
+from prostate_vq.reporting.prose import REFERENCES, SPLIT_RATIONALE, loss_text
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
 from prostate_vq.reporting.tables import md_escape as esc
 
@@ -214,9 +214,7 @@ def _model_section(report: _Report, entry: Entry) -> None:
     report.add(f"Preset {md_code(entry.preset)}, task {md_code(entry.task)}: {esc(config.get('description', ''))}", "")
     if params is not None:
         report.add(f"Trainable parameters: **{params:,}**.", "")
-    kind = (config.get("quantizer") or {}).get("kind", "vq")
-    report.add("**Loss.** " + TASK_LOSS.get(entry.task, entry.task) + "; plus the quantiser's terms: "
-               + QUANTIZER_LOSS.get(kind, kind) + ".", "")
+    report.add("**Loss.** " + esc(loss_text(entry.task, config)), "")
     rows = [[section, key, value] for section in ("model", "quantizer", "training", "refit")
             for key, value in (config.get(section) or {}).items()]
     if rows:
