@@ -25,6 +25,12 @@ def _spatial(parser: argparse.ArgumentParser, default=None) -> None:
                         help="slice size the model sees (default: 256 128, or the checkpoint's)")
 
 
+def _out_path(text: str) -> Path | str:
+    """--out as a Path; an empty one stays "" for `_check_options` to refuse (Path("") is the current folder, and
+    a run would write its files beside the user's)."""
+    return Path(text) if text.strip() else ""
+
+
 def _data(parser: argparse.ArgumentParser, required: bool = False) -> None:
     parser.add_argument("--data", type=Path, required=required, default=None,
                         help="HipMRI root with keras_slices_* folders (default: the built-in demo phantom)")
@@ -105,18 +111,26 @@ def _train_options(args):
     from prostate_vq.training import TrainOptions
     from prostate_vq.training.config import read_config_file
 
-    # A --config file names its base preset, task and seed; options given on the command line win.
+    # A --config file names its base preset, task, seed and data; options given on the command line win.
     given = read_config_file(args.config) if args.config else {}
-    preset = str(given.get("base", "default")) if args.config else args.preset
-    task = args.task or given.get("task") or "image"
+    if args.config and args.preset is not None:
+        raise UserInputError(f"--preset {args.preset} and --config: the file names its own preset (base: "
+                             f"{given.get('base', 'default')}); give one of them", args.config)
+    preset = str(given.get("base", "default")) if args.config else (args.preset or "default")
+    # On --resume the run's own task and seed hold; None lets the resuming line tell a given option from none.
+    task = args.task or given.get("task") or (None if args.resume else "image")
     seed = args.seed
-    if seed is None:  # the file's seed, by the same rule as --seed
+    if seed is None and "seed" in given:  # the file's seed, by the same rule as --seed
         try:
-            seed = check_option("seed", given.get("seed", 0), label="seed")
+            seed = check_option("seed", given["seed"], label="seed")
         except UserInputError as error:
             raise UserInputError(f"--config: {error}", args.config) from None
+    data = args.data
+    if data is None and given.get("data_root") and not args.resume:
+        data = Path(str(given["data_root"]))
+        logging.getLogger("prostate_vq").info("data: %s (the --config file's data_root; --data overrides it)", data)
     return TrainOptions(
-        data=args.data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
+        data=data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
         max_minutes=args.max_minutes, max_steps=args.max_steps,
         spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
         batch_size=args.batch_size, lr=args.lr, seed=seed, patience=args.patience,
@@ -235,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synth", help="write the deterministic demo phantom in HipMRI layout")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--cases", type=int, default=12, help="number of patients (split by patient)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=24, help="slices per volume")
@@ -244,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manifest", help="write (and check) the per-slice manifest of a dataset")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="CSV to write")
+    p.add_argument("--out", type=_out_path, default=None, help="CSV to write")
     p.add_argument("--check", action="store_true", help="exit 2 on leakage, missing masks, bad shapes or labels")
     p.add_argument("--resplit", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"), default=None,
                    help="re-assign splits by patient with these fractions (written to the manifest only)")
@@ -254,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder), or the whole HipMRI "
                                       "3D release (a folder with semantic_MRs/ and semantic_labels_only/), as slices")
     p.add_argument("path", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="HipMRI root to write into")
+    p.add_argument("--out", type=_out_path, required=True, help="HipMRI root to write into")
     p.add_argument("--case", default=None, help="case id (one volume)")
     p.add_argument("--split", choices=("train", "validate", "test"), default=None, help="split (one volume)")
     p.add_argument("--seed", type=int, default=0,
@@ -279,11 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VQ-VAE preset")
     _data(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--out", type=_out_path, required=True, help="run folder")
+    p.add_argument("--preset", default=None, help="model preset (default: default); not with --config")
     p.add_argument("--config", type=Path, default=None,
                    help="a config file: base: PRESET plus model/quantizer/training/refit sections (a run's "
-                        "config.yaml reproduces it); replaces --preset, under --set and the options below")
+                        "config.yaml reproduces it, its data_root too unless --data is given); instead of --preset, "
+                        "under --set and the options below")
     p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
@@ -313,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
     p.add_argument("--codebook-size", type=int, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--device", default="auto")
@@ -325,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
     p.add_argument("--split", choices=("train", "validate", "test"), default="test")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-slices", type=int, default=None)
@@ -336,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")
     p.add_argument("inputs", nargs="+", type=Path, metavar="RUN_OR_EVAL_DIR")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--title", default="prostate-vq report")
     p.set_defaults(func=cmd_report)
 
@@ -344,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "comparison report (mean ± sd over seeds, paired intervals)")
     _data(p)
     p.add_argument("--presets", default=None, help="comma-separated preset names (or --study)")
-    p.add_argument("--out", type=Path, required=True, help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, "
+    p.add_argument("--out", type=_out_path, required=True, help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, "
                                                             "sweep.json, results.json, report.md")
     p.add_argument("--max-steps", type=int, default=None,
                    help="optimizer steps of every job (compare at equal steps, not minutes)")
@@ -376,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("demo", help="synth -> train default -> evaluate -> report, on the demo phantom")
-    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--out", type=_out_path, default=Path("demo-out"))
     p.add_argument("--minutes", type=float, default=5.0, help="training budget")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -386,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-prior", help="train an autoregressive prior over a model's codes")
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--arch", choices=("pixelcnn", "transformer"), default="pixelcnn")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
@@ -403,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample new slices from a prior")
     p.add_argument("--prior", type=Path, required=True, help="prior checkpoint (best.pt of train-prior)")
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -414,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
     p.add_argument("--split", choices=("train", "validate", "test"), default="train")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_encode)
     return parser
@@ -462,6 +477,8 @@ def _check_options(args) -> None:
     verb runs: `--seed -1`, `--max-minutes nan` or `--temperature inf` is one line naming the flag."""
     from prostate_vq.schema import COMMAND_LINE, FLAG_SECTIONS, check_option
 
+    if getattr(args, "out", None) == "":
+        raise UserInputError("--out must name a folder or file, not an empty string (use . for this folder)")
     for name in (*COMMAND_LINE, *FLAG_SECTIONS):
         if getattr(args, name, None) is not None:
             setattr(args, name, check_option(name, getattr(args, name)))

@@ -499,3 +499,62 @@ def test_a_full_disk_during_sample_leaves_no_slices_without_samples_json(tiny_pr
     assert main(_sample(tiny_prior, out, 2)) == 2
     assert "No space left" in _err_line(capsys)
     assert not [p for p in out.rglob("*") if p.is_file()]  # nothing changed: no slice files without samples.json
+
+
+# --- resume: every option given is applied or named as ignored ------------------------------------
+
+def _resume(run, *extra):
+    return ["train", "--out", str(run), "--resume", "--device", "cpu", "--no-progress", *extra]
+
+
+@pytest.mark.parametrize("extra, named", [
+    (["--monitor", "ssim"], "ignored on --resume: --monitor ssim"),
+    (["--mask-ratio", "0.3"], "ignored on --resume: --mask-ratio 0.3"),
+    (["--seed", "7"], "ignored on --resume: --seed 7"),
+    (["--max-slices", "2"], "ignored on --resume: --max-slices 2"),
+    (["--config", "{tmp}/other.yaml"], "ignored on --resume: --config"),
+    (["--lr", "1e-3"], "applied: --epochs 3, --lr 0.001"),
+])
+def test_resume_names_every_option_it_ignores_or_applies(tiny_run, tmp_path, capsys, extra, named):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (tmp_path / "other.yaml").write_text("base: v3-ema\n", encoding="utf-8")
+    extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
+    assert main(_resume(run, "--epochs", "3", *extra)) == 0
+    resuming = next(line for line in capsys.readouterr().err.splitlines() if "resuming after epoch 2" in line)
+    assert named in resuming
+    assert "seed 0, all slices" in resuming  # what the checkpoint keeps is said too
+    payload = load_checkpoint(run / "last.pt")
+    assert payload["seed"] == 0 and payload["max_slices"] is None and payload["config"]["training"]["monitor"] == "loss"
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--epochs", "1"], "--epochs 1: the run has already done 2 epochs"),
+    (["--max-steps", "2"], "--max-steps 2: the run has already done 6 optimizer steps"),
+])
+def test_resume_with_a_budget_below_what_is_done_is_refused(tiny_run, tmp_path, capsys, extra, message):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    before = (run / "config.yaml").read_text(encoding="utf-8")
+    assert main(_resume(run, *extra)) == 2
+    assert message in _err_line(capsys)
+    assert (run / "config.yaml").read_text(encoding="utf-8") == before  # not rewritten to epochs: 1
+
+
+def test_config_with_preset_is_refused_and_config_data_root_is_used(tiny_run, phantom_root, tmp_path, capsys):
+    assert main(["train", "--config", str(tiny_run / "config.yaml"), "--preset", "v3-ema", "--out",
+                 str(tmp_path / "r")]) == 2
+    assert "--preset v3-ema and --config" in _err_line(capsys)
+    from prostate_vq.cli import _train_options, build_parser
+
+    options = _train_options(build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out",
+                                                        str(tmp_path / "r")]))
+    assert os.path.samefile(options.data, phantom_root)  # the run's data, not the demo phantom
+
+
+@pytest.mark.parametrize("verb", [["train"], ["evaluate", "--checkpoint", "x.pt"], ["synth"]])
+def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, verb):
+    monkeypatch.chdir(tmp_path)
+    assert main([*verb, "--out", ""]) == 2
+    assert "--out must name a folder or file" in _err_line(capsys)
+    assert not any(tmp_path.iterdir())

@@ -188,7 +188,7 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
         else:
             run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
                         epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
-                        seed=options.seed, progress=options.progress, max_slices=options.max_slices,
+                        seed=options.seed or 0, progress=options.progress, max_slices=options.max_slices,
                         num_workers=options.num_workers)
         return run
 
