@@ -558,3 +558,22 @@ def test_an_empty_out_is_refused(tmp_path, capsys, monkeypatch, verb):
     assert main([*verb, "--out", ""]) == 2
     assert "--out must name a folder or file" in _err_line(capsys)
     assert not any(tmp_path.iterdir())
+
+
+def test_report_given_a_stray_file_is_one_line(tiny_run, tmp_path, capsys):
+    stray = tmp_path / "run"
+    shutil.copytree(tiny_run, stray)
+    (stray / "notes.txt").write_text("mine", encoding="utf-8")
+    assert main(["report", str(stray / "notes.txt"), "--out", str(tmp_path / "r.md")]) == 2
+    assert "notes.txt: a file, not a run" in _err_line(capsys)
+    assert main(["report", str(stray / "best.pt"), "--out", str(tmp_path / "r.md")]) == 0  # best.pt: its run
+
+
+@pytest.mark.parametrize("given", ["run", "eval"])
+def test_report_says_when_per_slice_results_are_missing(tiny_run, tiny_eval, tmp_path, capsys, given):
+    folder = tmp_path / given
+    shutil.copytree(tiny_run if given == "run" else tiny_eval, folder)
+    (folder / "per_slice.csv").unlink(missing_ok=True)
+    assert main(["report", str(folder), "--out", str(tmp_path / "r.md")]) == 0
+    err = capsys.readouterr().err
+    assert ("a run without an evaluation" if given == "run" else "no per_slice.csv") in err

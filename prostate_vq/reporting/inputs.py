@@ -9,6 +9,7 @@ output) is expanded. Anything else is a ``UserInputError`` naming the folder.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,9 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.reporting.shapes import METRICS, SAMPLES, check_shape
 
 REQUIRED_METRICS = ("split", "n_slices", "ssim_mean", "codes_used", "codebook_size")
+# The files that name the folder holding them when given to `report` instead of the folder.
+FOLDER_FILES = ("best.pt", "last.pt", "history.csv", "config.yaml", "metrics.json", "per_slice.csv", "samples.json")
+log = logging.getLogger("prostate_vq.reporting")
 _GENERIC_NAMES = {"run", "eval", "evaluation", "train", "best", "out", "checkpoints"}
 _MAX_DEPTH = 3
 
@@ -176,7 +180,11 @@ def load_eval(folder: Path) -> EvalFolder:
     if missing:
         raise UserInputError(f"not a prostate-vq metrics file (missing {', '.join(missing)})", path)
     check_shape(metrics, METRICS, path)
-    _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
+    if (folder / "per_slice.csv").is_file():
+        _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
+    else:
+        log.warning("%s: no per_slice.csv: the report has this evaluation's means but links no per-slice results",
+                    folder)
     return EvalFolder(folder, metrics)
 
 
@@ -225,7 +233,10 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
     priors: list[PriorFolder] = []
     for given in inputs:
         given = Path(given).expanduser()
-        if given.is_file():  # best.pt or metrics.json: its folder is meant
+        if given.is_file():  # best.pt or metrics.json: its folder is meant; any other file is a mistake
+            if given.name not in FOLDER_FILES:
+                raise UserInputError(f"a file, not a run, evaluation or samples folder (a file given stands for its "
+                                     f"folder only if it is one of {', '.join(FOLDER_FILES)})", given)
             given = given.parent
         if not given.exists():
             raise UserInputError("folder not found", given)
@@ -258,6 +269,11 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
             entries[run_key] = Entry(run=run)
         entries[run_key].evaluations.append(evaluation)
     result = list(entries.values())
+    for entry in result:
+        if entry.run is not None and not entry.evaluations:
+            log.warning("%s: a run without an evaluation (no per-slice test results): the report shows its best "
+                        "validation epoch; run prostate-vq evaluate --checkpoint %s and add its folder",
+                        entry.run.path, entry.run.checkpoint)
     _name(result)
     return result, samples, priors
 

@@ -261,8 +261,11 @@ def _testing_section(report: _Report, entry: Entry) -> None:
             if path is not None:
                 report.add(f"*{caption}*", "")
                 report.image(path, f"{caption} - {esc(entry.name)}")
-        report.add(f"Per-slice values: [{esc(ev.path.name)}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).",
-                   "")
+        if (ev.path / "per_slice.csv").is_file():
+            report.add(f"Per-slice values: [{esc(ev.path.name)}/per_slice.csv]"
+                       f"({report.link(ev.path / 'per_slice.csv')}).", "")
+        else:
+            report.add("No per-slice values: the evaluation folder has no `per_slice.csv`.", "")
 
 
 def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[SampleFolder]) -> None:
