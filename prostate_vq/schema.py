@@ -36,13 +36,13 @@ class ModelConfig:
     """`model:` the encoder/decoder around the quantizer."""
 
     architecture: str = option("vqvae", choices=("vqvae", "vqvae2", "monai"))  # vqvae2: top/bottom; monai: MONAI's VQVAE
-    channels: list = option([64, 128], item_minimum=1)  # one per stride-2 stage; a short list repeats its last
+    channels: list = option([64, 128], item_minimum=1, maximum=4096)  # one per stride-2 stage; a short list repeats its last
     downsample: int = option(4, choices=(2, 4, 8, 16))  # vqvae2: the bottom level; the top is 2x coarser
     res_layers: int = option(2, minimum=0)
-    res_channels: int = option(32, minimum=1)
-    embedding_dim: int = option(64, minimum=1)  # D: encoder output channels fed to the quantizer
+    res_channels: int = option(32, minimum=1, maximum=4096)
+    embedding_dim: int = option(64, minimum=1, maximum=4096)  # D: encoder output channels fed to the quantizer
     dlcr_stages: int = option(0, minimum=0)  # >0: dense channel-reduction head instead of one 1x1 conv
-    top_codebook_size: int | None = option(None, minimum=1, kind=int)  # vqvae2 top K (None: codebook_size)
+    top_codebook_size: int | None = option(None, minimum=1, maximum=2**20, kind=int)  # vqvae2 top K (None: codebook_size)
 
 
 @dataclass
@@ -186,6 +186,8 @@ def _check_list(value, rules, bad) -> list:
         bad(f"a list of {length} integers")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
         bad("a list of positive integers" if minimum == 1 else f"a list of integers of at least {minimum}")
+    if rules["maximum"] is not None and max(value) > rules["maximum"]:
+        bad(f"a list of integers of at most {rules['maximum']}")
     return value
 
 
@@ -221,7 +223,9 @@ def _check_range(value, rules, bad) -> None:
         bad(f"at most {rules['maximum']}")
 
 
-# Quantizer keywords: whole numbers are at least 1 but these, numbers are 0 or more but these.
+# Quantizer keywords: whole numbers are at least 1 but these, numbers are 0 or more but these; sizes have a
+# ceiling far above any sensible model (codebook_dim 10**6 would allocate gigabytes and train as if fine).
+_MAXIMA = {"codebook_size": 2**20, "codebook_dim": 4096, "depth": 64}
 _ZERO_ALLOWED = {"kmeans_iters"}
 _POSITIVE = {"temperature", "entropy_temperature"}
 _SHARES = {"decay"}
@@ -246,6 +250,7 @@ def check_like(key: str, old, new, as_key: bool = False):
             rules["minimum"] = 1 if kind is int and name not in _ZERO_ALLOWED else 0
         if name in _SHARES:
             rules["maximum"] = 1
+        rules["maximum"] = _MAXIMA.get(name, rules["maximum"])
     return check(key, new, rules) if as_key else check_set(key, new, rules)
 
 
