@@ -583,3 +583,19 @@ def test_report_says_when_per_slice_results_are_missing(tiny_run, tiny_eval, tmp
     assert main(["report", str(folder), "--out", str(tmp_path / "r.md")]) == 0
     err = capsys.readouterr().err
     assert ("a run without an evaluation" if given == "run" else "no per_slice.csv") in err
+
+
+@pytest.mark.parametrize("section, key", [("model", "channels"), ("quantizer", "codebook_size")])
+@pytest.mark.parametrize("verb", ["encode", "resume"])
+def test_a_checkpoint_with_a_broken_config_is_named(tiny_run, phantom_root, tmp_path, capsys, section, key, verb):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for name in ("best.pt", "last.pt"):
+        payload = torch.load(run / name, weights_only=True)
+        payload["config"][section][key] = "abc"
+        torch.save(payload, run / name)
+    argv = (["encode", "--checkpoint", str(run / "best.pt"), "--data", str(phantom_root), "--out",
+             str(tmp_path / "c.npz"), "--device", "cpu"] if verb == "encode" else _resume(run, "--epochs", "3"))
+    assert main(argv) == 2
+    line = _err_line(capsys)
+    assert ("best.pt" if verb == "encode" else "last.pt") in line and f"{section}.{key} must be" in line

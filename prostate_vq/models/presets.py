@@ -60,6 +60,20 @@ def resolve(cfg: dict) -> dict:
     return cfg
 
 
+def check_model_config(cfg: dict) -> None:
+    """The model and quantizer sections of a stored config (a checkpoint's) by the schema's rules, so that a broken
+    value is one line before it reaches torch (`codebook_size: abc`); keys are left to the build."""
+    schema.check_section("model", cfg.get("model") or {})
+    quantizer = dict(cfg.get("quantizer") or {})
+    kind = quantizer.pop("kind", "vq")
+    if kind not in QUANTIZERS:
+        raise UserInputError(f"unknown quantizer kind {kind!r}; choose one of {', '.join(QUANTIZERS)}")
+    options = quantizer_options(kind)
+    for key, value in quantizer.items():
+        if key in options:
+            schema.check_like(f"quantizer.{key}", options[key], value, as_key=True)
+
+
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
     """Apply `section.key=value` overrides (values parsed as YAML) to a copy of `cfg`.
 

@@ -117,8 +117,10 @@ def model_of(payload: dict, path: str | Path | None):
     """The model a VQ-VAE payload describes, its weights loaded: a config that builds no model, weights of
     another model (fsq weights under a vq config) or non-finite weights are one line naming the file."""
     from prostate_vq.models import build_model
+    from prostate_vq.models.presets import check_model_config
 
     try:
+        check_model_config(payload["config"])
         model = build_model(payload["config"], payload["task"])
     except (KeyError, TypeError, ValueError, UserInputError) as error:
         raise UserInputError(f"not a usable VQ-VAE checkpoint: its config does not build a model ({error})",

@@ -124,6 +124,14 @@ def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extr
     else:
         cfg = cfg if cfg is not None else resolve_config(options)
 
+    if resume is not None:  # a broken stored config is one line naming the checkpoint, not a traceback later
+        from prostate_vq.models.presets import check_model_config
+
+        try:
+            check_model_config(cfg)
+            check_training_config(cfg["training"], resume["task"])
+        except UserInputError as error:
+            raise UserInputError(f"--resume: its stored config is broken ({error})", out / "last.pt") from None
     check_training_config(cfg["training"], resume["task"] if resume else options.task)
     with ddp.process_group(resolve_device(options.device)) as (dist_ctx, device):
         run = None
