@@ -599,3 +599,17 @@ def test_a_checkpoint_with_a_broken_config_is_named(tiny_run, phantom_root, tmp_
     assert main(argv) == 2
     line = _err_line(capsys)
     assert ("best.pt" if verb == "encode" else "last.pt") in line and f"{section}.{key} must be" in line
+
+
+def test_evaluate_removes_the_staging_folder_of_an_evaluation_killed_earlier(tiny_run, tiny_eval, phantom_root,
+                                                                              tmp_path):
+    from prostate_vq.evaluation import evaluate_checkpoint
+
+    out = tmp_path / "eval"
+    shutil.copytree(tiny_eval, out)
+    left = out / ".eval.prostate-vq-abcd1234.tmp"  # what a SIGKILL mid-write leaves behind
+    left.mkdir()
+    (left / "per_slice.csv").write_text("half", encoding="utf-8")
+    (out / ".notes.tmp").write_text("mine", encoding="utf-8")  # a user's file is never ours
+    evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=out, device="cpu", figures=False)
+    assert not left.exists() and (out / ".notes.tmp").exists()
