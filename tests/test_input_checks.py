@@ -292,10 +292,12 @@ def test_a_size_the_allocator_refuses_is_one_line(monkeypatch, capsys):
      "--temperature must be a finite number"),
     (["demo", "--out", "{tmp}/d", "--minutes", "nan"], "--minutes must be a finite number"),
     (["summary", "--spatial-size", "0", "0"], "--spatial-size must be a list of integers of at least 16"),
-    (["summary", "--spatial-size", "63", "64"], "divisible by 4 for this model (downsample 4): the nearest that works "
-                                                "is --spatial-size 64 64"),
+    (["summary", "--spatial-size", "63", "64"], "divisible by 4 and at least 8 for this model (downsample 4): the "
+                                                "nearest that works is --spatial-size 64 64"),
     (["summary", "--preset", "vqvae2", "--set", "model.downsample=16", "--spatial-size", "16", "16"],
-     "the nearest that works is --spatial-size 32 32"),
+     "the nearest that works is --spatial-size 64 64"),
+    (["summary", "--preset", "vqvae2", "--set", "model.downsample=16", "--spatial-size", "32", "32"],  # a 1x1 top map
+     "at least 64 for this model (downsample 32)"),
     (["summary", "--set", "quantizer.codebook_dim=1000000"], "codebook_dim must be at most 4096"),
     (["summary", "--set", "model.channels=[100000]"], "channels must be a list of integers of at most 4096"),
 ])
