@@ -10,7 +10,9 @@ import argparse
 import errno
 import json
 import logging
+import signal
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -22,6 +24,12 @@ from prostate_vq.errors import UserInputError
 def _spatial(parser: argparse.ArgumentParser, default=None) -> None:
     parser.add_argument("--spatial-size", nargs=2, type=int, metavar=("H", "W"), default=default,
                         help="slice size the model sees (default: 256 128, or the checkpoint's)")
+
+
+def _out_path(text: str) -> Path | str:
+    """--out as a Path; an empty one stays "" for `_check_options` to refuse (Path("") is the current folder, and
+    a run would write its files beside the user's)."""
+    return Path(text) if text.strip() else ""
 
 
 def _data(parser: argparse.ArgumentParser, required: bool = False) -> None:
@@ -100,16 +108,30 @@ def cmd_summary(args):
 # --- training -------------------------------------------------------------------------------
 
 def _train_options(args):
+    from prostate_vq.schema import check_option
     from prostate_vq.training import TrainOptions
     from prostate_vq.training.config import read_config_file
 
-    # A --config file names its base preset, task and seed; options given on the command line win.
+    # A --config file names its base preset, task, seed and data; options given on the command line win.
     given = read_config_file(args.config) if args.config else {}
-    preset = str(given.get("base", "default")) if args.config else args.preset
-    task = args.task or given.get("task") or "image"
-    seed = args.seed if args.seed is not None else int(given.get("seed") or 0)
+    if args.config and args.preset is not None:
+        raise UserInputError(f"--preset {args.preset} and --config: the file names its own preset (base: "
+                             f"{given.get('base', 'default')}); give one of them", args.config)
+    preset = str(given.get("base", "default")) if args.config else (args.preset or "default")
+    # On --resume the run's own task and seed hold; None lets the resuming line tell a given option from none.
+    task = args.task or given.get("task") or (None if args.resume else "image")
+    seed = args.seed
+    if seed is None and "seed" in given:  # the file's seed, by the same rule as --seed
+        try:
+            seed = check_option("seed", given["seed"], label="seed")
+        except UserInputError as error:
+            raise UserInputError(f"--config: {error}", args.config) from None
+    data = args.data
+    if data is None and given.get("data_root") and not args.resume:
+        data = Path(str(given["data_root"]))
+        logging.getLogger("prostate_vq").info("data: %s (the --config file's data_root; --data overrides it)", data)
     return TrainOptions(
-        data=args.data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
+        data=data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
         max_minutes=args.max_minutes, max_steps=args.max_steps,
         spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
         batch_size=args.batch_size, lr=args.lr, seed=seed, patience=args.patience,
@@ -260,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synth", help="write the deterministic demo phantom in HipMRI layout")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--cases", type=int, default=12, help="number of patients (split by patient)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--slices", type=int, default=24, help="slices per volume")
@@ -269,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manifest", help="write (and check) the per-slice manifest of a dataset")
     p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, default=None, help="CSV to write")
+    p.add_argument("--out", type=_out_path, default=None, help="CSV to write")
     p.add_argument("--check", action="store_true", help="exit 2 on leakage, missing masks, bad shapes or labels")
     p.add_argument("--resplit", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"), default=None,
                    help="re-assign splits by patient with these fractions (written to the manifest only)")
@@ -279,7 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder), or the whole HipMRI "
                                       "3D release (a folder with semantic_MRs/ and semantic_labels_only/), as slices")
     p.add_argument("path", type=Path)
-    p.add_argument("--out", type=Path, required=True, help="HipMRI root to write into")
+    p.add_argument("--out", type=_out_path, required=True, help="HipMRI root to write into")
     p.add_argument("--case", default=None, help="case id (one volume)")
     p.add_argument("--split", choices=("train", "validate", "test"), default=None, help="split (one volume)")
     p.add_argument("--seed", type=int, default=0,
@@ -304,11 +326,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a VQ-VAE preset")
     _data(p)
-    p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--preset", default="default")
+    p.add_argument("--out", type=_out_path, required=True, help="run folder")
+    p.add_argument("--preset", default=None, help="model preset (default: default); not with --config")
     p.add_argument("--config", type=Path, default=None,
                    help="a config file: base: PRESET plus model/quantizer/training/refit sections (a run's "
-                        "config.yaml reproduces it); replaces --preset, under --set and the options below")
+                        "config.yaml reproduces it, its data_root too unless --data is given); instead of --preset, "
+                        "under --set and the options below")
     p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
@@ -339,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
     p.add_argument("--codebook-size", type=int, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
     p.add_argument("--device", default="auto")
@@ -353,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
     p.add_argument("--split", choices=("train", "validate", "test"), default="test")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-slices", type=int, default=None)
@@ -371,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")
     p.add_argument("inputs", nargs="+", type=Path, metavar="RUN_OR_EVAL_DIR")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--title", default="prostate-vq report")
     p.set_defaults(func=cmd_report)
 
@@ -391,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "comparison report (mean ± sd over seeds, paired intervals)")
     _data(p)
     p.add_argument("--presets", default=None, help="comma-separated preset names (or --study)")
-    p.add_argument("--out", type=Path, required=True, help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, "
+    p.add_argument("--out", type=_out_path, required=True, help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, "
                                                             "sweep.json, results.json, report.md")
     p.add_argument("--max-steps", type=int, default=None,
                    help="optimizer steps of every job (compare at equal steps, not minutes)")
@@ -429,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_studies)
 
     p = sub.add_parser("demo", help="synth -> train default -> evaluate -> report, on the demo phantom")
-    p.add_argument("--out", type=Path, default=Path("demo-out"))
+    p.add_argument("--out", type=_out_path, default=Path("demo-out"))
     p.add_argument("--minutes", type=float, default=5.0, help="training budget")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
@@ -439,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-prior", help="train an autoregressive prior over a model's codes")
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--arch", choices=("pixelcnn", "transformer"), default="pixelcnn")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None)
@@ -457,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample new slices from a prior")
     p.add_argument("--prior", type=Path, required=True, help="prior checkpoint (best.pt of train-prior)")
     p.add_argument("--n", type=int, default=16)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -470,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", type=Path, required=True)
     _data(p)
     p.add_argument("--split", choices=("train", "validate", "test"), default="train")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--device", default="auto")
     p.add_argument("--compress", type=Path, default=None, metavar="PRIOR",
                    help="entropy-code the codes under this prior checkpoint (train-prior's best.pt; on the CPU) and "
@@ -522,30 +545,82 @@ def _is_out_of_memory(error: RuntimeError) -> bool:
     return type(error).__name__ == "OutOfMemoryError" or "DefaultCPUAllocator" in text or "out of memory" in text
 
 
+def _check_options(args) -> None:
+    """Every verb's numeric options by the config schema's rules (prostate_vq.schema.check_option), before the
+    verb runs: `--seed -1`, `--max-minutes nan` or `--temperature inf` is one line naming the flag."""
+    from prostate_vq.schema import COMMAND_LINE, FLAG_SECTIONS, check_option
+
+    if getattr(args, "out", None) == "":
+        raise UserInputError("--out must name a folder or file, not an empty string (use . for this folder)")
+    for name in (*COMMAND_LINE, *FLAG_SECTIONS):
+        if getattr(args, name, None) is not None:
+            setattr(args, name, check_option(name, getattr(args, name)))
+
+
+def _symlink_loop(error: BaseException) -> str | None:
+    """The path of pathlib's `resolve()` refusal of a symlink loop (a RuntimeError before Python 3.13)."""
+    text = str(error)
+    if isinstance(error, RuntimeError) and text.startswith("Symlink loop from "):
+        return text.removeprefix("Symlink loop from ").strip("'\"")
+    return None
+
+
+class Terminated(Exception):
+    """SIGTERM (a scheduler's time limit, `kill`): ends the verb like Ctrl-C does, with a line saying so."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
+
+
+def _say(command: str, text: str) -> None:
+    """One line on stderr; a path that is not UTF-8 is shown escaped, never a UnicodeEncodeError."""
+    line = f"prostate-vq {command}: {text}"
+    print(line.encode("utf-8", "backslashreplace").decode("utf-8"), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = _one_line_warning
     _log_to_stderr()
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main_thread else None
     try:
+        return _run(args)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
+    try:
+        _check_options(args)
         code = args.func(args)
     except UserInputError as error:
-        print(f"prostate-vq {args.command}: error: {error}", file=sys.stderr)
+        _say(args.command, f"error: {error}")
         return 2
     except KeyboardInterrupt:
-        print(f"prostate-vq {args.command}: interrupted", file=sys.stderr)
+        _say(args.command, "interrupted")
         return 130
+    except Terminated:
+        _say(args.command, "terminated (SIGTERM); finished files are kept, a run continues with --resume")
+        return 143
     except (MemoryError, RuntimeError) as error:  # the allocator's refusal of a size the user asked for
+        loop = _symlink_loop(error)
+        if loop is not None:
+            _say(args.command, f"error: {loop}: a loop of symbolic links (it leads back to itself); point it at "
+                               "a real folder or file")
+            return 2
         if not isinstance(error, MemoryError) and not _is_out_of_memory(error):
             raise
         detail = str(error).strip().splitlines()[-1] if str(error).strip() else "out of memory"
-        print(f"prostate-vq {args.command}: error: out of memory ({detail[:200]}): try a smaller --spatial-size "
-              f"or --batch-size", file=sys.stderr)
+        _say(args.command, f"error: out of memory ({detail[:200]}): try a smaller --spatial-size or --batch-size")
         return 2
     except OSError as error:  # a file or folder the user named cannot be read or written (permissions, ...)
         if error.errno not in _USER_ERRNOS:
             raise
         where = f"{error.filename}: " if error.filename else ""
-        print(f"prostate-vq {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
+        _say(args.command, f"error: {where}{error.strerror or error}")
         return 2
     return int(code or 0)
 

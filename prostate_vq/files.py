@@ -307,10 +307,16 @@ def folder_lock(folder: str | Path, active: bool = True, create: bool = True):
         yield
         return
     ensure_dir(folder)
+    lock = folder / LOCK_NAME
+    if lock.is_symlink():  # writing the pid through it would change a file outside the folder
+        raise UserInputError("is a symbolic link; prostate-vq writes its lock only as a file of its own: "
+                             "remove the link", lock)
     try:
-        fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
-        raise (write_error(error, folder / LOCK_NAME) or error) from None
+        if error.errno == errno.ELOOP:  # a link planted between the check and the open
+            raise UserInputError("is a symbolic link; remove it", lock) from None
+        raise (write_error(error, lock) or error) from None
     try:
         if not _try_flock(fcntl, fd):
             raise UserInputError("another prostate-vq process is working in this folder; wait for it to finish "

@@ -15,12 +15,17 @@ from typing import Any
 from prostate_vq.errors import UserInputError
 
 
-def option(default, *, minimum=None, above=None, below=None, maximum=None, choices=None, kind=None,
-           item_minimum=None, length=None):
-    """A schema field: its default and what a value must be (`kind` when the default is None)."""
-    rules = {"minimum": minimum, "above": above, "below": below, "maximum": maximum, "choices": choices,
-             "kind": kind or type(default), "item_minimum": item_minimum, "length": length,
-             "nullable": default is None}
+def option_rules(default, *, minimum=None, above=None, below=None, maximum=None, choices=None, kind=None,
+                 item_minimum=None, length=None) -> dict:
+    """What a value must be (`kind` when the default is None): the rules `check` applies."""
+    return {"minimum": minimum, "above": above, "below": below, "maximum": maximum, "choices": choices,
+            "kind": kind or type(default), "item_minimum": item_minimum, "length": length,
+            "nullable": default is None}
+
+
+def option(default, **limits):
+    """A schema field: its default and what a value must be (`option_rules`)."""
+    rules = option_rules(default, **limits)
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=rules)
     return field(default=default, metadata=rules)
@@ -31,15 +36,15 @@ class ModelConfig:
     """`model:` the encoder/decoder around the quantizer."""
 
     architecture: str = option("vqvae", choices=("vqvae", "vqvae2", "monai"))  # vqvae2: top/bottom; monai: MONAI's VQVAE
-    channels: list = option([64, 128], item_minimum=1)  # one per stride-2 stage; a short list repeats its last
+    channels: list = option([64, 128], item_minimum=1, maximum=4096)  # one per stride-2 stage; a short list repeats its last
     downsample: int = option(4, choices=(2, 4, 8, 16))  # vqvae2: the bottom level; the top is 2x coarser
     res_layers: int = option(2, minimum=0)
-    res_channels: int = option(32, minimum=1)
-    embedding_dim: int = option(64, minimum=1)  # D: encoder output channels fed to the quantizer
+    res_channels: int = option(32, minimum=1, maximum=4096)
+    embedding_dim: int = option(64, minimum=1, maximum=4096)  # D: encoder output channels fed to the quantizer
     dlcr_stages: int = option(0, minimum=0)  # >0: dense channel-reduction head instead of one 1x1 conv
     padding_mode: str = option("zeros", choices=("zeros", "replicate", "reflect"))  # beyond the slice edge
     upsample: str = option("transposed", choices=("transposed", "nearest"))  # decoder x2 stages; nearest: + 3x3 conv
-    top_codebook_size: int | None = option(None, minimum=1, kind=int)  # vqvae2 top K (None: codebook_size)
+    top_codebook_size: int | None = option(None, minimum=1, maximum=2**20, kind=int)  # vqvae2 top K (None: codebook_size)
 
 
 @dataclass
@@ -84,6 +89,28 @@ class RefitConfig:
 
 
 SCHEMAS = {"model": ModelConfig, "training": TrainingConfig, "refit": RefitConfig}
+
+# The largest seed every generator takes (numpy's legacy seeding stops at 2**32 - 1).
+SEED_MAX = 2**32 - 1
+# Command-line options that are no config key, checked like one (`check_option`; the CLI checks every verb's
+# before it runs, so `--seed -1` or `--max-minutes nan` is one line naming the flag, never a traceback later).
+COMMAND_LINE = {
+    "seed": option_rules(0, minimum=0, maximum=SEED_MAX),
+    "max_minutes": option_rules(None, above=0, kind=float),
+    "minutes": option_rules(5.0, above=0),
+    "temperature": option_rules(1.0, above=0),
+    "max_slices": option_rules(None, minimum=1, kind=int),
+    "num_workers": option_rules(0, minimum=0),
+    "n": option_rules(16, minimum=1),
+    "cases": option_rules(12, minimum=1),
+    "slices": option_rules(24, minimum=1),
+    "weeks": option_rules(2, minimum=1),
+    "week": option_rules(0, minimum=0),
+}
+# Command-line options that set a config key of the same name: checked by that key's rules.
+FLAG_SECTIONS = {"epochs": "training", "max_steps": "training", "batch_size": "training", "lr": "training",
+                 "patience": "training", "spatial_size": "training", "mask_ratio": "training",
+                 "codebook_size": "refit"}
 # The prior's networks and recipe per architecture (its own config, stored in its checkpoint).
 PRIOR_ARCH_DEFAULTS = {
     "pixelcnn": {"dim": 64, "layers": 8, "kernel": 3, "first_kernel": 7},
@@ -162,6 +189,8 @@ def _check_list(value, rules, bad) -> list:
         bad(f"a list of {length} integers")
     if any(isinstance(v, bool) or not isinstance(v, int) or v < minimum for v in value):
         bad("a list of positive integers" if minimum == 1 else f"a list of integers of at least {minimum}")
+    if rules["maximum"] is not None and max(value) > rules["maximum"]:
+        bad(f"a list of integers of at most {rules['maximum']}")
     return value
 
 
@@ -197,18 +226,22 @@ def _check_range(value, rules, bad) -> None:
         bad(f"at most {rules['maximum']}")
 
 
-# Quantizer keywords: whole numbers are at least 1 but these, numbers are 0 or more but these.
+# Quantizer keywords: whole numbers are at least 1 but these, numbers are 0 or more but these; sizes have a
+# ceiling far above any sensible model (codebook_dim 10**6 would allocate gigabytes and train as if fine).
+_MAXIMA = {"codebook_size": 2**20, "codebook_dim": 4096, "depth": 64}
 _ZERO_ALLOWED = {"kmeans_iters"}
 _POSITIVE = {"temperature", "entropy_temperature"}
 _SHARES = {"decay"}
 
 
-def check_like(key: str, old, new):
-    """A quantizer keyword by the type of the default it replaces (`--set quantizer.beta=abc` is one line)."""
+def check_like(key: str, old, new, as_key: bool = False):
+    """A quantizer keyword by the type of the default it replaces (`--set quantizer.beta=abc` is one line);
+    with `as_key`, the message names the key itself (a preset's or config file's) instead of a `--set`."""
     name = key.rpartition(".")[2]
     if old is None or new is None or isinstance(old, str):
         if isinstance(new, float) and not math.isfinite(new):
-            raise UserInputError(f"--set {key}={new!r}: {name} must be a finite number")
+            where = key if as_key else f"--set {key}={new!r}: {name}"
+            raise UserInputError(f"{where} must be a finite number")
         return new
     kind = list if isinstance(old, list) else type(old)
     rules = {"minimum": None, "above": None, "below": None, "maximum": None, "choices": None, "kind": kind,
@@ -220,9 +253,20 @@ def check_like(key: str, old, new):
             rules["minimum"] = 1 if kind is int and name not in _ZERO_ALLOWED else 0
         if name in _SHARES:
             rules["maximum"] = 1
-    return check_set(key, new, rules)
+        rules["maximum"] = _MAXIMA.get(name, rules["maximum"])
+    return check(key, new, rules) if as_key else check_set(key, new, rules)
 
 
 def check_set(key: str, new, rules):
     """A `--set key=value` against its rules; the message quotes the whole override."""
     return check(f"--set {key}={new!r}: {key.rpartition('.')[2]}", new, rules, show_value=False)
+
+
+def check_option(name: str, value, label: str | None = None):
+    """A command-line option of `COMMAND_LINE` or `FLAG_SECTIONS` (None: not given), named `label` (default:
+    the flag) in the message."""
+    if value is None:
+        return None
+    value = list(value) if isinstance(value, tuple) else value
+    found = COMMAND_LINE.get(name) or rules(FLAG_SECTIONS[name], name)
+    return check(label or "--" + name.replace("_", "-"), value, found)

@@ -66,7 +66,16 @@ def _inf(root):
     return IMAGE
 
 
+def _complex(root):
+    import nibabel as nib
+
+    image = nib.Nifti1Image(np.ones((256, 128), dtype=np.complex64), np.eye(4))
+    nib.save(image, str(image_dir(root, "test") / IMAGE))
+    return IMAGE
+
+
 BREAKERS = {"truncated": (_truncate, "truncated or corrupt"), "empty": (_empty, "empty file"),
+            "complex": (_complex, "complex-valued voxels (complex64)"),
             "unreadable": (_garbage, "NIfTI"), "image without mask": (_no_mask, "no mask"),
             "shape mismatch": (_shape_mismatch, "256x128 but its mask"),
             "labels outside 0..5": (_labels_outside, "labels outside 0..5: 7"),
@@ -133,3 +142,38 @@ def test_quirks_of_the_real_dataset_pass_the_check(phantom_root, capsys):
     assert main(["manifest", "--data", str(phantom_root), "--check"]) == 0
     out = capsys.readouterr().out
     assert "256x144" in out and "check passed" in out
+
+
+def test_an_unreadable_slice_is_not_called_truncated(broken_copy, capsys, monkeypatch):
+    """As root a chmod 000 file stays readable, so nibabel's refusal is simulated."""
+    import errno
+
+    import nibabel as nib
+
+    original = nib.load
+
+    def load(path, *args, **kwargs):
+        if str(path).endswith(IMAGE):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return original(path, *args, **kwargs)
+
+    monkeypatch.setattr(nib, "load", load)
+    assert main(["manifest", "--data", str(broken_copy), "--check"]) == 2
+    line = _one_error_line(capsys, IMAGE, "permission denied")
+    assert "truncated" not in line
+
+
+def test_entries_that_are_not_slices_are_skipped_with_a_word(broken_copy):
+    folder = image_dir(broken_copy, "train")
+    (folder / "case_001_week_0_slice_99.nii.gz").mkdir()  # a folder named like a slice
+    (folder / "loop.nii.gz").symlink_to(folder / "loop.nii.gz")  # a link to itself
+    (folder / "notes.txt").write_text("mine", encoding="utf-8")
+    (folder / ".DS_Store").write_bytes(b"")  # hidden: silently not a slice
+    from prostate_vq.data.layout import SkippedFilesWarning
+
+    with pytest.warns(SkippedFilesWarning) as caught:
+        assert main(["manifest", "--data", str(broken_copy), "--check"]) == 0
+    warning = str(caught[0].message)
+    assert "keras_slices_train: skipped 3 entries that are not slice files" in warning
+    assert "1 folders" in warning and "1 broken or looping links" in warning and "1 files that are not NIfTI" in warning
+

@@ -154,3 +154,25 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     payload = load_checkpoint(evaluated["joint_run"] / "best.pt")
     assert resolve_config(options) == payload["config"]
     assert (options.task, options.seed, options.preset) == (payload["task"], payload["seed"], payload["preset"])
+
+
+@pytest.mark.parametrize("preset, task, present, absent", [
+    ("default", "image", ["mean squared error", "+ 1 x (1 - SSIM)", "beta 0.25", "augmented"], ["cross-entropy"]),
+    ("v1-vq", "image", ["+ 0.1 x (1 - SSIM)", "beta 0.25"], ["augmented"]),
+    ("hifi", "image", ["mean squared error"], ["SSIM", "augmented"]),
+    ("default", "joint", ["+ 1 x (1 - SSIM)", "1 x cross-entropy on the segmentation head", "soft Dice"], []),
+    ("fsq", "mask", ["cross-entropy on the label map", "implicit, fixed codebook"], ["squared error", "beta"]),
+])
+def test_loss_text_comes_from_the_resolved_config(preset, task, present, absent):
+    from prostate_vq.models.presets import get_preset
+    from prostate_vq.reporting.prose import loss_text
+
+    text = loss_text(task, get_preset(preset))
+    assert all(p in text for p in present) and not any(a in text for a in absent), text
+
+
+def test_report_states_the_loss_the_run_trained_with(tiny_run, tmp_path):
+    """tiny_run is the default preset: MSE + 1 x (1 - SSIM) (training.ssim_weight 1.0), augmented batches."""
+    text = write_report([tiny_run], tmp_path / "r.md").read_text(encoding="utf-8")
+    loss = next(line for line in text.splitlines() if line.startswith("**Loss.**"))
+    assert "1 x (1 - SSIM)" in loss and "augmented" in loss

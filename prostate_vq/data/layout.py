@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,12 +73,30 @@ def _is_nifti(path: Path) -> bool:
     return path.is_file() and (path.name.endswith(".nii.gz") or path.name.endswith(".nii"))
 
 
+class SkippedFilesWarning(UserWarning):
+    """A split folder holds entries that are not slice files (folders, broken or looping links, other files)."""
+
+
+def _skip_reason(path: Path) -> str | None:
+    """Why a visible entry of a split folder is not read as a slice (None: it is a NIfTI file)."""
+    if path.is_symlink() and not path.exists():
+        return "broken or looping links"
+    if path.is_dir():
+        return "folders"
+    return None if _is_nifti(path) else "files that are not NIfTI (.nii, .nii.gz)"
+
+
 def _scan(folder: Path, expected_kind: str) -> dict[tuple[str, int, int], Path]:
     found: dict[tuple[str, int, int], Path] = {}
     pattern = "case_<case>_week_<w>_slice_<k>.nii.gz" if expected_kind == "image" else "seg_<case>_week_<w>_slice_<k>.nii.gz"
+    skipped: dict[str, int] = {}
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not _is_nifti(path):
-            continue  # hidden files, notes, thumbnails: not slices
+        if path.name.startswith("."):
+            continue  # hidden files (.DS_Store, our temporaries): never slices
+        reason = _skip_reason(path)
+        if reason is not None:  # notes, thumbnails, sub-folders: not slices, and the user is told how many
+            skipped[reason] = skipped.get(reason, 0) + 1
+            continue
         parsed = parse_name(path.name)
         if parsed is None or parsed[0] != expected_kind:
             raise DataError(f"unexpected file name in {folder.name}, expected {pattern}", path)
@@ -85,6 +104,10 @@ def _scan(folder: Path, expected_kind: str) -> dict[tuple[str, int, int], Path]:
         if key in found:
             raise DataError(f"duplicate slice (also {found[key].name})", path)
         found[key] = path
+    if skipped:
+        warnings.warn(f"{folder}: skipped {sum(skipped.values())} entries that are not slice files ("
+                      + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + ")",
+                      SkippedFilesWarning, stacklevel=3)
     return found
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import zlib
 from pathlib import Path
@@ -48,6 +49,8 @@ def read_array(path: str | Path) -> np.ndarray:
         raise
     except Exception as error:  # nibabel/gzip/zlib raise many types for one problem: a broken file
         raise DataError(_describe(error, path), path) from None
+    if np.iscomplexobj(array):  # keeping the real part would drop half the signal without a word
+        raise DataError(f"complex-valued voxels ({array.dtype}): expected a magnitude image; store abs() of it", path)
     while array.ndim > 2 and array.shape[-1] == 1:  # HipMRI quirk: some slices are (256, 128, 1)
         array = array[..., 0]
     if array.ndim != 2:
@@ -58,7 +61,10 @@ def read_array(path: str | Path) -> np.ndarray:
 
 
 def _describe(error: Exception, path: Path) -> str:
-    """One line for a file nibabel could not read; a damaged gzip stream is reported as truncated."""
+    """One line for a file nibabel could not read; a damaged gzip stream is reported as truncated, a file we
+    may not read as such (not as truncated)."""
+    if isinstance(error, OSError) and error.errno in (errno.EACCES, errno.EPERM):
+        return "cannot read it (permission denied): give read permission, or leave it out of the data folder"
     if isinstance(error, (EOFError, OSError, ValueError, zlib.error)):
         return f"truncated or corrupt NIfTI file ({_first_line(error)})"
     if path.name.endswith(".gz"):

@@ -38,7 +38,7 @@ from prostate_vq.evaluation.metrics import (
     summarize_reconstruction,
 )
 from prostate_vq.evaluation.results import EvaluationResult
-from prostate_vq.files import atomic_open, ensure_dir, staged_folder
+from prostate_vq.files import atomic_open, ensure_dir, folder_lock, remove_stale_temps, staged_folder
 from prostate_vq.models.rate import JointCodes, level_health
 
 GRID_SLICES = 6
@@ -272,11 +272,14 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
             codecs, values, rows, codec_bits_per_pixel or sum(level["bits_per_pixel"] for level in values["levels"]))
     # Everything is written into a folder beside the results and moved in only when complete, metrics.json
     # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
-    with staged_folder(ensure_dir(out), last="metrics.json") as stage:
-        _write_per_slice(stage / "per_slice.csv", rows, values)
-        written = _figures(model, dataset, torch_device, values, rows, stage) if figures else {}
-        result = _result(checkpoint, payload, split, data, rows, values, written, out, torch_device, start)
-        result.write_json(stage / "metrics.json")
+    # Under the folder's lock, the staging folder of an evaluation killed earlier (kill -9) is removed first.
+    with folder_lock(ensure_dir(out)):
+        remove_stale_temps(out)
+        with staged_folder(out, last="metrics.json") as stage:
+            _write_per_slice(stage / "per_slice.csv", rows, values)
+            written = _figures(model, dataset, torch_device, values, rows, stage) if figures else {}
+            result = _result(checkpoint, payload, split, data, rows, values, written, out, torch_device, start)
+            result.write_json(stage / "metrics.json")
     return result
 
 

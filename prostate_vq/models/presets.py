@@ -50,11 +50,28 @@ def resolve(cfg: dict) -> dict:
     if unknown:
         raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
                              f"valid: {', '.join(options)}")
+    # Every value by the type and range of the constructor default it replaces, as `--set` checks it.
+    quantizer = {k: v if k == "kind" else schema.check_like(f"quantizer.{k}", options[k], v, as_key=True)
+                 for k, v in quantizer.items()}
     cfg["quantizer"] = {"kind": kind, **options, **quantizer}
     cfg["training"] = {**schema.defaults("training"), **schema.check_section("training", cfg.get("training") or {})}
     if cfg.get("refit"):
         cfg["refit"] = {**schema.defaults("refit"), **schema.check_section("refit", cfg["refit"])}
     return cfg
+
+
+def check_model_config(cfg: dict) -> None:
+    """The model and quantizer sections of a stored config (a checkpoint's) by the schema's rules, so that a broken
+    value is one line before it reaches torch (`codebook_size: abc`); keys are left to the build."""
+    schema.check_section("model", cfg.get("model") or {})
+    quantizer = dict(cfg.get("quantizer") or {})
+    kind = quantizer.pop("kind", "vq")
+    if kind not in QUANTIZERS:
+        raise UserInputError(f"unknown quantizer kind {kind!r}; choose one of {', '.join(QUANTIZERS)}")
+    options = quantizer_options(kind)
+    for key, value in quantizer.items():
+        if key in options:
+            schema.check_like(f"quantizer.{key}", options[key], value, as_key=True)
 
 
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:

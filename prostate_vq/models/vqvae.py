@@ -129,10 +129,15 @@ class VQVAE(nn.Module):
         return sum(m.pop_restarted() for m in self.modules() if isinstance(m, Quantizer))
 
     def _check_size(self, size) -> None:
+        """Every side a multiple of the total downsampling, with at least 2 cells of the coarsest code map (a
+        model deeper than the slice codes it as one cell); the message names the nearest --spatial-size that
+        works."""
         step = self.downsample * getattr(self, "extra_downsample", 1)
-        if any(int(s) % step for s in size):
+        if any(int(s) % step or int(s) < 2 * step for s in size):
+            nearest = " ".join(str(max(2 * step, round(int(s) / step) * step)) for s in size)
             raise UserInputError(f"spatial size {tuple(int(s) for s in size)} must be divisible by {step} "
-                                 f"for this model (downsample {step})")
+                                 f"and at least {2 * step} for this model (downsample {step}): the nearest that "
+                                 f"works is --spatial-size {nearest}, or lower model.downsample")
 
 
 class VQVAE2(VQVAE):

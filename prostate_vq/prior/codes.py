@@ -113,14 +113,9 @@ def encode_dataset_tensors(model, dataset, batch_size: int = 64, device: torch.d
 
 def model_from_payload(payload: dict, device: torch.device | str = "cpu", path: str | Path | None = None):
     """Rebuild a VQ-VAE from a checkpoint payload held in memory (a prior stores a copy of it)."""
-    from prostate_vq.models import build_model
+    from prostate_vq.training.checkpoints import model_of
 
-    model = build_model(payload["config"], payload["task"])
-    try:
-        model.load_state_dict(payload["model_state"])
-    except RuntimeError as error:
-        raise UserInputError(f"VQ-VAE weights do not match their config ({str(error).splitlines()[0]})", path) from None
-    return model.to(device).eval()
+    return model_of(payload, path).to(device).eval()
 
 
 def load_vqvae(checkpoint: str | Path, device: torch.device | str = "cpu"):

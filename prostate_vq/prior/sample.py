@@ -19,6 +19,8 @@ Output folder:
 
 from __future__ import annotations
 
+import logging
+import re
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,12 @@ import torch
 from prostate_vq.data.nifti import save_slice
 from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation.figures import sample_grid
-from prostate_vq.files import atomic_open, ensure_dir, write_json_atomic
+from prostate_vq.files import atomic_open, ensure_dir, staged_folder, write_json_atomic
 from prostate_vq.prior.checks import sample_checks
 from prostate_vq.prior.codes import CodeLayout, model_from_payload, resolve_data_root
 from prostate_vq.prior.networks import build_prior
+
+log = logging.getLogger("prostate_vq.prior")
 
 SAMPLE_NAME = "case_sample_week_0_slice_{k}.nii.gz"
 SEG_NAME = "seg_sample_week_0_slice_{k}.nii.gz"
@@ -38,14 +42,11 @@ SEG_NAME = "seg_sample_week_0_slice_{k}.nii.gz"
 
 def load_prior(path: str | Path, device: torch.device | str = "cpu"):
     """``(prior, vqvae, layout, payload)`` from a prior checkpoint, both networks in eval mode."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.training.checkpoints import load_checkpoint, load_weights
 
     payload = load_checkpoint(path, kind="prior")  # a VQ-VAE checkpoint here is refused in one line
     prior = build_prior(payload["config"])
-    try:
-        prior.load_state_dict(payload["model_state"])
-    except RuntimeError as error:
-        raise UserInputError(f"prior weights do not match their config ({str(error).splitlines()[0]})", path) from None
+    load_weights(prior, payload["model_state"], path, what="prior checkpoint")
     vqvae = model_from_payload(payload["vqvae"], device, path)
     return prior.to(device).eval(), vqvae, CodeLayout.from_dict(payload["layout"]), payload
 
@@ -119,6 +120,29 @@ def _real_slices(root: Path, task: str, spatial: tuple[int, int], n: int) -> tor
     return _stacked(dataset, "image").float() if len(dataset) else None
 
 
+_OUR_SLICE = re.compile(r"^(case|seg)_sample_week_0_slice_\d+\.nii\.gz$")
+
+
+def _earlier_samples(out: Path) -> list[Path]:
+    """Slice files an earlier `sample` wrote into `out` (our names only, never a user's file)."""
+    folder = out / "slices"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _OUR_SLICE.match(p.name) and not p.is_dir())
+
+
+def _remove_stale(out: Path, earlier: list[Path], records: list[dict]) -> None:
+    """The earlier run's slices that the new samples did not replace (it drew more) go, and the line says so."""
+    if not earlier:
+        return
+    now = {out / r[key] for r in records for key in ("file", "seg_file") if key in r}
+    stale = [p for p in earlier if p not in now]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    log.info("replaced the earlier samples in %s (%d slice files overwritten, %d left over removed)", out,
+             len(earlier) - len(stale), len(stale))
+
+
 def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0, device: str = "auto",
            data=None, candidates: int = 16, fid_weights=None) -> Path:
     """Sample ``n`` slices from the prior checkpoint ``prior`` into the folder ``out`` (see module docstring).
@@ -148,20 +172,14 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         sample_bits = network.nll(codes, reduction="none").cpu()
     images, labels = decode_codes(vqvae, layout, codes.to(device))
 
-    slices = out / "slices"
-    ensure_dir(slices)
     records = []
     for k in range(n):
         record = {"index": k, "nll_bits_per_code": float(sample_bits[k])}
         if images is not None:
             record["file"] = f"slices/{SAMPLE_NAME.format(k=k)}"
-            save_slice(images[k, 0].numpy().astype(np.float32), out / record["file"])
         if labels is not None:
             record["seg_file"] = f"slices/{SEG_NAME.format(k=k)}"
-            save_slice(labels[k, 0].numpy().astype(np.uint8), out / record["seg_file"])
         records.append(record)
-    with atomic_open(out / "codes.npz", "wb") as handle:
-        np.savez_compressed(handle, codes=layout.to_model(codes.cpu()).numpy().astype(np.int32))
 
     generated = labels if task == "mask" else images
     per_sample, summary, reference, n_train = memorisation_check(
@@ -188,7 +206,20 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         "quality": quality,
         "samples": records,
     }
-    write_json_atomic(out / "samples.json", info)
-    sample_grid(images, labels, out / "samples_grid.png",
-          f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}")
+    earlier = _earlier_samples(out)
+    # Everything is written into a staging folder first and moved into --out together, samples.json last:
+    # a full disk leaves --out as it was (the message says so truthfully).
+    with staged_folder(out, last="samples.json") as stage:
+        ensure_dir(stage / "slices")
+        for k, record in enumerate(records):
+            if images is not None:
+                save_slice(images[k, 0].numpy().astype(np.float32), stage / record["file"])
+            if labels is not None:
+                save_slice(labels[k, 0].numpy().astype(np.uint8), stage / record["seg_file"])
+        with atomic_open(stage / "codes.npz", "wb") as handle:
+            np.savez_compressed(handle, codes=layout.to_model(codes.cpu()).numpy().astype(np.int32))
+        write_json_atomic(stage / "samples.json", info)
+        sample_grid(images, labels, stage / "samples_grid.png",
+                    f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}")
+    _remove_stale(out, earlier, records)
     return out

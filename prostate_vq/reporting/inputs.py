@@ -9,13 +9,18 @@ output) is expanded. Anything else is a ``UserInputError`` naming the folder.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.reporting.shapes import METRICS, SAMPLES, check_shape
 
 REQUIRED_METRICS = ("split", "n_slices", "ssim_mean", "codes_used", "codebook_size")
+# The files that name the folder holding them when given to `report` instead of the folder.
+FOLDER_FILES = ("best.pt", "last.pt", "history.csv", "config.yaml", "metrics.json", "per_slice.csv", "samples.json")
+log = logging.getLogger("prostate_vq.reporting")
 _GENERIC_NAMES = {"run", "eval", "evaluation", "train", "best", "out", "checkpoints"}
 _MAX_DEPTH = 3
 
@@ -134,6 +139,7 @@ def load_run(folder: Path) -> RunFolder:
             history = pd.read_csv(folder / "history.csv")
         except (ValueError, pd.errors.ParserError) as error:
             raise UserInputError(f"unreadable history.csv ({error})", folder / "history.csv") from None
+        _check_history(history, folder / "history.csv")
         if history.empty:
             history = None
     summary_file = folder / "summary.txt"
@@ -142,6 +148,22 @@ def load_run(folder: Path) -> RunFolder:
     if (folder / "last.pt").is_file():
         stop_reason = load_checkpoint(folder / "last.pt").get("stop_reason")
     return RunFolder(folder, checkpoint, payload, history, summary, stop_reason)
+
+
+def _check_history(history, path: Path) -> None:
+    """The columns the report computes with hold numbers (empty cells are 'not measured'); every row has its epoch."""
+    import pandas as pd
+
+    from prostate_vq.training.history import HISTORY_COLUMNS
+
+    for column in (c for c in HISTORY_COLUMNS if c in history):
+        values = pd.to_numeric(history[column], errors="coerce")
+        wrong = history[column][values.isna() & history[column].notna()]
+        if len(wrong):
+            raise UserInputError(f"column {column} must hold numbers, row {wrong.index[0] + 1} holds "
+                                 f"{wrong.iloc[0]!r:.40}", path)
+    if "epoch" in history and history["epoch"].isna().any():
+        raise UserInputError(f"row {int(history['epoch'].isna().idxmax()) + 1} has no epoch", path)
 
 
 def _read_json(path: Path):
@@ -157,7 +179,12 @@ def load_eval(folder: Path) -> EvalFolder:
     missing = [k for k in REQUIRED_METRICS if not isinstance(metrics, dict) or k not in metrics]
     if missing:
         raise UserInputError(f"not a prostate-vq metrics file (missing {', '.join(missing)})", path)
-    _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
+    check_shape(metrics, METRICS, path)
+    if (folder / "per_slice.csv").is_file():
+        _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
+    else:
+        log.warning("%s: no per_slice.csv: the report has this evaluation's means but links no per-slice results",
+                    folder)
     return EvalFolder(folder, metrics)
 
 
@@ -179,6 +206,9 @@ def _check_per_slice(path: Path, n_slices) -> None:
 
 def load_samples(folder: Path) -> SampleFolder:
     info = _read_json(folder / "samples.json")
+    if not isinstance(info, (dict, list)):
+        raise UserInputError(f"must be a mapping of sampling settings, got {info!r:.40}", folder / "samples.json")
+    check_shape(info, SAMPLES if isinstance(info, dict) else None, folder / "samples.json")
     grid = folder / "samples_grid.png"
     return SampleFolder(folder, info if isinstance(info, dict) else {"samples": info},
                         grid if grid.is_file() else None)
@@ -203,7 +233,10 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
     priors: list[PriorFolder] = []
     for given in inputs:
         given = Path(given).expanduser()
-        if given.is_file():  # best.pt or metrics.json: its folder is meant
+        if given.is_file():  # best.pt or metrics.json: its folder is meant; any other file is a mistake
+            if given.name not in FOLDER_FILES:
+                raise UserInputError(f"a file, not a run, evaluation or samples folder (a file given stands for its "
+                                     f"folder only if it is one of {', '.join(FOLDER_FILES)})", given)
             given = given.parent
         if not given.exists():
             raise UserInputError("folder not found", given)
@@ -236,6 +269,11 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
             entries[run_key] = Entry(run=run)
         entries[run_key].evaluations.append(evaluation)
     result = list(entries.values())
+    for entry in result:
+        if entry.run is not None and not entry.evaluations:
+            log.warning("%s: a run without an evaluation (no per-slice test results): the report shows its best "
+                        "validation epoch; run prostate-vq evaluate --checkpoint %s and add its folder",
+                        entry.run.path, entry.run.checkpoint)
     _name(result)
     return result, samples, priors
 

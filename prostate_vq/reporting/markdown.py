@@ -9,6 +9,7 @@ import os
 import platform
 import shlex
 from pathlib import Path
+from urllib.parse import quote
 
 import torch
 
@@ -26,7 +27,7 @@ from prostate_vq.reporting.evaluation_tables import (
     perceptual_table,
 )
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
-from prostate_vq.reporting.prose import QUANTIZER_LOSS, REFERENCES, SPLIT_RATIONALE, TASK_LOSS
+from prostate_vq.reporting.prose import REFERENCES, SPLIT_RATIONALE, loss_text
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
 from prostate_vq.reporting.tables import md_escape as esc
 
@@ -47,9 +48,10 @@ class _Report:
         self.lines.extend(lines)
 
     def link(self, path: Path) -> str:
-        """A link that resolves from the report's folder, wherever the figure lives."""
+        """A link that resolves from the report's folder, wherever the figure lives; percent-encoded, so that
+        no folder name (`x](javascript:...)`, `<img ...>`, a space) can end the link or open a tag."""
         rel = os.path.relpath(Path(path).resolve(), self.base).replace(os.sep, "/")
-        return f"<{rel}>" if " " in rel else rel
+        return quote(rel.encode("utf-8", "surrogateescape"), safe="/._-~")
 
     def image(self, path: Path | None, alt: str) -> None:
         if path is not None and Path(path).is_file():
@@ -218,9 +220,7 @@ def _model_section(report: _Report, entry: Entry) -> None:
     report.add(f"Preset {md_code(entry.preset)}, task {md_code(entry.task)}: {esc(config.get('description', ''))}", "")
     if params is not None:
         report.add(f"Trainable parameters: **{params:,}**.", "")
-    kind = (config.get("quantizer") or {}).get("kind", "vq")
-    report.add("**Loss.** " + TASK_LOSS.get(entry.task, entry.task) + "; plus the quantiser's terms: "
-               + QUANTIZER_LOSS.get(kind, kind) + ".", "")
+    report.add("**Loss.** " + esc(loss_text(entry.task, config)), "")
     rows = [[section, key, value] for section in ("model", "quantizer", "training", "refit")
             for key, value in (config.get(section) or {}).items()]
     if rows:
@@ -267,7 +267,11 @@ def _testing_section(report: _Report, entry: Entry) -> None:
             if path is not None:
                 report.add(f"*{caption}*", "")
                 report.image(path, f"{caption} - {esc(entry.name)}")
-        report.add(f"Per-slice values: [{ev.path.name}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).", "")
+        if (ev.path / "per_slice.csv").is_file():
+            report.add(f"Per-slice values: [{esc(ev.path.name)}/per_slice.csv]"
+                       f"({report.link(ev.path / 'per_slice.csv')}).", "")
+        else:
+            report.add("No per-slice values: the evaluation folder has no `per_slice.csv`.", "")
 
 
 def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[SampleFolder]) -> None:
@@ -375,6 +379,10 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     out = Path(out)
     if out.is_dir():
         out = out / "report.md"
+    _refuse_overwriting_inputs(out, entries, samples, priors)
+    if not _is_utf8(str(out.resolve())):
+        raise UserInputError("--out: the name is not valid UTF-8, and the report names itself and its figures; "
+                             "choose a UTF-8 name", out)
     ensure_dir(out.parent)
     report = _Report(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -424,5 +432,26 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     if entries:
         _reproduce_section(report, entries)
     report.add("## References", "", *[f"{i}. {text}" for i, (_, text) in enumerate(REFERENCES, 1)], "")
-    write_text_atomic(out, "\n".join(report.lines))
+    # A folder name that is not UTF-8 (surrogate-escaped bytes) is shown with U+FFFD, never a UnicodeEncodeError.
+    text = "\n".join(report.lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    write_text_atomic(out, text)
     return out
+
+
+def _refuse_overwriting_inputs(out: Path, entries, samples, priors) -> None:
+    """The report never replaces a file of a folder it reads (`--out RUN/history.csv`); an earlier report (.md)
+    there may be replaced."""
+    folders = [f.path for f in (*samples, *priors)]
+    for e in entries:
+        folders += ([e.run.path] if e.run else []) + [ev.path for ev in e.evaluations]
+    target = out.resolve()
+    if target.suffix.lower() != ".md" and target.exists() and any(f.resolve() in target.parents for f in folders):
+        raise UserInputError("--out is one of the report's inputs; write the report elsewhere (e.g. report.md)", out)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -1,12 +1,6 @@
-"""The fixed text of a report: loss descriptions, split rationale, references."""
+"""The text of a report: the loss paragraph (built from the run's resolved config), split rationale, references."""
 
 from __future__ import annotations
-
-TASK_LOSS = {
-    "image": "mean squared error between the reconstruction and the input slice (both in [0, 1])",
-    "mask": "cross-entropy plus MONAI's soft Dice loss (foreground classes) on the reconstructed label map",
-    "joint": "image MSE plus cross-entropy and soft Dice on the segmentation head",
-}
 
 QUANTIZER_LOSS = {
     "vq": "codebook loss ||sg[z_e] - e||² plus beta times the commitment loss ||z_e - sg[e]||² "
@@ -52,3 +46,42 @@ REFERENCES = [
     ("vqlib", "P. Wang (lucidrains). *vector-quantize-pytorch.* "
               "https://github.com/lucidrains/vector-quantize-pytorch"),
 ]
+
+
+def _weight(section: dict, key: str, default: float) -> float:
+    try:
+        return float(section.get(key, default))
+    except (TypeError, ValueError):
+        return default
+
+
+def loss_text(task: str, config: dict) -> str:
+    """The **Loss.** paragraph of one run from its resolved config: every term of the task loss with the weight it
+    trained with (training.l1_weight, ssim_weight, seg_weight, dice_weight), the quantiser's terms (beta, entropy
+    weight), and what shapes the input (augmentation, masking): a fixed sentence misstated presets such as default,
+    whose loss adds 1 x (1 - SSIM)."""
+    training, quantizer = config.get("training") or {}, config.get("quantizer") or {}
+    terms = []
+    if task in ("image", "joint"):
+        terms.append("mean squared error between the reconstruction and the input slice (both in [0, 1])")
+        if _weight(training, "l1_weight", 0.0):
+            terms.append(f"{_weight(training, 'l1_weight', 0.0):g} x the mean absolute error (L1)")
+        if _weight(training, "ssim_weight", 0.0):
+            terms.append(f"{_weight(training, 'ssim_weight', 0.0):g} x (1 - SSIM) (the metric's 11x11 Gaussian window)")
+    if task in ("mask", "joint"):
+        seg, dice = _weight(training, "seg_weight", 1.0), _weight(training, "dice_weight", 1.0)
+        terms.append(f"{seg:g} x cross-entropy on the {'segmentation head' if task == 'joint' else 'label map'}")
+        if dice:
+            terms.append(f"{seg * dice:g} x MONAI's soft Dice loss (foreground classes)")
+    kind = str(quantizer.get("kind", "vq"))
+    weights = [f"{name} {quantizer[key]:g}" for key, name in (("beta", "beta"), ("entropy_weight", "entropy weight"))
+               if isinstance(quantizer.get(key), (int, float)) and quantizer.get(key) and kind != "fsq"]
+    text = (" + ".join(terms) or task) + "; plus the quantiser's terms: " + QUANTIZER_LOSS.get(kind, kind)
+    text += f" ({', '.join(weights)})." if weights else "."
+    shaping = []
+    if training.get("augment") is True:
+        shaping.append("training batches are augmented (flips, small affine, intensity)")
+    if _weight(training, "mask_ratio", 0.0):
+        shaping.append(f"{_weight(training, 'mask_ratio', 0.0):.0%} of the input patches are masked")
+    return text + (" Input: " + "; ".join(shaping) + "." if shaping else "")
+

@@ -103,21 +103,44 @@ def _check_model_fields(payload: dict, bad) -> None:
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes; returns (model in eval mode, payload).
     `device` may be "auto" (CUDA when available)."""
-    from prostate_vq.models import build_model
     from prostate_vq.training.runtime import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device
 
     payload = load_checkpoint(path, map_location="cpu", kind="model")
+    model = model_of(payload, path)
+    model.to(device).eval()
+    return model, payload
+
+
+def model_of(payload: dict, path: str | Path | None):
+    """The model a VQ-VAE payload describes, its weights loaded: a config that builds no model, weights of
+    another model (fsq weights under a vq config) or non-finite weights are one line naming the file."""
+    from prostate_vq.models import build_model
+    from prostate_vq.models.presets import check_model_config
+
     try:
+        check_model_config(payload["config"])
         model = build_model(payload["config"], payload["task"])
     except (KeyError, TypeError, ValueError, UserInputError) as error:
         raise UserInputError(f"not a usable VQ-VAE checkpoint: its config does not build a model ({error})",
                              path) from None
+    load_weights(model, payload["model_state"], path)
+    return model
+
+
+def load_weights(module: torch.nn.Module, state: dict, path: str | Path | None, what: str = "checkpoint") -> None:
+    """`module.load_state_dict(state)`, refusing in one line weights that do not fit the checkpoint's own config
+    or that hold NaN/Inf (a diverged run's: evaluating or encoding them gives numbers that mean nothing)."""
+    bad = [name for name, value in state.items()
+           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        raise UserInputError(f"the {what} is inconsistent: non-finite (NaN or Inf) weights in {', '.join(bad[:3])}"
+                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+                             + "; use an earlier checkpoint of the run", path)
     try:
-        model.load_state_dict(payload["model_state"])
+        module.load_state_dict(state)
     except RuntimeError as error:
-        raise UserInputError(f"checkpoint weights do not match its config ({str(error).splitlines()[0]})",
+        detail = " ".join(str(error).split())[:300]
+        raise UserInputError(f"the {what} is inconsistent: its weights do not match its own config ({detail})",
                              path) from None
-    model.to(device).eval()
-    return model, payload

@@ -19,7 +19,7 @@ import torch
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import write_json_atomic
 from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint
+from prostate_vq.training.checkpoints import load_checkpoint, model_of
 from prostate_vq.training.data_loading import make_loader
 from prostate_vq.training.kmeans import kmeans
 from prostate_vq.training.loop import validate
@@ -42,6 +42,7 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     `refit.lr` when the preset has one."""
     checkpoint = Path(checkpoint)
     base = load_checkpoint(checkpoint, kind="model")
+    model_of(base, checkpoint)  # weights of another model, or NaN ones, are one line now, not mid-run
     if int(codebook_size) < 2:
         raise UserInputError(f"--codebook-size must be at least 2, got {codebook_size}")
     kind = base["config"]["quantizer"].get("kind")
@@ -188,7 +189,7 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
         else:
             run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
                         epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
-                        seed=options.seed, progress=options.progress, max_slices=options.max_slices,
+                        seed=options.seed or 0, progress=options.progress, max_slices=options.max_slices,
                         num_workers=options.num_workers, tensorboard=options.tensorboard)
         return run
 

@@ -34,7 +34,7 @@ from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_d
 from prostate_vq.training.history import HISTORY_COLUMNS
 from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.losses import TaskLoss
-from prostate_vq.training.resume import announce_resume, refuse_other_data
+from prostate_vq.training.resume import announce_resume, kept_max_slices, refuse_less_than_done, refuse_other_data
 from prostate_vq.training.run_files import RunWriter, record_rank_sync, step_bar, versions
 from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
 from prostate_vq.training.schedule import (
@@ -66,7 +66,7 @@ class TrainOptions:
     spatial_size: tuple[int, int] | None = None
     batch_size: int | None = None
     lr: float | None = None
-    seed: int = 0
+    seed: int | None = None  # None: 0, or on --resume the run's own
     patience: int | None = None
     monitor: str | None = None
     mask_ratio: float | None = None
@@ -113,6 +113,7 @@ def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extr
         if not (out / "last.pt").is_file():
             raise UserInputError("--resume: no last.pt in the run folder", out)
         resume = load_checkpoint(out / "last.pt", kind="resume")
+        refuse_less_than_done(options, resume, out)
         cfg = copy.deepcopy(resume["config"])
         for key in ("epochs", "max_steps", "patience", "lr"):  # a resumed run may be extended, more patient, slower
             if getattr(options, key) is not None:
@@ -123,6 +124,14 @@ def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extr
     else:
         cfg = cfg if cfg is not None else resolve_config(options)
 
+    if resume is not None:  # a broken stored config is one line naming the checkpoint, not a traceback later
+        from prostate_vq.models.presets import check_model_config
+
+        try:
+            check_model_config(cfg)
+            check_training_config(cfg["training"], resume["task"])
+        except UserInputError as error:
+            raise UserInputError(f"--resume: its stored config is broken ({error})", out / "last.pt") from None
     check_training_config(cfg["training"], resume["task"] if resume else options.task)
     with ddp.process_group(resolve_device(options.device)) as (dist_ctx, device):
         run = None
@@ -148,7 +157,8 @@ class VQVAETraining:
         self.options, self.cfg, self.resume = options, cfg, resume
         self.training = cfg["training"]
         self.task = resume["task"] if resume else options.task
-        self.seed = int(resume.get("seed", options.seed)) if resume else int(options.seed)
+        self.seed = int(resume.get("seed", options.seed or 0)) if resume else int(options.seed or 0)
+        self.max_slices = kept_max_slices(options, resume) if resume else options.max_slices
         self.dist, self.device, self.started = dist_ctx, device, started
         self.extra_payload = extra_payload
         self.out = Path(options.out)
@@ -170,7 +180,7 @@ class VQVAETraining:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.root = self._data_root(data_root)
-        self.train_ds, self.val_ds = load_datasets(self.root, self.task, training, self.options.max_slices)
+        self.train_ds, self.val_ds = load_datasets(self.root, self.task, training, self.max_slices)
 
         seed_everything(self.seed)
         model = build_model(self.cfg, self.task).to(device)
@@ -220,7 +230,7 @@ class VQVAETraining:
             "preset": self.resume["preset"] if self.resume else self.options.preset,
             "task": self.task, "spatial_size": [int(s) for s in training["spatial_size"]],
             "intensity": plain(self._intensity()), "seed": self.seed, "data_root": str(self.root),
-            "versions": versions(), **plain(self.extra_payload),
+            "max_slices": self.max_slices, "versions": versions(), **plain(self.extra_payload),
         }
         self.base_payload = base_payload
         self._write_config()
