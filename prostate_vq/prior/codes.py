@@ -15,6 +15,7 @@ What the prior models, per model family (``CodeLayout``):
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,6 +59,15 @@ class CodeLayout:
     @property
     def depth(self) -> int:
         return len(self.vocab_sizes)
+
+    @property
+    def codes_per_map(self) -> int:
+        return self.grid[0] * self.grid[1] * self.depth
+
+    @property
+    def uniform_bits_per_code(self) -> float:
+        """log2 K averaged over the levels: the nominal rate, what a prior that learned nothing costs."""
+        return sum(math.log2(k) for k in self.vocab_sizes) / self.depth
 
     def describe(self) -> str:
         h, w = self.grid

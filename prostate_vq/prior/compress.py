@@ -110,14 +110,14 @@ def _same_weights(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
-@torch.no_grad()
 def _rates(prior, codes: torch.Tensor, streams: list[np.ndarray], layout: CodeLayout, spatial) -> dict:
+    from prostate_vq.prior.train import mean_nll_bits
+
     pixels = int(spatial[0]) * int(spatial[1])
-    per_slice = layout.grid[0] * layout.grid[1] * layout.depth
-    nll = torch.cat([prior.nll(codes[i:i + 64], reduction="none") for i in range(0, len(codes), 64)])
+    per_map = layout.codes_per_map
     stream_bits = np.asarray([32 * len(s) for s in streams], dtype=np.float64)
-    return {"nominal_bits_per_pixel": sum(np.log2(k) for k in layout.vocab_sizes) * per_slice / layout.depth / pixels,
-            "nll_bits_per_pixel": float(nll.mean()) * per_slice / pixels,
+    return {"nominal_bits_per_pixel": layout.uniform_bits_per_code * per_map / pixels,
+            "nll_bits_per_pixel": mean_nll_bits(prior, codes, 64, torch.device("cpu")) * per_map / pixels,
             "coded_bits_per_pixel": float(stream_bits.mean()) / pixels,
             "coded_bits_per_pixel_max": float(stream_bits.max()) / pixels,
             "slices": len(streams), "pixels_per_slice": pixels}

@@ -233,10 +233,10 @@ def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_re
     prior.load_state_dict(best["model_state"])
     metrics = {
         "kind": "prior", "arch": prior_cfg["arch"], "layout": layout.describe(), "vocab_sizes": layout.vocab_sizes,
-        "codes_per_slice": int(layout.grid[0] * layout.grid[1] * layout.depth),
+        "codes_per_slice": layout.codes_per_map,
         "val_nll_bits_per_code": mean_nll_bits(prior, codes["validate"], batch, device),
         "test_nll_bits_per_code": mean_nll_bits(prior, codes["test"], batch, device),
-        "uniform_bits_per_code": sum(math.log2(k) for k in layout.vocab_sizes) / layout.depth,
+        "uniform_bits_per_code": layout.uniform_bits_per_code,
         "unigram_val_bits_per_code": unigram_bits(train_codes, codes["validate"], layout.vocab_sizes),
         "n_train": len(codes["train"]), "n_val": len(codes["validate"]), "n_test": len(codes["test"]),
         "best_epoch": int(best["epoch"]), "epochs_run": len(history), "stop_reason": stop_reason,
