@@ -3,7 +3,8 @@
 are all checked here, so a bad value is one line naming the key, never a traceback later.
 
 The `quantizer` section is each kind's constructor keywords (models/quantizers): its defaults and types come
-from those signatures and are checked by `check_like` against the value a key replaces.
+from those signatures, its ranges from the kind's `option_limits`, checked by these same rules
+(`models.quantizers.check_options`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from prostate_vq.errors import UserInputError
 
 
 def option_rules(default, *, minimum=None, above=None, below=None, maximum=None, choices=None, kind=None,
-                 item_minimum=None, length=None) -> dict:
+                 item_minimum=None, length=None, power_of_two=False) -> dict:
     """What a value must be (`kind` when the default is None): the rules `check` applies."""
     return {"minimum": minimum, "above": above, "below": below, "maximum": maximum, "choices": choices,
             "kind": kind or type(default), "item_minimum": item_minimum, "length": length,
-            "nullable": default is None}
+            "nullable": default is None, "power_of_two": power_of_two}
 
 
 def option(default, **limits):
@@ -224,37 +225,8 @@ def _check_range(value, rules, bad) -> None:
         bad(f"below {rules['below']}")
     if rules["maximum"] is not None and value > rules["maximum"]:
         bad(f"at most {rules['maximum']}")
-
-
-# Quantizer keywords: whole numbers are at least 1 but these, numbers are 0 or more but these; sizes have a
-# ceiling far above any sensible model (codebook_dim 10**6 would allocate gigabytes and train as if fine).
-_MAXIMA = {"codebook_size": 2**20, "codebook_dim": 4096, "depth": 64}
-_ZERO_ALLOWED = {"kmeans_iters"}
-_POSITIVE = {"temperature", "entropy_temperature"}
-_SHARES = {"decay"}
-
-
-def check_like(key: str, old, new, as_key: bool = False):
-    """A quantizer keyword by the type of the default it replaces (`--set quantizer.beta=abc` is one line);
-    with `as_key`, the message names the key itself (a preset's or config file's) instead of a `--set`."""
-    name = key.rpartition(".")[2]
-    if old is None or new is None or isinstance(old, str):
-        if isinstance(new, float) and not math.isfinite(new):
-            where = key if as_key else f"--set {key}={new!r}: {name}"
-            raise UserInputError(f"{where} must be a finite number")
-        return new
-    kind = list if isinstance(old, list) else type(old)
-    rules = {"minimum": None, "above": None, "below": None, "maximum": None, "choices": None, "kind": kind,
-             "item_minimum": 1, "length": None, "nullable": False}
-    if kind in (int, float):
-        if name in _POSITIVE:
-            rules["above"] = 0
-        else:
-            rules["minimum"] = 1 if kind is int and name not in _ZERO_ALLOWED else 0
-        if name in _SHARES:
-            rules["maximum"] = 1
-        rules["maximum"] = _MAXIMA.get(name, rules["maximum"])
-    return check(key, new, rules) if as_key else check_set(key, new, rules)
+    if rules.get("power_of_two") and (value < 1 or int(value) & (int(value) - 1)):
+        bad("a power of two")
 
 
 def check_set(key: str, new, rules):

@@ -39,3 +39,7 @@ class MonaiVQVAE(VQVAE):
         self.encoder, self.decoder = main.encoder, main.decoder  # MONAI's quantizer is replaced by ours below
         self.quantizer = build_quantizer(quantizer_cfg, d)
         self.seg_decoder = net(in_channels, NUM_CLASSES).decoder if self.task == "joint" else None
+
+    @property
+    def supports_refit(self) -> bool:
+        return False  # ReFiT is defined (and tested) on our own VQ-VAE network

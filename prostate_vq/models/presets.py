@@ -12,7 +12,7 @@ from prostate_vq import schema
 from prostate_vq.errors import UserInputError
 
 from .build import build_model
-from .quantizers import QUANTIZERS, quantizer_options
+from .quantizers import check_options, quantizer_class, quantizer_options
 
 SECTIONS = ("description", "model", "quantizer", "training", "refit")
 
@@ -39,21 +39,13 @@ def get_preset(name: str) -> dict:
 
 def resolve(cfg: dict) -> dict:
     """Check against the schema and fill defaults: prostate_vq.schema for `model`, `training` and `refit`, the
-    kind's constructor defaults for `quantizer`."""
+    kind's constructor defaults and `option_limits` for `quantizer` (so LFQ's power-of-two codebook is one line
+    here, before any data loads)."""
     cfg["model"] = {**schema.defaults("model"), **schema.check_section("model", cfg.get("model") or {})}
     quantizer = dict(cfg.get("quantizer", {}))
-    kind = quantizer.get("kind", "vq")
-    if kind not in QUANTIZERS:
-        raise UserInputError(f"unknown quantizer kind {kind!r}; choose one of {', '.join(QUANTIZERS)}")
-    options = quantizer_options(kind)
-    unknown = sorted(set(quantizer) - set(options) - {"kind"})
-    if unknown:
-        raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(options)}")
-    # Every value by the type and range of the constructor default it replaces, as `--set` checks it.
-    quantizer = {k: v if k == "kind" else schema.check_like(f"quantizer.{k}", options[k], v, as_key=True)
-                 for k, v in quantizer.items()}
-    cfg["quantizer"] = {"kind": kind, **options, **quantizer}
+    kind = quantizer.pop("kind", "vq")
+    quantizer_class(kind)
+    cfg["quantizer"] = {"kind": kind, **quantizer_options(kind), **check_options(kind, quantizer)}
     cfg["training"] = {**schema.defaults("training"), **schema.check_section("training", cfg.get("training") or {})}
     if cfg.get("refit"):
         cfg["refit"] = {**schema.defaults("refit"), **schema.check_section("refit", cfg["refit"])}
@@ -66,12 +58,8 @@ def check_model_config(cfg: dict) -> None:
     schema.check_section("model", cfg.get("model") or {})
     quantizer = dict(cfg.get("quantizer") or {})
     kind = quantizer.pop("kind", "vq")
-    if kind not in QUANTIZERS:
-        raise UserInputError(f"unknown quantizer kind {kind!r}; choose one of {', '.join(QUANTIZERS)}")
     options = quantizer_options(kind)
-    for key, value in quantizer.items():
-        if key in options:
-            schema.check_like(f"quantizer.{key}", options[key], value, as_key=True)
+    check_options(kind, {key: value for key, value in quantizer.items() if key in options})
 
 
 def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
@@ -99,8 +87,6 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
             cfg["description"] = str(value)
             continue
         if section == "quantizer" and name == "kind":
-            if value not in QUANTIZERS:
-                raise UserInputError(f"unknown quantizer kind {value!r}; choose one of {', '.join(QUANTIZERS)}")
             shared = quantizer_options(value)
             cfg["quantizer"] = {"kind": value, **{k: v for k, v in cfg["quantizer"].items() if k in shared}}
             cfg = resolve(cfg)
@@ -110,7 +96,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         if name not in valid:
             raise UserInputError(f"unknown override key {key!r}; valid {section} keys: {', '.join(valid)}")
         if section == "quantizer":
-            target[name] = schema.check_like(key, target[name], value)
+            target[name] = check_options(cfg["quantizer"]["kind"], {name: value}, as_key=False)[name]
         else:
             target[name] = schema.check_set(key, value, schema.rules(section, name))
     return cfg

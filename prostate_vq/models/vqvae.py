@@ -107,7 +107,9 @@ class VQVAE(nn.Module):
 
     @property
     def supports_refit(self) -> bool:
-        return hasattr(self.quantizer, "set_codebook")
+        """Whether ReFiT can re-build this model's codebook: the quantizer's capability, on one code map (the
+        single path: `prostate-vq refit` asks this)."""
+        return bool(self.quantizer.supports_refit)
 
     def code_shape(self, spatial_size: tuple[int, int]) -> tuple[int, ...]:
         """Shape of one slice's code map for an input of `spatial_size` (H, W)."""
@@ -123,10 +125,6 @@ class VQVAE(nn.Module):
 
     def bits_per_pixel(self, spatial_size: tuple[int, int]) -> float:
         return bits_per_pixel(self.code_levels(spatial_size), spatial_size)
-
-    def dead_codes_restarted(self) -> int:
-        """Dead codes restarted since the last call (all quantizers)."""
-        return sum(m.pop_restarted() for m in self.modules() if isinstance(m, Quantizer))
 
     def _check_size(self, size) -> None:
         """Every side a multiple of the total downsampling, with at least 2 cells of the coarsest code map (a

@@ -27,7 +27,8 @@ from prostate_vq.reporting.evaluation_tables import (
     perceptual_table,
 )
 from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
-from prostate_vq.reporting.prose import REFERENCES, SPLIT_RATIONALE, loss_text
+from prostate_vq.reporting.prose import SPLIT_RATIONALE, loss_text
+from prostate_vq.reporting.references import Citations
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
 from prostate_vq.reporting.tables import md_escape as esc
 
@@ -43,6 +44,8 @@ class _Report:
         self.base = out.parent.resolve()
         self.assets = out.parent / f"{out.stem}_figures"
         self.lines: list[str] = []
+        self.citations = Citations()
+        self.cite = self.citations.cite
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
@@ -220,7 +223,7 @@ def _model_section(report: _Report, entry: Entry) -> None:
     report.add(f"Preset {md_code(entry.preset)}, task {md_code(entry.task)}: {esc(config.get('description', ''))}", "")
     if params is not None:
         report.add(f"Trainable parameters: **{params:,}**.", "")
-    report.add("**Loss.** " + esc(loss_text(entry.task, config)), "")
+    report.add("**Loss.** " + esc(loss_text(entry.task, config, report.cite)), "")
     rows = [[section, key, value] for section in ("model", "quantizer", "training", "refit")
             for key, value in (config.get(section) or {}).items()]
     if rows:
@@ -392,14 +395,15 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
 
     report.add("## Aim", "",
                f"Train a VQ-VAE on 2-D prostate MRI slices whose reconstructions are reasonably clear: mean "
-               f"structural similarity (SSIM [3]) above {SSIM_THRESHOLD} on the held-out test split.", "")
+               f"structural similarity (SSIM {report.cite('ssim')}) above {SSIM_THRESHOLD} on the held-out test "
+               "split.", "")
     if entries:
         verdicts = [[e.name, *_verdict(e)] for e in entries]
         report.add(md_table(["Model", "Test SSIM", f"SSIM > {SSIM_THRESHOLD}"], verdicts), "")
 
         report.add("## Results", "", comparison_table(entries), "",
                    "SSIM: mean ± std over slices, images in [0, 1], 11x11 Gaussian window (sigma 1.5), MONAI "
-                   "`SSIMMetric` [5]; SSIM in region: the SSIM map averaged inside the body (label > 0) or, "
+                   f"`SSIMMetric` {report.cite('monai')}; SSIM in region: the SSIM map averaged inside the body (label > 0) or, "
                    "without masks, inside the unpadded foreground. PSNR (dB, peak 1): mean over slices with a "
                    "finite value. Dice (per slice): mean over the foreground classes of the per-class mean over "
                    "slices where the class is in the reference or the prediction. Prostate Dice (MONAI): "
@@ -415,13 +419,14 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
             report.add("### Multi-scale and perceptual metrics", "", perceptual, "")
         _dataset_section(report, entries)
         report.add("## Models", "",
-                   "A VQ-VAE [1] encodes a slice into a grid of vectors, replaces each by its nearest codebook "
+                   f"A VQ-VAE {report.cite('vq')} encodes a slice into a grid of vectors, replaces each by its nearest codebook "
                    "entry (a discrete code) and decodes the codes back; a small, fully used codebook is what "
                    "makes the codes useful to a generative prior.", "")
         for entry in entries:
             _model_section(report, entry)
         if any(e.run for e in entries):
-            report.add("## Training", "", "Early stopping on the validation split [9]; curves from `history.csv`.", "")
+            report.add("## Training", "", f"Early stopping on the validation split {report.cite('stop')}; curves "
+                       "from `history.csv`.", "")
             for entry in entries:
                 _training_section(report, entry)
         if any(e.evaluations for e in entries):
@@ -431,7 +436,7 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     _prior_section(report, priors, samples)
     if entries:
         _reproduce_section(report, entries)
-    report.add("## References", "", *[f"{i}. {text}" for i, (_, text) in enumerate(REFERENCES, 1)], "")
+    report.add("## References", "", *report.citations.section(), "")
     # A folder name that is not UTF-8 (surrogate-escaped bytes) is shown with U+FFFD, never a UnicodeEncodeError.
     text = "\n".join(report.lines).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     write_text_atomic(out, text)

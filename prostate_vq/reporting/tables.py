@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from prostate_vq.models.quantizers import QUANTIZERS
+
 DASH = "–"
 
 
@@ -74,7 +76,8 @@ def hyperparameters(config: dict, epochs: int | None = None, refit_info: dict | 
         parts.append(f"depth={quantizer['depth']}")
     if model.get("downsample") is not None:
         parts.append(f"downsample={model['downsample']}")
-    if quantizer.get("beta") is not None and kind != "fsq":
+    weighted = QUANTIZERS[kind].loss_weights if kind in QUANTIZERS else ("beta",)  # a kind says what it weights
+    if quantizer.get("beta") is not None and "beta" in weighted:
         parts.append(f"beta={quantizer['beta']}")
     if refit_info and refit_info.get("codebook_size_before"):
         parts.append(f"ReFiT from K={refit_info['codebook_size_before']}")

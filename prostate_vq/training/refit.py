@@ -18,6 +18,7 @@ import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import write_json_atomic
+from prostate_vq.models.quantizers import QUANTIZERS
 from prostate_vq.training import distributed as ddp
 from prostate_vq.training.checkpoints import load_checkpoint, model_of
 from prostate_vq.training.data_loading import make_loader
@@ -42,13 +43,14 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     `refit.lr` when the preset has one."""
     checkpoint = Path(checkpoint)
     base = load_checkpoint(checkpoint, kind="model")
-    model_of(base, checkpoint)  # weights of another model, or NaN ones, are one line now, not mid-run
+    base_model = model_of(base, checkpoint)  # weights of another model, or NaN ones, are one line now, not mid-run
     if int(codebook_size) < 2:
         raise UserInputError(f"--codebook-size must be at least 2, got {codebook_size}")
-    kind = base["config"]["quantizer"].get("kind")
-    architecture = base["config"].get("model", {}).get("architecture", "vqvae")
-    if kind not in ("vq", "ema") or architecture != "vqvae":
-        raise UserInputError(f"ReFiT needs a single learned codebook (quantizer vq or ema, architecture vqvae); "
+    if not base_model.supports_refit:  # the quantizer's capability (Quantizer.supports_refit) and the architecture's
+        kind = base["config"]["quantizer"].get("kind")
+        architecture = base["config"].get("model", {}).get("architecture", "vqvae")
+        able = " or ".join(kind for kind, cls in QUANTIZERS.items() if cls.supports_refit)
+        raise UserInputError(f"ReFiT needs a single learned codebook (quantizer {able}, architecture vqvae); "
                              f"this checkpoint uses {kind}/{architecture}", checkpoint)
     cfg = copy.deepcopy(base["config"])
     refit_cfg = cfg.get("refit") or {}
@@ -90,8 +92,7 @@ def _rebuild_codebook(model, base: dict, ctx: InitContext) -> dict:
     before = validate(base_model, _val_loader(ctx), ctx.criterion, ctx.settings)
 
     latents = _sample_latents(base_model, ctx)
-    cosine = bool(getattr(model.quantizer, "l2_normalize", False) or
-                  getattr(getattr(model.quantizer, "_codebook", None), "use_cosine_sim", False))
+    cosine = model.quantizer.cosine_codes
     k = int(model.quantizer.codebook_size)
     if latents.shape[0] < k:
         raise UserInputError(f"ReFiT: only {latents.shape[0]} latent vectors for {k} codes; "

@@ -1,53 +1,34 @@
-"""Quantizer variants behind one interface (`base.Quantizer`); `build_quantizer` picks one by `kind`."""
+"""Quantizer variants behind one interface (`base.Quantizer`), one per module, each registered by
+`@register_quantizer(kind)` (registry.py); `build_quantizer` picks one by `kind`. Importing this package imports
+every built-in kind's module, which registers it."""
 
 from __future__ import annotations
 
-import inspect
-
-from prostate_vq.errors import UserInputError
-
+from . import ema, fsq, lfq, monai_ema, rq, soft, vq  # noqa: F401 - importing a kind's module registers it
 from .base import Quantizer, QuantizerOutput, code_counts, nearest_code, perplexity, usage
 from .ema import EMAQuantizer
 from .fsq import FSQQuantizer
 from .lfq import LFQQuantizer
 from .monai_ema import MonaiEMAQuantizer
+from .registry import (
+    QUANTIZERS,
+    check_options,
+    option_rules,
+    quantizer_class,
+    quantizer_options,
+    register_quantizer,
+    unregister_quantizer,
+)
 from .rq import ResidualQuantizer
 from .soft import SoftQuantizer
 from .vq import VectorQuantizer
 
-QUANTIZERS = {
-    "vq": VectorQuantizer,
-    "ema": EMAQuantizer,
-    "rq": ResidualQuantizer,
-    "fsq": FSQQuantizer,
-    "lfq": LFQQuantizer,
-    "soft": SoftQuantizer,
-    "monai-ema": MonaiEMAQuantizer,
-}
-
-
-def quantizer_options(kind: str) -> dict:
-    """The options a kind accepts with their defaults (read from the constructors, the one source)."""
-    options: dict = {}
-    for cls in reversed(QUANTIZERS[kind].__mro__):
-        if cls.__module__.startswith(__name__) and "__init__" in vars(cls):
-            for name, p in inspect.signature(cls.__init__).parameters.items():
-                if name not in ("self", "dim") and p.kind is p.POSITIONAL_OR_KEYWORD:
-                    options[name] = None if p.default is p.empty else p.default
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in options.items()}
-
 
 def build_quantizer(cfg: dict, dim: int) -> Quantizer:
-    """`cfg` is a preset's `quantizer` section: `kind` plus that kind's options."""
+    """`cfg` is a preset's `quantizer` section: `kind` plus that kind's options (checked as a config is)."""
     options = dict(cfg)
     kind = options.pop("kind", None)
-    if kind not in QUANTIZERS:
-        raise UserInputError(f"unknown quantizer kind {kind!r}; choose one of {', '.join(QUANTIZERS)}")
-    unknown = sorted(set(options) - set(quantizer_options(kind)))
-    if unknown:
-        raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(quantizer_options(kind))}")
-    return QUANTIZERS[kind](dim=dim, **options)
+    return quantizer_class(kind)(dim=dim, **check_options(kind, options))
 
 
 __all__ = [
@@ -62,9 +43,14 @@ __all__ = [
     "SoftQuantizer",
     "VectorQuantizer",
     "build_quantizer",
+    "check_options",
     "code_counts",
     "nearest_code",
+    "option_rules",
     "perplexity",
+    "quantizer_class",
     "quantizer_options",
+    "register_quantizer",
+    "unregister_quantizer",
     "usage",
 ]

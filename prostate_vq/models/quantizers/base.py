@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from prostate_vq.models.rate import CodeLevel
+
+# The ceiling of every codebook size: far above any sensible model (2**21 codes would allocate gigabytes and
+# train as if fine).
+CODEBOOK_SIZE = {"minimum": 1, "maximum": 2**20}
 
 
 class QuantizerOutput(NamedTuple):
@@ -139,6 +143,23 @@ class Quantizer(nn.Module):
 
     codebook_size: int
 
+    # What a kind says about itself (`register_quantizer` refuses a kind without the first three), so that no
+    # other module keeps a list of kinds: the report's loss paragraph and references, docs/models.md's table,
+    # the config check and ReFiT read these.
+    kind: ClassVar[str] = ""  # set by register_quantizer
+    summary: ClassVar[str] = ""  # what it does (docs/models.md)
+    loss_text: ClassVar[str] = ""  # its loss terms, for the report's **Loss.** paragraph (no citation numbers)
+    references: ClassVar[tuple[str, ...]] = ()  # citation keys, numbered by the report in order of first citation
+    citations: ClassVar[dict[str, str]] = {}  # the full text of keys this kind introduces to the references
+    implementation: ClassVar[str] = "hand-written"  # docs/models.md: where the arithmetic comes from
+    # Ranges of the constructor keywords beyond their type (prostate_vq.schema.option_rules limits, e.g.
+    # {"decay": {"maximum": 1}}); merged along the class hierarchy; a keyword whose default is None names its
+    # `kind`. Checked when a config is resolved, before any data loads.
+    option_limits: ClassVar[dict[str, dict]] = {}
+    supports_refit: ClassVar[bool] = False  # one learned codebook ReFiT can re-build (`codebook`, `set_codebook`)
+    loss_weights: ClassVar[tuple[str, ...]] = ()  # the options that weight its loss terms (the report names them)
+    small_options: ClassVar[dict] = {}  # a tiny instance (a few codes) for tests and examples
+
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         for name in ("forward", "lookup"):
@@ -153,6 +174,11 @@ class Quantizer(nn.Module):
     @property
     def num_codes(self) -> int:
         return self.codebook_size
+
+    @property
+    def cosine_codes(self) -> bool:
+        """Whether codes are compared by angle (unit vectors); ReFiT's k-means follows it."""
+        return False
 
     def code_counts(self, indices: Tensor) -> Tensor:
         return code_counts(indices, self.num_codes)

@@ -15,11 +15,26 @@ import torch.nn.functional as F
 from torch import Tensor
 from vector_quantize_pytorch import VectorQuantize
 
-from .base import Quantizer, QuantizerOutput, broadcast_buffers, no_lazy_init, to_map, to_vectors
+from .base import CODEBOOK_SIZE, Quantizer, QuantizerOutput, broadcast_buffers, no_lazy_init, to_map, to_vectors
+from .registry import register_quantizer
 
 
+@register_quantizer("ema")
 class EMAQuantizer(Quantizer):
     """Beta-weighted commitment loss only; the codebook follows its assigned encoder outputs by EMA."""
+
+    summary = "EMA codebook with Laplace smoothing, `decay`"
+    implementation = "vector-quantize-pytorch `VectorQuantize`"
+    loss_text = ("beta times the commitment loss only; the codebook follows an exponential moving average of "
+                 "the encoder outputs assigned to each code")
+    references = ("ema",)
+    citations = {"ema": "A. Razavi, A. van den Oord, O. Vinyals. *Generating Diverse High-Fidelity Images with "
+                        "VQ-VAE-2.* NeurIPS 2019. arXiv:1906.00446"}
+    option_limits = {"codebook_size": CODEBOOK_SIZE, "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
+                     "decay": {"maximum": 1}, "kmeans_iters": {"minimum": 0}}
+    supports_refit = True
+    loss_weights = ("beta", "entropy_weight")
+    small_options = {"codebook_size": 16, "decay": 0.8}
 
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, decay: float = 0.99,
                  codebook_dim: int | None = None, l2_normalize: bool = False, entropy_weight: float = 0.0,
@@ -43,6 +58,11 @@ class EMAQuantizer(Quantizer):
     @property
     def _codebook(self):
         return self.vq._codebook
+
+    @property
+    def cosine_codes(self) -> bool:
+        """Codes compared by angle (the library's cosine codebook): ReFiT clusters on the sphere too."""
+        return bool(self._codebook.use_cosine_sim)
 
     @property
     def codebook(self) -> Tensor:

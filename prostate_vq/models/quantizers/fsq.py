@@ -12,9 +12,20 @@ from torch import Tensor
 from vector_quantize_pytorch import FSQ
 
 from .base import Quantizer, QuantizerOutput
+from .registry import register_quantizer
 
 
+@register_quantizer("fsq")
 class FSQQuantizer(Quantizer):
+    summary = "FSQ (Mentzer 2023), `levels` (implicit codebook of prod(levels))"
+    implementation = "vector-quantize-pytorch `FSQ`"
+    loss_text = "none: finite scalar quantisation has an implicit, fixed codebook"
+    references = ("fsq",)
+    citations = {"fsq": "F. Mentzer, D. Minnen, E. Agustsson, M. Tschannen. *Finite Scalar Quantization: VQ-VAE "
+                        "Made Simple.* ICLR 2024. arXiv:2309.15505"}
+    option_limits = {"levels": {"item_minimum": 2}}  # a level of 1 divides by zero inside FSQ
+    small_options = {"levels": [5, 3]}
+
     def __init__(self, dim: int, levels: list[int] = (8, 5, 5, 5)):
         super().__init__()
         self.levels = list(levels)

@@ -9,10 +9,23 @@ from __future__ import annotations
 from torch import Tensor
 from vector_quantize_pytorch import LFQ
 
-from .base import Quantizer, QuantizerOutput
+from .base import CODEBOOK_SIZE, Quantizer, QuantizerOutput
+from .registry import register_quantizer
 
 
+@register_quantizer("lfq")
 class LFQQuantizer(Quantizer):
+    summary = "LFQ (Yu 2023), log2(K) binary channels, `entropy_weight`"
+    implementation = "vector-quantize-pytorch `LFQ`"
+    loss_text = "commitment loss plus an entropy term that spreads codes over the binary codebook"
+    references = ("lfq",)
+    citations = {"lfq": "L. Yu et al. *Language Model Beats Diffusion: Tokenizer is Key to Visual Generation.* "
+                        "ICLR 2024. arXiv:2310.05737"}
+    # log2(K) binary channels: K must be a power of two (checked with the config, before any data loads)
+    option_limits = {"codebook_size": {**CODEBOOK_SIZE, "minimum": 2, "power_of_two": True}}
+    loss_weights = ("beta", "entropy_weight")
+    small_options = {"codebook_size": 16}
+
     def __init__(self, dim: int, codebook_size: int = 512, entropy_weight: float = 0.1,
                  beta: float = 0.25, diversity_gamma: float = 1.0):
         super().__init__()

@@ -7,10 +7,23 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .base import Quantizer, QuantizerOutput
+from .base import CODEBOOK_SIZE, Quantizer, QuantizerOutput
+from .registry import register_quantizer
 
 
+@register_quantizer("monai-ema")
 class MonaiEMAQuantizer(Quantizer):
+    summary = ("MONAI's own `EMAQuantizer` (the one inside `monai.networks.nets.VQVAE`): commitment `beta`, EMA "
+               "`decay` (MONAI's default 0.5), normal initialisation")
+    implementation = "MONAI `monai.networks.layers.EMAQuantizer`"
+    loss_text = ("MONAI's EMAQuantizer: beta times the commitment loss; the codebook follows an exponential moving "
+                 "average (decay 0.5) of the encoder outputs assigned to each code")
+    references = ("ema", "monai")
+    option_limits = {"codebook_size": CODEBOOK_SIZE, "decay": {"maximum": 1},
+                     "embedding_init": {"choices": ("normal", "kaiming_uniform")}}
+    loss_weights = ("beta",)
+    small_options = {"codebook_size": 16}
+
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, decay: float = 0.5,
                  epsilon: float = 1e-5, embedding_init: str = "normal"):
         super().__init__()

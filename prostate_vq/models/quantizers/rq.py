@@ -15,10 +15,34 @@ from vector_quantize_pytorch import ResidualVQ
 
 from prostate_vq.models.rate import CodeLevel
 
-from .base import Quantizer, QuantizerOutput, broadcast_buffers, code_counts, no_lazy_init, to_map, to_vectors
+from .base import (
+    CODEBOOK_SIZE,
+    Quantizer,
+    QuantizerOutput,
+    broadcast_buffers,
+    code_counts,
+    no_lazy_init,
+    to_map,
+    to_vectors,
+)
+from .registry import register_quantizer
 
 
+@register_quantizer("rq")
 class ResidualQuantizer(Quantizer):
+    summary = ("RQ-VAE (Lee 2022), `depth` EMA codebooks on successive residuals, one straight-through estimator "
+               "on the sum of the codes (the library's one per level would multiply the encoder's gradient by the "
+               "depth)")
+    implementation = "vector-quantize-pytorch `ResidualVQ`"
+    loss_text = "commitment losses of every residual level; codebooks updated by EMA"
+    references = ("rq",)
+    citations = {"rq": "D. Lee, C. Kim, S. Kim, M. Cho, W.-S. Han. *Autoregressive Image Generation using Residual "
+                       "Quantization.* CVPR 2022. arXiv:2203.01941"}
+    option_limits = {"codebook_size": CODEBOOK_SIZE, "depth": {"maximum": 64},
+                     "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096}, "decay": {"maximum": 1}}
+    loss_weights = ("beta",)
+    small_options = {"codebook_size": 16, "depth": 3}
+
     def __init__(self, dim: int, codebook_size: int = 512, depth: int = 4, beta: float = 0.25, decay: float = 0.99,
                  codebook_dim: int | None = None, l2_normalize: bool = False, dead_code_threshold: float = 0.0,
                  kmeans_init: bool = False, shared_codebook: bool = False):

@@ -10,7 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import Quantizer, QuantizerOutput, entropy_loss, is_distributed, nearest_code, to_map, to_vectors
+from .base import (
+    CODEBOOK_SIZE,
+    Quantizer,
+    QuantizerOutput,
+    entropy_loss,
+    is_distributed,
+    nearest_code,
+    to_map,
+    to_vectors,
+)
+from .registry import register_quantizer
 
 
 def kmeans(samples: Tensor, k: int, iters: int, cosine: bool) -> Tensor:
@@ -21,6 +31,7 @@ def kmeans(samples: Tensor, k: int, iters: int, cosine: bool) -> Tensor:
     return means[0]
 
 
+@register_quantizer("vq")
 class VectorQuantizer(Quantizer):
     """Nearest-code quantisation with codebook loss + beta * commitment loss, straight-through gradients.
 
@@ -29,6 +40,19 @@ class VectorQuantizer(Quantizer):
     `dead_code_threshold` (restart codes whose usage EMA falls below it from random current encoder
     outputs), `kmeans_init` (codebook = k-means of the first training batch).
     """
+
+    summary = "van den Oord 2017: codebook loss + `beta` x commitment, straight-through"
+    implementation = "hand-written (the library's learnable codebook has one loss weight)"
+    loss_text = ("codebook loss ||sg[z_e] - e||² plus beta times the commitment loss ||z_e - sg[e]||² "
+                 "(straight-through gradients)")
+    references = ("vq",)
+    citations = {"vq": "A. van den Oord, O. Vinyals, K. Kavukcuoglu. *Neural Discrete Representation Learning.* "
+                       "NeurIPS 2017. arXiv:1711.00937"}
+    option_limits = {"codebook_size": CODEBOOK_SIZE, "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
+                     "entropy_temperature": {"above": 0}, "decay": {"maximum": 1}, "kmeans_iters": {"minimum": 0}}
+    supports_refit = True
+    loss_weights = ("beta", "entropy_weight")
+    small_options = {"codebook_size": 16}
 
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, codebook_dim: int | None = None,
                  l2_normalize: bool = False, entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
@@ -59,6 +83,11 @@ class VectorQuantizer(Quantizer):
         return torch.empty(k, self.code_dim).uniform_(-1.0 / k, 1.0 / k)
 
     # --- ReFiT -------------------------------------------------------------------------------
+    @property
+    def cosine_codes(self) -> bool:
+        """Codes compared by angle (unit vectors): ReFiT's k-means must cluster on the sphere too."""
+        return bool(self.l2_normalize)
+
     @property
     def codebook(self) -> Tensor:
         """Codes [K, D_code] in the space latents live in (unit vectors for cosine codes)."""
