@@ -72,3 +72,21 @@ def test_docs_index_lists_every_guide_and_notebook():
     listed = set(re.findall(r"\]\(([^)]+)\)", index))
     expected = {p.name for p in DOCS.glob("*.md") if p.name != "README.md"} | {p.name for p in DOCS.glob("*.ipynb")}
     assert expected <= listed, f"docs/README.md does not link {sorted(expected - listed)}"
+
+
+def test_quantizer_table_is_generated_from_the_registry():
+    """docs/models.md's quantizer table is tools/gen_quantizer_docs.py's output; a stale one fails here."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_quantizer_docs.py"), "--check"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        import gen_quantizer_docs as gen
+    finally:
+        sys.path.remove(str(ROOT / "tools"))
+    text = (ROOT / "docs" / "models.md").read_text(encoding="utf-8")
+    stale = text.replace("| `fsq` | FSQ (Mentzer 2023)", "| `fsq-old` | FSQ (Mentzer 2023)")
+    assert gen.render(stale) == text != stale  # a hand edit is overwritten, so --check reports it

@@ -332,3 +332,44 @@ def test_codebooks_stay_identical_across_ranks():
         w.join(timeout=120)
     assert all(w.exitcode == 0 for w in workers)
     assert dict(results) == {(k, r): True for k in ("vq", "ema", "rq") for r in (0, 1)}
+
+
+def test_lfq_codebook_not_a_power_of_two_is_one_line_before_any_data_loads(phantom_root, tmp_path, capsys, monkeypatch):
+    """Old behaviour: a ValueError traceback from LFQ's constructor inside build_model, after the data had loaded."""
+    from prostate_vq.cli import main
+    from prostate_vq.data import dataset
+
+    assert main(["presets", "--show", "lfq", "--set", "quantizer.codebook_size=100"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["prostate-vq presets: error: --set quantizer.codebook_size=100: codebook_size must be a power of two"]
+
+    def no_data(*args, **kwargs):
+        raise AssertionError("the data was read before the config was checked")
+
+    monkeypatch.setattr(dataset.SliceDataset, "__init__", no_data)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(phantom_root), "--out", str(out), "--preset", "lfq", "--set",
+                 "quantizer.codebook_size=100", "--device", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "quantizer.codebook_size" in err[0] and "power of two" in err[0]
+    assert not (out / "best.pt").exists()
+
+
+def test_option_limits_come_from_the_class():
+    from prostate_vq.models.quantizers import check_options, option_rules
+
+    assert option_rules("lfq")["codebook_size"]["power_of_two"]
+    assert check_options("vq", {"codebook_size": 64.0}) == {"codebook_size": 64}
+    with pytest.raises(UserInputError, match=r"quantizer.decay must be at most 1"):
+        check_options("ema", {"decay": 1.5})
+    with pytest.raises(UserInputError, match=r"quantizer.temperature must be above 0"):
+        check_options("soft", {"temperature": 0})
+    with pytest.raises(UserInputError, match="power of two"):
+        build_quantizer({"kind": "lfq", "codebook_size": 48}, DIM)
+
+
+def test_refit_capability_and_cosine_codes_are_public():
+    assert {kind for kind, cls in QUANTIZERS.items() if cls.supports_refit} >= {"vq", "ema"}
+    assert not QUANTIZERS["soft"].supports_refit and not QUANTIZERS["fsq"].supports_refit
+    assert build_quantizer({"kind": "ema", "codebook_size": 8, "l2_normalize": True}, DIM).cosine_codes
+    assert not build_quantizer({"kind": "vq", "codebook_size": 8}, DIM).cosine_codes
