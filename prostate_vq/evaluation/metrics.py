@@ -26,6 +26,7 @@ from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 
 from prostate_vq.data import LABEL_NAMES
 from prostate_vq.files import json_float
+from prostate_vq.models import code_stats
 from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
 from prostate_vq.training.validation import dice_per_slice as training_dice
 
@@ -181,17 +182,12 @@ class CodebookMetrics:
 
 
 def codebook_metrics(counts: torch.Tensor | np.ndarray) -> CodebookMetrics:
-    """Usage and perplexity exp(H(p)) of the code histogram (perplexity = K for uniform use of K codes)."""
+    """Usage and perplexity of the code histogram (models.code_stats: perplexity = K for uniform use of K codes,
+    NaN, null in metrics.json, when no code was seen)."""
     counts = np.asarray(torch.as_tensor(counts).cpu(), dtype=np.int64).reshape(-1)
     if counts.size == 0:
         raise ValueError("empty codebook histogram")
-    total = counts.sum()
     used = int((counts > 0).sum())
-    if total:
-        p = counts[counts > 0] / total
-        perplexity = float(np.exp(-(p * np.log(p)).sum()))
-    else:
-        perplexity = 0.0
     return CodebookMetrics(codebook_size=int(counts.size), codes_used=used,
-                           codebook_usage_pct=100.0 * used / counts.size, perplexity=perplexity,
+                           codebook_usage_pct=100.0 * code_stats.usage(counts), perplexity=code_stats.perplexity(counts),
                            code_counts=[int(c) for c in counts])

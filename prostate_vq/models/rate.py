@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from prostate_vq.models.code_stats import entropy_bits, perplexity, usage
+
 
 @dataclass(frozen=True)
 class CodeLevel:
@@ -52,21 +54,11 @@ def level_health(counts: torch.Tensor, levels: list[CodeLevel], spatial_size) ->
     for level, c in zip(levels, split_counts(counts, levels)):
         entropy = entropy_bits(c)
         rows.append({"name": level.name, "grid": list(level.grid), "codebook_size": level.codebook_size,
-                     "codes_used": int((c > 0).sum()), "codebook_usage_pct": 100.0 * float((c > 0).double().mean()),
-                     "perplexity": 2.0 ** entropy if int(c.sum()) > 0 else 0.0,
+                     "codes_used": int((c > 0).sum()), "codebook_usage_pct": 100.0 * usage(c),
+                     "perplexity": perplexity(c),
                      "bits_per_pixel": level.bits / (h * w), "entropy_bits": entropy,
                      "effective_bits_per_pixel": level.grid[0] * level.grid[1] * entropy / (h * w)})
     return rows
-
-
-def entropy_bits(counts: torch.Tensor) -> float:
-    """Entropy in bits of a code histogram (0 for an empty one)."""
-    c = torch.as_tensor(counts).double()
-    total = c.sum()
-    if total <= 0:
-        return 0.0
-    p = c[c > 0] / total
-    return float(-(p * torch.log2(p)).sum())
 
 
 def effective_bits_per_pixel(levels: list[dict]) -> float | None:

@@ -15,6 +15,7 @@ from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor
 
 from prostate_vq.data.layout import NUM_CLASSES
+from prostate_vq.models.code_stats import perplexity, usage
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -86,16 +87,13 @@ class ValidationAccumulator:
         per_class = torch.where(dice_count > 0, dice_sum / dice_count.clamp(min=1), torch.full_like(dice_sum, math.nan))
         foreground = per_class[1:]
         foreground = foreground[~torch.isnan(foreground)]
-        total_codes = counts.sum()
-        p = counts / total_codes.clamp(min=1)
-        entropy = -(p * torch.log(p.clamp(min=1e-12))).sum()
         return {
             "val_loss": loss_sum / loss_n if loss_n else math.nan,
             "val_quantizer_loss": quantizer_sum / loss_n if loss_n else math.nan,
             "val_ssim": ssim_sum / ssim_n if ssim_n else math.nan,
             "val_dice": float(foreground.mean()) if foreground.numel() else math.nan,
             "val_dice_per_class": per_class.tolist(),
-            "codebook_usage_pct": 100.0 * float((counts > 0).double().mean()) if self.num_codes else math.nan,
-            "perplexity": float(torch.exp(entropy)) if total_codes > 0 else math.nan,
+            "codebook_usage_pct": 100.0 * usage(counts),  # models.code_stats: the one home of both
+            "perplexity": perplexity(counts),
             "code_counts": counts.long(),
         }

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from prostate_vq.models.code_stats import code_counts, perplexity, usage
 from prostate_vq.models.rate import CodeLevel
 
 # The ceiling of every codebook size: far above any sensible model (2**21 codes would allocate gigabytes and
@@ -26,22 +27,6 @@ class QuantizerOutput(NamedTuple):
     indices: Tensor
     losses: dict[str, Tensor]
     latents: Tensor | None = None
-
-
-def code_counts(indices: Tensor, num_codes: int) -> Tensor:
-    """How often each code occurs in `indices` (any shape) as LongTensor[num_codes]."""
-    return torch.bincount(indices.reshape(-1).long(), minlength=num_codes)
-
-
-def usage(counts: Tensor) -> float:
-    """Share of codes used at least once."""
-    return float((counts > 0).float().mean())
-
-
-def perplexity(counts: Tensor) -> float:
-    """exp(entropy) of the code distribution: the effective number of codes in use."""
-    p = counts.double() / counts.sum().clamp(min=1)
-    return float(torch.exp(-(p * torch.log(p.clamp(min=1e-12))).sum()))
 
 
 def to_vectors(z: Tensor) -> Tensor:
