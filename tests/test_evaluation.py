@@ -323,3 +323,14 @@ def test_codec_bpp_gives_the_codecs_another_budget_and_the_report_says_so(tiny_r
         assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root), "--out",
                      str(tmp_path / "e2"), *bad]) == 2
         assert why in capsys.readouterr().err
+
+
+def test_metrics_json_reads_back_typed(image_eval):
+    """EvaluationResult.from_json is to_dict's inverse: the report reads typed results, not 43 string keys."""
+    from prostate_vq.evaluation.results import EvaluationResult
+
+    data = json.loads((image_eval[1] / "metrics.json").read_text())
+    result = EvaluationResult.from_json(data)
+    assert result.codebook.perplexity == data["perplexity"] and result.split == data["split"]
+    assert result.reconstruction.ssim_mean == data["ssim_mean"] and result.verdict == data["verdict"]
+    assert json.loads(json.dumps(result.to_dict())) == data

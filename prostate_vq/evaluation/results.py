@@ -11,6 +11,11 @@ from prostate_vq.files import strict_json, write_json_atomic
 METRICS_FORMAT = 1
 _RECON_KEYS = ("ssim_mean", "ssim_std", "ssim_median", "ssim_min", "ssim_max", "ssim_pass_rate",
                "psnr_mean", "psnr_std", "psnr_infinite", "mse_mean", "mae_mean", "ms_ssim_mean", "ms_ssim_std")
+_CODEBOOK_KEYS = ("codebook_size", "codes_used", "codebook_usage_pct", "perplexity")
+# Keys of to_dict that are no field of their own: derived (verdict, rates), or the segmentation's.
+_TOP_KEYS = ("format_version", "ssim_threshold", "verdict", "bits_per_pixel", "effective_bits_per_pixel",
+             "dice_mean", "dice_per_class", "dice_slices_scored", "code_counts")
+_BUDGET_KEYS = ("steps", "epochs", "run_steps", "run_epochs", "stop_reason", "schedule", "base_steps")  # evaluate._budget
 
 
 @dataclass
@@ -80,6 +85,37 @@ class EvaluationResult:
                     "levels": strict_json(self.levels),
                     "code_counts": counts})
         return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> EvaluationResult:
+        """The typed result of a ``metrics.json`` (``to_dict``'s output), so readers (the report) ask for
+        ``result.codebook.perplexity`` rather than string keys; ``from_json(d).to_dict() == d`` for every key
+        the file holds. The flat conventions, joint, budget and perceptual keys are sorted back by name."""
+        known = {f for f in cls.__dataclass_fields__} | set(_RECON_KEYS) | set(_CODEBOOK_KEYS) | set(_TOP_KEYS)
+        recon = None
+        if data.get("ssim_mean") is not None:
+            recon = ReconstructionMetrics(**{k: data.get(k) for k in _RECON_KEYS}, n_slices=int(data["n_slices"]),
+                                          ssim_threshold=data.get("ssim_threshold", SSIM_THRESHOLD))
+        seg = None
+        if "dice_per_class" in data:
+            seg = SegmentationMetrics(dict(data["dice_per_class"]), dict(data.get("dice_slices_scored") or {}),
+                                      data.get("dice_mean"), int(data["n_slices"]))
+        rest = {k: v for k, v in data.items() if k not in known}
+        groups: dict[str, dict] = {"joint": {}, "budget": {}, "perceptual": {}, "conventions": {}}
+        for key, value in rest.items():
+            group = ("joint" if key.startswith("joint_") else "budget" if key in _BUDGET_KEYS
+                     else "perceptual" if key.startswith(("lpips", "fid")) else "conventions")
+            groups[group][key] = value
+        codebook = CodebookMetrics(**{k: data.get(k) for k in _CODEBOOK_KEYS},
+                                   code_counts=list(data.get("code_counts") or []))
+        return cls(checkpoint=str(data.get("checkpoint") or ""), preset=str(data.get("preset", "?")),
+                   task=str(data.get("task", "?")), split=str(data.get("split", "?")),
+                   data_root=data.get("data_root", ""), spatial_size=list(data.get("spatial_size") or []),
+                   n_slices=int(data["n_slices"]), codebook=codebook, reconstruction=recon, segmentation=seg,
+                   figures=dict(data.get("figures") or {}), device=data.get("device", "cpu"),
+                   seconds=data.get("seconds") or 0.0, epoch=data.get("epoch"), seed=data.get("seed"),
+                   versions=dict(data.get("versions") or {}), levels=list(data.get("levels") or []),
+                   baselines=data.get("baselines"), **groups)
 
     def write_json(self, path: str | Path) -> Path:
         path = Path(path)

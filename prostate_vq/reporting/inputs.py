@@ -8,6 +8,7 @@ output) is expanded. Anything else is a ``UserInputError`` naming the folder.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.evaluation.results import EvaluationResult
 from prostate_vq.reporting.shapes import METRICS, SAMPLES, check_shape
 
 REQUIRED_METRICS = ("split", "n_slices", "ssim_mean", "codes_used", "codebook_size")
@@ -41,11 +43,18 @@ class RunFolder:
 
 @dataclass
 class EvalFolder:
+    """An evaluation folder: `result` is its metrics.json typed (EvaluationResult.from_json); `metrics` the raw
+    dict, kept for the tables that still read keys by name."""
+
     path: Path
     metrics: dict
 
+    @functools.cached_property
+    def result(self) -> EvaluationResult:
+        return EvaluationResult.from_json(self.metrics)
+
     def figure(self, name: str) -> Path | None:
-        rel = (self.metrics.get("figures") or {}).get(name)
+        rel = self.result.figures.get(name)
         path = self.path / rel if rel else None
         return path if path is not None and path.is_file() else None
 
@@ -76,20 +85,20 @@ class Entry:
     @property
     def evaluation(self) -> EvalFolder | None:
         """The test-split evaluation when there is one, else the first given."""
-        tests = [e for e in self.evaluations if e.metrics.get("split") == "test"]
+        tests = [e for e in self.evaluations if e.result.split == "test"]
         return (tests or self.evaluations or [None])[0]
 
     @property
     def preset(self) -> str:
         if self.run is not None:
             return self.run.preset
-        return str(self.evaluation.metrics.get("preset", "?")) if self.evaluation else "?"
+        return self.evaluation.result.preset if self.evaluation else "?"
 
     @property
     def task(self) -> str:
         if self.run is not None:
             return str(self.run.payload.get("task", "?"))
-        return str(self.evaluation.metrics.get("task", "?")) if self.evaluation else "?"
+        return self.evaluation.result.task if self.evaluation else "?"
 
 
 def _is_prior(folder: Path) -> bool:
@@ -257,7 +266,7 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
 
     entries: dict[Path, Entry] = {key: Entry(run=run) for key, run in runs.items()}
     for evaluation in evals:
-        checkpoint = Path(str(evaluation.metrics.get("checkpoint") or "")).expanduser()
+        checkpoint = Path(evaluation.result.checkpoint).expanduser()
         run_key = checkpoint.parent.resolve() if str(checkpoint) not in ("", ".") else evaluation.path.resolve()
         if run_key not in entries:
             run = None
