@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from prostate_vq.errors import TrainingDiverged
-from prostate_vq.training.checkpoints import load_checkpoint
+from prostate_vq.runtime.checkpoints import load_checkpoint
 from prostate_vq.training.config import resolve_config
-from prostate_vq.training.early_stopping import EarlyStopping
 from prostate_vq.training.engine import Engine, EpochResult, LoopState, restore_training_state
-from prostate_vq.training.run_files import RunWriter
-from prostate_vq.training.trainer import TrainOptions
+from prostate_vq.training.engine.early_stopping import EarlyStopping
+from prostate_vq.training.engine.run_folder import RunWriter
+from prostate_vq.training.vqvae import TrainOptions
 
 
 class Scripted:

@@ -18,8 +18,8 @@ import torch
 
 from prostate_vq.cli import main
 from prostate_vq.errors import DataError, UserInputError
-from prostate_vq.training import TrainOptions, load_checkpoint, train
-from prostate_vq.training.checkpoints import check_payload
+from prostate_vq.runtime.checkpoints import check_payload, load_checkpoint
+from prostate_vq.training import TrainOptions, train
 
 
 def _err_line(capsys) -> str:
@@ -157,7 +157,7 @@ def test_manifest_check_wants_a_validate_split(phantom_root, tmp_path, capsys):
 
 
 def test_train_warns_of_patients_in_train_and_validate(caplog):
-    from prostate_vq.training.data_loading import warn_if_leaking
+    from prostate_vq.training.vqvae.data import warn_if_leaking
 
     record = lambda case: SimpleNamespace(case=case)  # noqa: E731
     train_ds = SimpleNamespace(records=[record("004"), record("005")])

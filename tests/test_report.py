@@ -142,7 +142,7 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     import shlex
 
     from prostate_vq.cli import _train_options, build_parser
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
     from prostate_vq.training.config import resolve_config
 
     text = write_report([evaluated["joint_run"]], tmp_path / "r.md").read_text(encoding="utf-8")

@@ -11,9 +11,9 @@ import pytest
 import torch
 import yaml
 
+from prostate_vq.runtime.checkpoints import load_checkpoint
 from prostate_vq.training import TrainOptions, train
-from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.schedule import CosineSegment, StepCosine, estimate_time_horizon, plan_horizon
+from prostate_vq.training.vqvae.schedule import CosineSegment, StepCosine, estimate_time_horizon, plan_horizon
 
 
 def _history(run):
@@ -107,7 +107,7 @@ def test_a_run_from_before_per_step_planning_resumes_downward(phantom_root, tmp_
                                                             tiny_model_overrides):
     """last.pt written when the cosine was planned per epoch (a CosineAnnealingLR state): the resumed run takes
     the per-step cosine over from the rate it had reached instead of failing on the foreign state."""
-    from prostate_vq.training.checkpoints import save_checkpoint
+    from prostate_vq.runtime.checkpoints import save_checkpoint
 
     run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=4))
     last = load_checkpoint(run / "last.pt", kind="resume")

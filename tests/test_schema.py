@@ -8,8 +8,7 @@ from prostate_vq import schema
 from prostate_vq.errors import UserInputError
 from prostate_vq.models import MODEL_DEFAULTS, apply_overrides, get_preset, list_presets
 from prostate_vq.models.presets import resolve
-from prostate_vq.training import TRAINING_DEFAULTS
-from prostate_vq.training.config import check_training_config
+from prostate_vq.training.config import TRAINING_DEFAULTS, check_training_config
 
 
 def test_defaults_come_from_the_schema():

@@ -7,12 +7,9 @@ import copy
 import math
 from pathlib import Path
 
-import torch
-
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import plain
 from prostate_vq.schema import check_section, defaults
-from prostate_vq.training.early_stopping import MONITOR_MODES
 
 # The engine's training keys and defaults (prostate_vq.schema.TrainingConfig); a preset's `training` section
 # overrides them, `--set training.KEY=VALUE` overrides both, explicit CLI options override all.
@@ -128,25 +125,6 @@ def check_options(options) -> None:
         raise UserInputError(f"--max-minutes must be a positive number of minutes, got {minutes}")
     if int(options.num_workers) < 0:
         raise UserInputError(f"--num-workers must be 0 or more, got {options.num_workers}")
-
-
-def make_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if training["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=float(training["lr"]), weight_decay=float(training["weight_decay"]))
-
-
-def make_scheduler(optimizer, training: dict):
-    """Cosine over the planned epochs (stepped per epoch: the prior's), or plateau on the monitored metric.
-    The VQ-VAE plans its cosine per optimizer step (training.schedule.make_step_scheduler)."""
-    if training["scheduler"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, int(training["epochs"])),
-            eta_min=float(training["lr"]) * float(training["min_lr_ratio"]))
-    if training["scheduler"] == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=MONITOR_MODES[training["monitor"]], factor=0.5,
-            patience=max(1, int(training["patience"]) // 3))
-    return None
 
 
 def downsample_factor(cfg: dict, model=None) -> int:

@@ -1,43 +1,45 @@
-"""The VQ-VAE plug-in of the engine: preset -> model, data -> loaders, one epoch of training and validation
-(task loss, SSIM, Dice, codebook health), and the run folder's config, summary and checkpoints. ReFiT runs
-through the same `fit` with an `init` hook that installs its codebook."""
+"""The VQ-VAE plug-in of the engine: config -> model, data -> loaders, one epoch of training and validation
+(task loss, SSIM, Dice, codebook health), and what the run folder's config, summary and checkpoints hold.
+ReFiT runs through the same `fit` with an `init` hook that installs its codebook."""
 
 from __future__ import annotations
 
 import copy
-import gc
 import math
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prostate_vq.errors import TrainingDiverged, UserInputError
-from prostate_vq.files import folder_lock, plain
+from prostate_vq.errors import TrainingDiverged
+from prostate_vq.files import plain
 from prostate_vq.models.rate import level_health
 from prostate_vq.models.summary import network_summary
-from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.config import (
-    MONITOR_KEYS,
-    check_training_config,
-    downsample_factor,
+from prostate_vq.runtime import distributed as ddp
+from prostate_vq.runtime.device import configure_cpu_threads
+from prostate_vq.runtime.run_format import HISTORY_COLUMNS
+from prostate_vq.runtime.seeding import restore_rng_state, seed_everything
+from prostate_vq.training.config import MONITOR_KEYS, downsample_factor
+from prostate_vq.training.engine import (
+    EarlyStopping,
+    Engine,
+    EpochResult,
+    LoopState,
+    RunWriter,
+    budget_deadline,
     make_optimizer,
-    resolve_config,
+    restore_training_state,
+    versions,
 )
-from prostate_vq.training.data_loading import first_batch, load_datasets, make_loader
-from prostate_vq.training.early_stopping import EarlyStopping
-from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_deadline, restore_training_state
-from prostate_vq.training.history import HISTORY_COLUMNS
-from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
-from prostate_vq.training.losses import TaskLoss
-from prostate_vq.training.resume import announce_resume, kept_max_slices, refuse_less_than_done, refuse_other_data
-from prostate_vq.training.run_files import RunWriter, record_rank_sync, step_bar, versions
-from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
-from prostate_vq.training.schedule import (
+from prostate_vq.training.engine.progress import step_bar
+from prostate_vq.training.engine.run_folder import record_rank_sync
+from prostate_vq.training.vqvae.data import first_batch, load_datasets, make_loader
+from prostate_vq.training.vqvae.epoch import StepSettings, restarted_codes, train_one_epoch, validate
+from prostate_vq.training.vqvae.losses import TaskLoss
+from prostate_vq.training.vqvae.resume import announce_resume, kept_max_slices, refuse_other_data
+from prostate_vq.training.vqvae.schedule import (
     PLAN_AFTER_STEPS,
     StepCosine,
     adopt_epoch_schedule,
@@ -47,38 +49,7 @@ from prostate_vq.training.schedule import (
     make_step_scheduler,
     replan_on_resume,
 )
-from prostate_vq.training.seeding import restore_rng_state, seed_everything
-
-COLLAPSE_USAGE_PCT = 10.0
-
-
-@dataclass
-class TrainOptions:
-    """Exactly what `prostate-vq train` passes (see cli._train_options); None = preset / default."""
-
-    out: Path
-    data: Path | None = None
-    preset: str = "default"
-    task: str = "image"
-    epochs: int | None = None
-    max_minutes: float | None = None
-    max_steps: int | None = None  # optimizer-step budget (training.max_steps); the cosine is planned over it
-    spatial_size: tuple[int, int] | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None  # None: 0, or on --resume the run's own
-    patience: int | None = None
-    monitor: str | None = None
-    mask_ratio: float | None = None
-    device: str = "auto"
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    max_slices: int | None = None
-    num_workers: int = 0
-    compile: bool = False
-    tensorboard: bool = False
-    progress: bool = True
-    config: Path | None = None  # a config file (`base: PRESET` + sections), under --set and the options above
+from prostate_vq.training.vqvae.validation import warn_if_collapsed
 
 
 @dataclass
@@ -93,59 +64,6 @@ class InitContext:
     criterion: TaskLoss
     settings: StepSettings
     seed: int
-
-
-def fit(options: TrainOptions, cfg: dict | None = None, *, init: Callable | None = None,
-        extra_payload: dict | None = None, data_root: Path | None = None) -> Path | None:
-    """Train a VQ-VAE with the engine. `init(model, InitContext) -> dict` prepares a fresh model (ReFiT installs
-    its codebook there) and returns payload entries; `extra_payload` is stored in every checkpoint of the run.
-    The run folder is locked meanwhile (by rank 0 under torchrun): a second process is refused."""
-    with folder_lock(options.out, active=ddp.is_main_process(), create=not options.resume):
-        return _fit(options, cfg, init=init, extra_payload=extra_payload, data_root=data_root)
-
-
-def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extra_payload: dict | None,
-         data_root: Path | None) -> Path | None:
-    started = time.monotonic()
-    out = Path(options.out)
-    resume = None
-    if options.resume:
-        if not (out / "last.pt").is_file():
-            raise UserInputError("--resume: no last.pt in the run folder", out)
-        resume = load_checkpoint(out / "last.pt", kind="resume")
-        refuse_less_than_done(options, resume, out)
-        cfg = copy.deepcopy(resume["config"])
-        for key in ("epochs", "max_steps", "patience", "lr"):  # a resumed run may be extended, more patient, slower
-            if getattr(options, key) is not None:
-                cfg["training"][key] = getattr(options, key)
-    elif (out / "last.pt").exists():
-        raise UserInputError("the run folder already holds a run (last.pt): pass --resume to continue it "
-                             "or choose another --out", out)
-    else:
-        cfg = cfg if cfg is not None else resolve_config(options)
-
-    if resume is not None:  # a broken stored config is one line naming the checkpoint, not a traceback later
-        from prostate_vq.models.presets import check_model_config
-
-        try:
-            check_model_config(cfg)
-            check_training_config(cfg["training"], resume["task"])
-        except UserInputError as error:
-            raise UserInputError(f"--resume: its stored config is broken ({error})", out / "last.pt") from None
-    check_training_config(cfg["training"], resume["task"] if resume else options.task)
-    with ddp.process_group(resolve_device(options.device)) as (dist_ctx, device):
-        run = None
-        try:
-            run = VQVAETraining(options, cfg, resume, dist_ctx, device, started, extra_payload or {})
-            run.setup(init, data_root)
-            return run.train()
-        finally:
-            if dist_ctx.enabled:
-                # The DDP reducer must be gone before its process group: destroying it afterwards can hang.
-                if run is not None:
-                    run.release()
-                del run
-                gc.collect()
 
 
 class VQVAETraining:
@@ -344,14 +262,18 @@ class VQVAETraining:
             raise TrainingDiverged(f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
                                    "training stopped. Lower --lr (it applies to --resume too) or check the data")
         self._plan_from_time(steps_before + result.steps)
-        row = {"train_loss": result.train_loss, "val_loss": metrics["val_loss"], "val_ssim": metrics["val_ssim"],
-               "val_dice": metrics["val_dice"], "codebook_usage_pct": metrics["codebook_usage_pct"],
-               "perplexity": metrics["perplexity"], "dead_codes_restarted": restarted,
-               "train_quantizer_loss": result.train_quantizer_loss,
-               "val_quantizer_loss": metrics["val_quantizer_loss"]}
-        return EpochResult(row, metrics[MONITOR_KEYS[self.training["monitor"]]], result.steps, result.out_of_time,
-                           result.out_of_steps, time.monotonic() - t_val, checkpoint={"code_counts": metrics["code_counts"]},
-                           metrics={"val_dice_per_class": metrics["val_dice_per_class"]}, details=metrics)
+        trained = result.row
+        result.row = {"train_loss": trained["train_loss"], "val_loss": metrics["val_loss"],
+                      "val_ssim": metrics["val_ssim"], "val_dice": metrics["val_dice"],
+                      "codebook_usage_pct": metrics["codebook_usage_pct"], "perplexity": metrics["perplexity"],
+                      "dead_codes_restarted": restarted, "train_quantizer_loss": trained["train_quantizer_loss"],
+                      "val_quantizer_loss": metrics["val_quantizer_loss"]}
+        result.monitor = metrics[MONITOR_KEYS[self.training["monitor"]]]
+        result.val_seconds = time.monotonic() - t_val
+        result.checkpoint = {"code_counts": metrics["code_counts"]}
+        result.metrics = {"val_dice_per_class": metrics["val_dice_per_class"]}
+        result.details = metrics
+        return result
 
     def after_epoch(self, epoch: int, result: EpochResult) -> None:
         metrics = result.details
@@ -395,26 +317,6 @@ def final_metrics(history: list[dict]) -> dict:
     return {"best_val_loss": best("val_loss", min), "best_val_ssim": best("val_ssim", max),
             "final_codebook_usage_pct": last.get("codebook_usage_pct"), "final_perplexity": last.get("perplexity"),
             "steps": last.get("step"), "epochs": last.get("epoch")}
-
-
-class CodebookCollapseWarning(UserWarning):
-    """The validation set uses under 10% of the codes: the codebook has (nearly) collapsed."""
-
-
-def warn_if_collapsed(metrics: dict, epoch: int, num_codes: int, levels: list[dict] | None = None) -> bool:
-    """One warning line when the validation set uses under 10% of the codes, of any one level when the model
-    has several (pooled usage hides a collapsed level: a VQ-VAE-2 whose top uses 1 code reports 50%)."""
-    candidates = [(lv["name"], lv["codebook_usage_pct"], lv["perplexity"], lv["codebook_size"])
-                  for lv in levels] if levels and len(levels) > 1 else []
-    candidates.append(("", metrics["codebook_usage_pct"], metrics["perplexity"], num_codes))
-    for name, usage, perplexity, size in candidates:
-        if math.isfinite(usage) and usage < COLLAPSE_USAGE_PCT:
-            where = f"level {name} " if name else ""
-            warnings.warn(f"codebook collapse: epoch {epoch} {where}uses {usage:.1f}% of {size} codes (perplexity "
-                          f"{perplexity:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
-                          CodebookCollapseWarning, stacklevel=2)
-            return True
-    return False
 
 
 def _fmt(value) -> str:

@@ -7,10 +7,7 @@ every option given in either group (docs/training.md)."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
-
-import torch
 
 from prostate_vq.errors import UserInputError
 
@@ -23,25 +20,6 @@ def refuse_other_data(root: Path, resume: dict, out: Path) -> None:
     if stored.is_absolute() and stored.exists() and Path(root).resolve() != stored.resolve():
         raise UserInputError(f"--resume continues on the data the run was trained on ({stored}), not --data "
                              f"{root}: drop --data, or train a new run into another --out", Path(out) / "last.pt")
-
-
-def retune_schedule(optimizer, scheduler, training: dict, done_epochs: int) -> None:
-    """Make a changed --epochs or --lr true on resume: the cosine is re-planned over the new length (the
-    restored one would climb back up after its old end) and continues from where the run is now."""
-    lr, epochs = float(training["lr"]), max(1, int(training["epochs"]))
-    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-        if scheduler.T_max == epochs and all(math.isclose(b, lr) for b in scheduler.base_lrs):
-            return  # unchanged: keep the restored state bit for bit (exact resume)
-        eta_min = lr * float(training["min_lr_ratio"])
-        scheduler.T_max, scheduler.eta_min = epochs, eta_min
-        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-        now = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * min(done_epochs, epochs) / epochs)) / 2
-        for group in optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, now
-        scheduler._last_lr = [now] * len(optimizer.param_groups)
-    elif any(not math.isclose(group.get("initial_lr", group["lr"]), lr) for group in optimizer.param_groups):
-        for group in optimizer.param_groups:  # plateau or constant: start again from the new rate
-            group["initial_lr"], group["lr"] = lr, lr
 
 
 def refuse_less_than_done(options, resume: dict, out: Path) -> None:

@@ -20,8 +20,7 @@ import math
 
 import torch
 
-from prostate_vq.training.config import make_scheduler
-from prostate_vq.training.resume import retune_schedule
+from prostate_vq.training.engine.optim import make_scheduler, retune_schedule
 
 log = logging.getLogger("prostate_vq.training")
 

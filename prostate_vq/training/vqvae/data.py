@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.training.distributed import DistContext
+from prostate_vq.runtime.distributed import DistContext
 
 log = logging.getLogger("prostate_vq.training")
 
