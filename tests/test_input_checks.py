@@ -554,10 +554,11 @@ def test_config_with_preset_is_refused_and_config_data_root_is_used(tiny_run, ph
                  str(tmp_path / "r")]) == 2
     assert "--preset v3-ema and --config" in _err_line(capsys)
     from prostate_vq.cli import _train_options, build_parser
+    from prostate_vq.training.config import resolve
 
     options = _train_options(build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out",
                                                         str(tmp_path / "r")]))
-    assert os.path.samefile(options.data, phantom_root)  # the run's data, not the demo phantom
+    assert os.path.samefile(resolve(options).data_root, phantom_root)  # the run's data, not the demo phantom
 
 
 @pytest.mark.parametrize("verb", [["train"], ["evaluate", "--checkpoint", "x.pt"], ["synth"]])

@@ -133,19 +133,31 @@ def test_time_budget_is_checked_between_batches(options, phantom_root):
     from prostate_vq.data import make_dataset
     from prostate_vq.models import build_model
     from prostate_vq.runtime.distributed import DistContext
-    from prostate_vq.training.config import resolve_config
+    from prostate_vq.training.config import resolve
     from prostate_vq.training.vqvae.data import make_loader
     from prostate_vq.training.vqvae.epoch import StepSettings, train_one_epoch
     from prostate_vq.training.vqvae.losses import TaskLoss
 
     opts = options()
-    model = build_model(resolve_config(opts), "image")
+    model = build_model(resolve(opts).sections(), "image")
     data = make_dataset(phantom_root, "train", "image", spatial_size=(64, 32))
     loader = make_loader(data, 2, train=True, seed=0, epoch=1, num_workers=0, dist_ctx=DistContext(),
                          pin_memory=False)
     settings = StepSettings(device=torch.device("cpu"), deadline=0.0)  # already past
     result = train_one_epoch(model, loader, TaskLoss("image"), torch.optim.Adam(model.parameters()), settings, 1)
     assert result.out_of_time and result.steps == 1 < len(loader)
+
+
+def test_a_config_file_given_from_python_sets_the_task_and_seed(options, tmp_path):
+    """`train(TrainOptions(config=FILE))` follows the file's task and seed as `prostate-vq train --config FILE`
+    does: the file is read in one place, where the config is resolved (the CLI used to read them itself, so a
+    Python caller got the image task and seed 0)."""
+    config_file = tmp_path / "my.yaml"
+    config_file.write_text("base: default\ntask: joint\nseed: 7\n", encoding="utf-8")
+    run = train(options(config=config_file))
+    payload = load_checkpoint(run / "best.pt")
+    assert (payload["task"], payload["seed"], payload["preset"]) == ("joint", 7, "default")
+    assert read_history(run)[0]["val_dice"] != ""  # the joint task was trained (Dice is scored)
 
 
 def test_masked_training(options):

@@ -3,9 +3,9 @@ folder) and VQ-VAE training (training.vqvae: the engine's plug-in), with ReFiT b
 training.kmeans) and `train` (training.stages) on top. Checkpoint I/O, device, torchrun and seeding are
 prostate_vq.runtime's, below training."""
 
-from prostate_vq.training.config import resolve_config
+from prostate_vq.training.config import resolve
 from prostate_vq.training.refit import refit
 from prostate_vq.training.stages import train
 from prostate_vq.training.vqvae import TrainOptions, fit
 
-__all__ = ["TrainOptions", "fit", "refit", "resolve_config", "train"]
+__all__ = ["TrainOptions", "fit", "refit", "resolve", "train"]

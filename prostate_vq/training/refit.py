@@ -20,6 +20,7 @@ from prostate_vq.files import write_json_atomic
 from prostate_vq.runtime import distributed as ddp
 from prostate_vq.runtime.checkpoints import load_checkpoint, model_of
 from prostate_vq.runtime.device import autocast
+from prostate_vq.schema import RefitConfig, RunConfig
 from prostate_vq.training.kmeans import kmeans
 from prostate_vq.training.vqvae import InitContext, TrainOptions, fit
 from prostate_vq.training.vqvae.data import make_loader
@@ -27,7 +28,6 @@ from prostate_vq.training.vqvae.epoch import validate
 
 log = logging.getLogger("prostate_vq.training")
 
-REFIT_DEAD_CODE_THRESHOLD = 1.0  # usage EMA below which a code is restarted during fine-tuning (`refit.dead_code_threshold`)
 MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipMRI train split has ~23 M)
 
 
@@ -49,31 +49,31 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     if kind not in ("vq", "ema") or architecture != "vqvae":
         raise UserInputError(f"ReFiT needs a single learned codebook (quantizer vq or ema, architecture vqvae); "
                              f"this checkpoint uses {kind}/{architecture}", checkpoint)
-    cfg = copy.deepcopy(base["config"])
-    refit_cfg = cfg.get("refit") or {}
-    cfg["quantizer"]["codebook_size"] = int(codebook_size)
+    config = RunConfig.from_sections(copy.deepcopy(base["config"]), preset=base.get("preset", "custom"),
+                                     task=base["task"], seed=int(seed))
+    recipe, quantizer, training = config.refit or RefitConfig(), config.quantizer.options, config.training
+    quantizer["codebook_size"] = int(codebook_size)
     # Fine-tuning moves the encoder away from the k-means centroids; codes that fall out of use are
     # re-seeded from current encoder outputs, so the re-built codebook stays in use (reference: 100%).
-    restart = float(refit_cfg.get("dead_code_threshold", REFIT_DEAD_CODE_THRESHOLD))
-    cfg["quantizer"]["dead_code_threshold"] = max(restart, float(cfg["quantizer"].get("dead_code_threshold") or 0))
-    training = cfg["training"]
-    training["epochs"] = int(epochs or refit_cfg.get("epochs") or training["epochs"])
-    max_steps = max_steps or refit_cfg.get("max_steps")  # the base run's budget is not the fine-tuning's
-    training["max_steps"] = int(max_steps) if max_steps else None
-    if refit_cfg.get("lr"):
-        training["lr"] = float(refit_cfg["lr"])
+    quantizer["dead_code_threshold"] = max(float(recipe.dead_code_threshold),
+                                           float(quantizer.get("dead_code_threshold") or 0))
+    training.epochs = int(epochs or recipe.epochs or training.epochs)
+    max_steps = max_steps or recipe.max_steps  # the base run's budget is not the fine-tuning's
+    training.max_steps = int(max_steps) if max_steps else None
+    if recipe.lr:
+        training.lr = float(recipe.lr)
     info = {"base_checkpoint": str(checkpoint.resolve()), "base_epoch": int(base.get("epoch", 0)),
             "codebook_size_before": int(base["config"]["quantizer"]["codebook_size"]),
             "codebook_size_after": int(codebook_size), "kmeans_points_max": MAX_KMEANS_POINTS}
-    options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=base.get("preset", "custom"),
-                           task=base["task"], max_minutes=max_minutes, seed=int(seed), device=device,
+    options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=config.preset,
+                           task=config.task, max_minutes=max_minutes, seed=int(seed), device=device,
                            progress=progress, max_slices=max_slices, num_workers=num_workers, tensorboard=tensorboard)
     root = None if data else Path(base["data_root"])
 
     def init(model, ctx: InitContext) -> dict:
         return {"refit": {**info, **_rebuild_codebook(model, base, ctx)}}
 
-    run = fit(options, cfg, init=init, data_root=root)
+    run = fit(options, config, init=init, data_root=root)
     write_summary(Path(out))
     return run
 

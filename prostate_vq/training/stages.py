@@ -10,7 +10,8 @@ from pathlib import Path
 from prostate_vq.runtime import distributed as ddp
 from prostate_vq.runtime.checkpoints import load_checkpoint
 from prostate_vq.runtime.device import resolve_device
-from prostate_vq.training.config import check_options, resolve_config
+from prostate_vq.schema import RunConfig
+from prostate_vq.training.config import check_options, resolve
 from prostate_vq.training.refit import refit, write_summary
 from prostate_vq.training.vqvae import TrainOptions, fit
 
@@ -20,14 +21,16 @@ def train(options: TrainOptions) -> Path | None:
     check_options(options)
     base_last = Path(options.out) / "base" / "last.pt"
     if options.resume and base_last.exists():
-        return train_then_refit(options, load_checkpoint(base_last, kind="resume")["config"])
-    cfg = None if options.resume else resolve_config(options)
-    if cfg is not None and cfg.get("refit"):
-        return train_then_refit(options, cfg)
-    return fit(options, cfg)
+        base = load_checkpoint(base_last, kind="resume")
+        return train_then_refit(options, RunConfig.from_sections(base["config"], preset=base["preset"],
+                                                                 task=base["task"], seed=int(base.get("seed", 0))))
+    config = None if options.resume else resolve(options)
+    if config is not None and config.refit is not None:
+        return train_then_refit(options, config)
+    return fit(options, config)
 
 
-def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
+def train_then_refit(options: TrainOptions, config: RunConfig) -> Path:
     """`train --preset v2-refit`: stage 1 trains the preset into RUN/base, stage 2 ReFiTs its best.pt into RUN."""
     started = time.monotonic()
     out = Path(options.out)
@@ -36,32 +39,32 @@ def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
     base_dir = out / "base"
     base_last = base_dir / "last.pt"
     # Under torchrun the group lives across both stages (each fit() joins it, none destroys it).
-    cfg = split_step_budget(cfg)
-    refit_cfg = cfg["refit"]
+    config = split_step_budget(config)
+    recipe = config.refit
     with ddp.process_group(resolve_device(device)):
         stage1 = replace(options, out=base_dir, resume=options.resume and base_last.exists(),
                          max_minutes=None if budget is None else 0.75 * budget, max_steps=None)
         if not (stage1.resume and load_checkpoint(base_last).get("finished")):
-            fit(stage1, None if stage1.resume else cfg)
+            fit(stage1, None if stage1.resume else config)
         remaining = None if budget is None else max(0.05, budget - (time.monotonic() - started) / 60.0)
         if options.resume and (out / "last.pt").exists():
             run = fit(replace(options, resume=True, max_minutes=remaining, epochs=None, max_steps=None))
             write_summary(out)
         else:
-            run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
-                        epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
-                        seed=options.seed or 0, progress=options.progress, max_slices=options.max_slices,
+            run = refit(base_dir / "best.pt", out, int(recipe.codebook_size), data=options.data,
+                        epochs=options.epochs or recipe.epochs, max_minutes=remaining, device=device,
+                        seed=config.seed, progress=options.progress, max_slices=options.max_slices,
                         num_workers=options.num_workers, tensorboard=options.tensorboard)
         return run
 
 
-def split_step_budget(cfg: dict) -> dict:
+def split_step_budget(config: RunConfig) -> RunConfig:
     """A step budget for train-then-ReFiT (training.max_steps = N) is the whole command's, split like a time
     budget: 3/4 for stage 1 (training.max_steps), the rest for the fine-tuning (refit.max_steps), so a sweep
     compares v2-refit at the same total steps as single-stage presets. A split config is returned unchanged."""
-    steps, refit_cfg = cfg["training"].get("max_steps"), cfg.get("refit") or {}
-    if not steps or refit_cfg.get("max_steps"):
-        return cfg
+    steps, recipe = config.training.max_steps, config.refit
+    if not steps or recipe is None or recipe.max_steps:
+        return config
     stage1 = max(1, round(0.75 * int(steps)))
-    return {**cfg, "training": {**cfg["training"], "max_steps": stage1},
-            "refit": {**refit_cfg, "max_steps": max(1, int(steps) - stage1)}}
+    return replace(config, training=replace(config.training, max_steps=stage1),
+                   refit=replace(recipe, max_steps=max(1, int(steps) - stage1)))

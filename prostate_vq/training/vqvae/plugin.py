@@ -5,6 +5,7 @@ ReFiT runs through the same `fit` with an `init` hook that installs its codebook
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -21,7 +22,8 @@ from prostate_vq.runtime import distributed as ddp
 from prostate_vq.runtime.device import configure_cpu_threads
 from prostate_vq.runtime.run_format import HISTORY_COLUMNS
 from prostate_vq.runtime.seeding import restore_rng_state, seed_everything
-from prostate_vq.training.config import MONITOR_KEYS, downsample_factor
+from prostate_vq.schema import RunConfig
+from prostate_vq.training.config import MONITOR_KEYS
 from prostate_vq.training.engine import (
     EarlyStopping,
     Engine,
@@ -51,6 +53,8 @@ from prostate_vq.training.vqvae.schedule import (
 )
 from prostate_vq.training.vqvae.validation import warn_if_collapsed
 
+log = logging.getLogger("prostate_vq")
+
 
 @dataclass
 class InitContext:
@@ -71,11 +75,11 @@ class VQVAETraining:
 
     history_columns = HISTORY_COLUMNS
 
-    def __init__(self, options, cfg, resume, dist_ctx, device, started, extra_payload):
-        self.options, self.cfg, self.resume = options, cfg, resume
-        self.training = cfg["training"]
-        self.task = resume["task"] if resume else options.task
-        self.seed = int(resume.get("seed", options.seed or 0)) if resume else int(options.seed or 0)
+    def __init__(self, options, config: RunConfig, resume, dist_ctx, device, started, extra_payload):
+        self.options, self.config, self.resume = options, config, resume
+        self.cfg = config.sections()  # what the checkpoints and config.yaml hold
+        self.training = config.training
+        self.task, self.seed = config.task, config.seed
         self.max_slices = kept_max_slices(options, resume) if resume else options.max_slices
         self.dist, self.device, self.started = dist_ctx, device, started
         self.extra_payload = extra_payload
@@ -103,15 +107,15 @@ class VQVAETraining:
         seed_everything(self.seed)
         model = build_model(self.cfg, self.task).to(device)
         if hasattr(model, "code_shape"):  # a spatial size the network cannot divide fails now, as exit 2
-            model.code_shape(tuple(int(s) for s in training["spatial_size"]))
-        self.criterion = TaskLoss(self.task, training["l1_weight"], training["dice_weight"], training["seg_weight"],
-                                  training["ssim_weight"])
+            model.code_shape(tuple(int(s) for s in training.spatial_size))
+        self.criterion = TaskLoss(self.task, training.l1_weight, training.dice_weight, training.seg_weight,
+                                  training.ssim_weight)
         self.settings = StepSettings(device=device, channels_last=device.type == "cuda",
-                                     mask_ratio=float(training["mask_ratio"]),
-                                     mask_patch=downsample_factor(self.cfg, model),
-                                     grad_clip=training.get("grad_clip"), dist=self.dist,
-                                     warmup_steps=int(training["warmup_steps"]))
-        self.batch_size = int(training["batch_size"])
+                                     mask_ratio=float(training.mask_ratio),
+                                     mask_patch=int(getattr(model, "downsample", None) or self.config.model.downsample),
+                                     grad_clip=training.grad_clip, dist=self.dist,
+                                     warmup_steps=int(training.warmup_steps))
+        self.batch_size = int(training.batch_size)
         self.writer = RunWriter(self.out, self.dist.is_main, self.options.tensorboard)  # inputs checked by now
         if init is not None and self.resume is None:
             context = InitContext(device, self.dist, self.train_ds, self.val_ds, self.batch_size, self.criterion,
@@ -122,14 +126,14 @@ class VQVAETraining:
         optimizer = make_optimizer(model, training)
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ds) / self.dist.world_size) / self.batch_size)
         scheduler = make_step_scheduler(optimizer, training, self.steps_per_epoch)
-        stopper = EarlyStopping(monitor=training["monitor"], patience=int(training["patience"]),
-                                min_delta=float(training["min_delta"]), patience_steps=int(training["patience_steps"]),
-                                min_steps=int(training["min_steps"]))
+        stopper = EarlyStopping(monitor=training.monitor, patience=int(training.patience),
+                                min_delta=float(training.min_delta), patience_steps=int(training.patience_steps),
+                                min_steps=int(training.min_steps))
         state = LoopState()
         if self.resume is not None:
             state = self._restore(model, optimizer, scheduler, stopper)
         elif self.dist.is_main:
-            log_plan(scheduler, float(training["lr"]))
+            log_plan(scheduler, float(training.lr))
         if self.resume is None:
             # On a copy and on every rank: a forward pass may k-means-initialise a codebook (with collectives
             # under DDP), which must neither touch the real model nor leave rank 0 alone in a collective.
@@ -138,22 +142,22 @@ class VQVAETraining:
         self.core = model
         if self.options.compile:
             model = torch.compile(model)
-        self.model = ddp.wrap_model(model, self.dist, device, bool(training.get("find_unused_parameters", False)))
+        self.model = ddp.wrap_model(model, self.dist, device, bool(training.find_unused_parameters))
         self.optimizer, self.scheduler = optimizer, scheduler
         self.settings.scheduler = scheduler if getattr(scheduler, "per_step", False) else None
-        self.settings.max_steps = int(training["max_steps"]) if training.get("max_steps") else None
+        self.settings.max_steps = int(training.max_steps) if training.max_steps else None
         self._rate_from = None  # (time, step) at the first epoch of this process: the measured step rate
         base_payload = {
             "config": self.cfg,
-            "preset": self.resume["preset"] if self.resume else self.options.preset,
-            "task": self.task, "spatial_size": [int(s) for s in training["spatial_size"]],
+            "preset": self.config.preset,
+            "task": self.task, "spatial_size": [int(s) for s in training.spatial_size],
             "intensity": plain(self._intensity()), "seed": self.seed, "data_root": str(self.root),
             "max_slices": self.max_slices, "versions": versions(), **plain(self.extra_payload),
         }
         self.base_payload = base_payload
         self._write_config()
         self.engine = Engine(self, self.core, optimizer, scheduler, stopper, self.writer, base_payload,
-                             epochs=int(training["epochs"]), state=state,
+                             epochs=int(training.epochs), state=state,
                              deadline=budget_deadline(self.started, self.options.max_minutes),
                              progress=self.options.progress, dist=self.dist,
                              budget_text=f"{self.options.max_minutes} min", max_steps=self.settings.max_steps)
@@ -185,7 +189,7 @@ class VQVAETraining:
         if estimate < scheduler.plan.horizon:
             scheduler.replan(estimate, "time", steps_done)
             if self.dist.is_main:
-                log_plan(scheduler, float(self.training["lr"]))
+                log_plan(scheduler, float(self.training.lr))
                 self._write_config()
 
     def _data_root(self, data_root) -> Path:
@@ -196,6 +200,10 @@ class VQVAETraining:
                 refuse_other_data(root, self.resume, self.out)
         elif data_root is not None:
             root = Path(data_root)
+        elif self.config.data_root is not None:
+            root = Path(self.config.data_root)
+            if self.dist.is_main:
+                log.info("data: %s (the --config file's data_root; --data overrides it)", root)
         elif self.resume is not None:
             root = Path(self.resume["data_root"])
         else:
@@ -220,7 +228,7 @@ class VQVAETraining:
             self.extra_payload["refit"] = resume["refit"]
         replanned = replan_on_resume(optimizer, scheduler, self.training, state.step, self.steps_per_epoch)
         if self.dist.is_main and replanned:
-            log_plan(scheduler, float(self.training["lr"]))
+            log_plan(scheduler, float(self.training.lr))
         if self.dist.is_main:
             announce_resume(self.options, resume, self.training, self.root)
         restore_rng_state(resume["rng_state"])  # last: nothing above may draw from the restored generators
@@ -233,7 +241,7 @@ class VQVAETraining:
             if self.dist.enabled:
                 record_rank_sync(self.writer, self.core, self.dist)
             self.writer.hparams({"preset": self.base_payload["preset"], "task": self.task, "seed": self.seed,
-                                 **{k: self.cfg[k] for k in ("model", "quantizer", "training", "refit") if self.cfg.get(k)}},
+                                 **{k: v for k, v in self.cfg.items() if k != "description" and v}},
                                 final_metrics(self.engine.state.history))
         finally:
             self.writer.close()
@@ -268,7 +276,7 @@ class VQVAETraining:
                       "codebook_usage_pct": metrics["codebook_usage_pct"], "perplexity": metrics["perplexity"],
                       "dead_codes_restarted": restarted, "train_quantizer_loss": trained["train_quantizer_loss"],
                       "val_quantizer_loss": metrics["val_quantizer_loss"]}
-        result.monitor = metrics[MONITOR_KEYS[self.training["monitor"]]]
+        result.monitor = metrics[MONITOR_KEYS[self.training.monitor]]
         result.val_seconds = time.monotonic() - t_val
         result.checkpoint = {"code_counts": metrics["code_counts"]}
         result.metrics = {"val_dice_per_class": metrics["val_dice_per_class"]}
@@ -303,7 +311,7 @@ class VQVAETraining:
 
     def _levels(self, metrics: dict) -> list[dict]:
         """Usage and perplexity per code map (RQ depths, VQ-VAE-2 top and bottom) on the validation split."""
-        spatial = [int(s) for s in self.training["spatial_size"]]
+        spatial = [int(s) for s in self.training.spatial_size]
         return level_health(metrics["code_counts"], self.core.code_levels(spatial), spatial)
 
 

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.schema import TrainingConfig
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -39,9 +40,9 @@ def kept_max_slices(options, resume: dict):
     return resume.get("max_slices", options.max_slices)
 
 
-def _ignored(options, resume: dict, training: dict) -> list[str]:
+def _ignored(options, resume: dict, training: TrainingConfig) -> list[str]:
     """The options given that a resumed run does not follow (its checkpoint decides them)."""
-    h, w = (int(s) for s in training["spatial_size"])
+    h, w = (int(s) for s in training.spatial_size)
     checks = [
         ("--preset", options.preset, getattr(options, "config", None) is None  # a --config names its own preset
          and options.preset not in (None, "default", resume.get("preset"))),
@@ -50,10 +51,10 @@ def _ignored(options, resume: dict, training: dict) -> list[str]:
         ("--spatial-size", " ".join(str(s) for s in options.spatial_size or ()),
          bool(options.spatial_size) and [int(s) for s in options.spatial_size] != [h, w]),
         ("--batch-size", options.batch_size,
-         options.batch_size is not None and int(options.batch_size) != int(training["batch_size"])),
-        ("--monitor", options.monitor, options.monitor is not None and options.monitor != training["monitor"]),
+         options.batch_size is not None and int(options.batch_size) != int(training.batch_size)),
+        ("--monitor", options.monitor, options.monitor is not None and options.monitor != training.monitor),
         ("--mask-ratio", options.mask_ratio,
-         options.mask_ratio is not None and float(options.mask_ratio) != float(training["mask_ratio"])),
+         options.mask_ratio is not None and float(options.mask_ratio) != float(training.mask_ratio)),
         ("--seed", options.seed, options.seed is not None and int(options.seed) != int(resume.get("seed", 0))),
         ("--max-slices", options.max_slices,
          "max_slices" in resume and options.max_slices is not None and options.max_slices != resume["max_slices"]),
@@ -75,10 +76,10 @@ def _applied(options) -> list[str]:
     return applied + [f"--{n}" for n in ("compile", "tensorboard") if getattr(options, n, False)]
 
 
-def announce_resume(options, resume: dict, training: dict, root: Path) -> None:
+def announce_resume(options, resume: dict, training: TrainingConfig, root: Path) -> None:
     """One line: where the run continues, what comes from the checkpoint, and every option given: applied or
     ignored."""
-    h, w = (int(s) for s in training["spatial_size"])
+    h, w = (int(s) for s in training.spatial_size)
     ignored, applied = _ignored(options, resume, training), _applied(options)
     if "max_slices" in resume:
         slices = "all slices" if resume["max_slices"] is None else f"at most {resume['max_slices']} slices per split"
@@ -88,10 +89,10 @@ def announce_resume(options, resume: dict, training: dict, root: Path) -> None:
         if options.max_slices is not None:
             applied.append(f"--max-slices {options.max_slices}")
     line = (f"resuming after epoch {resume['epoch']}: preset {resume.get('preset')}, task {resume['task']}, "
-            f"size {h}x{w}, batch {training['batch_size']}, monitor {training['monitor']}, "
-            f"mask ratio {training['mask_ratio']:g}, seed {resume.get('seed', 0)}, {slices}and data {root} "
-            f"from the checkpoint; epochs {training['epochs']}, patience {training['patience']}, "
-            f"lr {training['lr']:g}")
+            f"size {h}x{w}, batch {training.batch_size}, monitor {training.monitor}, "
+            f"mask ratio {training.mask_ratio:g}, seed {resume.get('seed', 0)}, {slices}and data {root} "
+            f"from the checkpoint; epochs {training.epochs}, patience {training.patience}, "
+            f"lr {training.lr:g}")
     if applied:
         line += f"; applied: {', '.join(applied)}"
     if ignored:
