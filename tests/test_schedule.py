@@ -6,12 +6,14 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import yaml
 
 from prostate_vq.runtime.checkpoints import load_checkpoint
+from prostate_vq.schema import TrainingConfig
 from prostate_vq.training import TrainOptions, train
 from prostate_vq.training.vqvae.schedule import CosineSegment, StepCosine, estimate_time_horizon, plan_horizon
 
@@ -30,10 +32,10 @@ def test_cosine_segment_and_horizon_choice():
     plan = CosineSegment(horizon=100, floor=0.05)
     assert plan(0) == 1.0 and plan(100) == 0.05 and plan(1000) == 0.05
     assert plan(50) == pytest.approx(0.05 + 0.95 / 2)
-    training = {"epochs": 100, "max_steps": 40}
+    training = TrainingConfig(epochs=100, max_steps=40)
     assert plan_horizon(training, 3) == (40, "max_steps")
-    assert plan_horizon({**training, "max_steps": None}, 3) == (300, "epochs")
-    assert plan_horizon({**training, "max_steps": 1000}, 3) == (300, "epochs")  # the epochs end first
+    assert plan_horizon(replace(training, max_steps=None), 3) == (300, "epochs")
+    assert plan_horizon(replace(training, max_steps=1000), 3) == (300, "epochs")  # the epochs end first
     assert estimate_time_horizon(steps_done=30, steps_measured=20, seconds=10.0, seconds_left=5.0) == 40
 
 
