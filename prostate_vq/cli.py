@@ -19,6 +19,7 @@ from pathlib import Path
 from prostate_vq import __version__
 from prostate_vq.data.layout import TASKS
 from prostate_vq.errors import UserInputError
+from prostate_vq.schema import DEFAULT_SPATIAL_SIZE
 
 
 def _spatial(parser: argparse.ArgumentParser, default=None) -> None:
@@ -88,10 +89,8 @@ def _show_preset(name: str, overrides) -> None:
 
     from prostate_vq.files import plain
     from prostate_vq.models.presets import apply_overrides, config_bits_per_pixel, get_preset
-    from prostate_vq.training.config import TRAINING_DEFAULTS
 
-    cfg = apply_overrides(get_preset(name), overrides)
-    cfg["training"] = {**TRAINING_DEFAULTS, **cfg.get("training", {})}
+    cfg = apply_overrides(get_preset(name), overrides)  # every section's defaults filled in
     h, w = cfg["training"]["spatial_size"]
     refit = " after ReFiT" if (cfg.get("refit") or {}).get("codebook_size") else ""
     print(f"# {name}: {config_bits_per_pixel(cfg, (h, w)):.4g} bits per pixel at {h}x{w}{refit}")
@@ -101,40 +100,22 @@ def _show_preset(name: str, overrides) -> None:
 def cmd_summary(args):
     from prostate_vq.models.summary import model_summary
 
-    print(model_summary(args.preset, spatial_size=tuple(args.spatial_size or (256, 128)), task=args.task,
+    print(model_summary(args.preset, spatial_size=tuple(args.spatial_size or DEFAULT_SPATIAL_SIZE), task=args.task,
                         overrides=args.set))
 
 
 # --- training -------------------------------------------------------------------------------
 
 def _train_options(args):
-    from prostate_vq.schema import check_option
+    """The parsed options as they are: a --config file is read where the run's config is resolved
+    (training.config.resolve), so `train(TrainOptions(config=...))` from Python follows it the same way."""
     from prostate_vq.training import TrainOptions
-    from prostate_vq.training.config import read_config_file
 
-    # A --config file names its base preset, task, seed and data; options given on the command line win.
-    given = read_config_file(args.config) if args.config else {}
-    if args.config and args.preset is not None:
-        raise UserInputError(f"--preset {args.preset} and --config: the file names its own preset (base: "
-                             f"{given.get('base', 'default')}); give one of them", args.config)
-    preset = str(given.get("base", "default")) if args.config else (args.preset or "default")
-    # On --resume the run's own task and seed hold; None lets the resuming line tell a given option from none.
-    task = args.task or given.get("task") or (None if args.resume else "image")
-    seed = args.seed
-    if seed is None and "seed" in given:  # the file's seed, by the same rule as --seed
-        try:
-            seed = check_option("seed", given["seed"], label="seed")
-        except UserInputError as error:
-            raise UserInputError(f"--config: {error}", args.config) from None
-    data = args.data
-    if data is None and given.get("data_root") and not args.resume:
-        data = Path(str(given["data_root"]))
-        logging.getLogger("prostate_vq").info("data: %s (the --config file's data_root; --data overrides it)", data)
     return TrainOptions(
-        data=data, out=args.out, preset=preset, task=task, epochs=args.epochs, config=args.config,
+        data=args.data, out=args.out, preset=args.preset, task=args.task, epochs=args.epochs, config=args.config,
         max_minutes=args.max_minutes, max_steps=args.max_steps,
         spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
-        batch_size=args.batch_size, lr=args.lr, seed=seed, patience=args.patience,
+        batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
         monitor=args.monitor, mask_ratio=args.mask_ratio, device=args.device, resume=args.resume,
         overrides=list(args.set or []), max_slices=args.max_slices, num_workers=args.num_workers,
         compile=args.compile, tensorboard=args.tensorboard, progress=not args.no_progress,

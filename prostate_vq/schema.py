@@ -10,10 +10,13 @@ from those signatures, its ranges from the kind's `option_limits`, checked by th
 from __future__ import annotations
 
 import math
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from prostate_vq.errors import UserInputError
+
+# HipMRI's slices (rows, cols): the default size of every dataset, model summary, rate and run.
+DEFAULT_SPATIAL_SIZE = (256, 128)
 
 
 def option_rules(default, *, minimum=None, above=None, below=None, maximum=None, choices=None, kind=None,
@@ -73,7 +76,7 @@ class TrainingConfig:
     augment: bool = option(False)  # the data layer's batch augmentation (flips, small affine, intensity)
     mri_augment: bool = option(False)  # MONAI's MRI transforms: bias field, Gibbs ringing, Rician noise, low resolution
     find_unused_parameters: bool = option(False)  # DDP: only for models with parameters a task leaves unused
-    spatial_size: list = option([256, 128], item_minimum=16, length=2)
+    spatial_size: list = option(list(DEFAULT_SPATIAL_SIZE), item_minimum=16, length=2)
     mask_ratio: float = option(0.0, minimum=0, below=1)
     monitor: str = option("loss", choices=("loss", "ssim", "dice"))  # what best.pt and early stopping follow
 
@@ -87,6 +90,60 @@ class RefitConfig:
     lr: float | None = option(None, above=0, kind=float)  # None: the training section's
     max_steps: int | None = option(None, minimum=1, kind=int)  # fine-tuning's step budget (train splits max_steps 3:1)
     dead_code_threshold: float = option(1.0, minimum=0)  # usage EMA below which fine-tuning restarts a code
+
+
+@dataclass
+class QuantizerConfig:
+    """`quantizer:` the kind and its constructor keywords (models/quantizers: their defaults and checks are the
+    kind's own, not this schema's)."""
+
+    kind: str = "vq"
+    options: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_section(cls, section: dict) -> QuantizerConfig:
+        values = dict(section)
+        return cls(str(values.pop("kind", "vq")), values)
+
+    def section(self) -> dict:
+        return {"kind": self.kind, **self.options}
+
+
+@dataclass
+class RunConfig:
+    """A VQ-VAE run's configuration, resolved once (training.config.resolve) and read as attributes from then on;
+    dicts only at the YAML and checkpoint boundary (`from_sections` / `sections`, formats unchanged).
+
+    `preset`, `task` and `seed` are the run's identity beside its sections; `data_root` is a `--config` file's
+    (a run's config.yaml names the data it was trained on), which `--data` overrides."""
+
+    model: ModelConfig
+    quantizer: QuantizerConfig
+    training: TrainingConfig
+    refit: RefitConfig | None = None
+    description: str | None = None
+    preset: str = "default"
+    task: str = "image"
+    seed: int = 0
+    data_root: str | None = None
+
+    @classmethod
+    def from_sections(cls, cfg: dict, *, preset: str = "default", task: str = "image", seed: int = 0,
+                      data_root: str | None = None) -> RunConfig:
+        """From a resolved (or stored) config dict whose sections hold every key of their schema."""
+        refit = cfg.get("refit")
+        return cls(model=ModelConfig(**cfg["model"]), quantizer=QuantizerConfig.from_section(cfg["quantizer"]),
+                   training=TrainingConfig(**cfg["training"]), refit=RefitConfig(**refit) if refit else None,
+                   description=cfg.get("description"), preset=str(preset), task=str(task), seed=int(seed),
+                   data_root=data_root)
+
+    def sections(self) -> dict:
+        """The checkpoint's `config` and the body of config.yaml: description, model, quantizer, training, refit."""
+        out: dict = {} if self.description is None else {"description": self.description}
+        out.update(model=asdict(self.model), quantizer=self.quantizer.section(), training=asdict(self.training))
+        if self.refit is not None:
+            out["refit"] = asdict(self.refit)
+        return out
 
 
 SCHEMAS = {"model": ModelConfig, "training": TrainingConfig, "refit": RefitConfig}

@@ -86,7 +86,7 @@ def test_cli_compress_decode_restores_the_plain_codes_in_fewer_bits(tiny_run, im
 
 
 def test_cli_refuses_a_prior_of_other_weights_in_one_line(tiny_run, image_prior, tmp_path, capsys):
-    from prostate_vq.training.checkpoints import load_checkpoint, save_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint, save_checkpoint
 
     assert main(["encode", "--checkpoint", str(tiny_run / "best.pt"), "--split", "test",
                  "--out", str(tmp_path / "coded.npz"), "--compress", str(image_prior / "best.pt")]) == 0

@@ -13,8 +13,8 @@ pytestmark = [pytest.mark.cuda,
 @pytest.mark.parametrize("preset", ["default", "fsq", "v3-ema", "v4-rq", "vqvae2", "monai-stock"])
 def test_training_step_under_bf16_autocast_on_cuda(preset):
     from prostate_vq.models import build_model, get_preset
-    from prostate_vq.training.losses import TaskLoss
-    from prostate_vq.training.runtime import autocast
+    from prostate_vq.runtime.device import autocast
+    from prostate_vq.training.vqvae.losses import TaskLoss
 
     device = torch.device("cuda")
     torch.manual_seed(0)

@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from prostate_vq.training import load_checkpoint
+from prostate_vq.runtime.checkpoints import load_checkpoint
 
 pytestmark = [
     pytest.mark.slow,  # ~10-30 s: two interpreter start-ups; still part of the default (CI) run

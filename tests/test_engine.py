@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from prostate_vq.errors import TrainingDiverged
-from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.config import resolve_config
-from prostate_vq.training.early_stopping import EarlyStopping
+from prostate_vq.runtime.checkpoints import load_checkpoint
+from prostate_vq.training.config import resolve
 from prostate_vq.training.engine import Engine, EpochResult, LoopState, restore_training_state
-from prostate_vq.training.run_files import RunWriter
-from prostate_vq.training.trainer import TrainOptions
+from prostate_vq.training.engine.early_stopping import EarlyStopping
+from prostate_vq.training.engine.run_folder import RunWriter
+from prostate_vq.training.vqvae import TrainOptions
 
 
 class Scripted:
@@ -97,8 +97,8 @@ def test_spent_budget_stops_after_one_epoch(tmp_path):
 def test_explicit_monitor_loss_and_mask_ratio_zero_override_the_config(tmp_path):
     """`--monitor loss` and `--mask-ratio 0` are values, not 'not given' (they used to be ignored)."""
     options = TrainOptions(out=tmp_path, overrides=["training.monitor=ssim", "training.mask_ratio=0.5"])
-    assert resolve_config(options)["training"]["monitor"] == "ssim"
+    assert resolve(options).training.monitor == "ssim"
     options = TrainOptions(out=tmp_path, overrides=["training.monitor=ssim", "training.mask_ratio=0.5"],
                            monitor="loss", mask_ratio=0.0)
-    training = resolve_config(options)["training"]
-    assert training["monitor"] == "loss" and training["mask_ratio"] == 0.0
+    training = resolve(options).training
+    assert training.monitor == "loss" and training.mask_ratio == 0.0

@@ -149,7 +149,7 @@ def test_evaluate_image_run_writes_metrics_csv_and_figures(image_eval):
 
 def test_evaluation_matches_the_training_validation_metrics(tiny_run, phantom_root, tmp_path):
     """Same model, same validation slices: evaluation must reproduce the numbers training logged."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     logged = load_checkpoint(tiny_run / "best.pt")["metrics"]
     result = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, split="validate", out=tmp_path,

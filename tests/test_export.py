@@ -16,7 +16,7 @@ from prostate_vq.export import export_checkpoint, from_pretrained
 from prostate_vq.export.graphs import IMAGE_ATOL, ONNX_UNSUPPORTED, DecodeFromIndices, example_input, mismatch
 from prostate_vq.export.onnx_graphs import MISSING
 from prostate_vq.models import apply_overrides, build_model, get_preset
-from prostate_vq.training.checkpoints import FORMAT_VERSION, load_model, save_checkpoint
+from prostate_vq.runtime.checkpoints import FORMAT_VERSION, load_model, save_checkpoint
 
 SMALL = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=16"]
 # One preset per quantizer kind (and the two other architectures), shrunk to a few thousand weights.

@@ -18,7 +18,8 @@ import torch
 from prostate_vq.cli import main
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import atomic_open, folder_lock, is_own_temp, staged_files, write_text_atomic
-from prostate_vq.training import TrainOptions, load_checkpoint, train
+from prostate_vq.runtime.checkpoints import load_checkpoint
+from prostate_vq.training import TrainOptions, train
 
 
 @pytest.fixture
@@ -67,7 +68,7 @@ def test_disk_full_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path):
 
 def test_torch_save_on_a_full_disk_is_one_line_not_unexpected_pos(tmp_path, monkeypatch):
     """torch.save turns the OSError of a full disk into `RuntimeError: ... unexpected pos`."""
-    from prostate_vq.training.checkpoints import save_checkpoint
+    from prostate_vq.runtime.checkpoints import save_checkpoint
 
     path = tmp_path / "last.pt"
     save_checkpoint(path, {"model_state": {"w": torch.ones(3)}, "config": {}, "epoch": 1, "format_version": 1})

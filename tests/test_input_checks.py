@@ -18,8 +18,8 @@ import torch
 
 from prostate_vq.cli import main
 from prostate_vq.errors import DataError, UserInputError
-from prostate_vq.training import TrainOptions, load_checkpoint, train
-from prostate_vq.training.checkpoints import check_payload
+from prostate_vq.runtime.checkpoints import check_payload, load_checkpoint
+from prostate_vq.training import TrainOptions, train
 
 
 def _err_line(capsys) -> str:
@@ -157,7 +157,7 @@ def test_manifest_check_wants_a_validate_split(phantom_root, tmp_path, capsys):
 
 
 def test_train_warns_of_patients_in_train_and_validate(caplog):
-    from prostate_vq.training.data_loading import warn_if_leaking
+    from prostate_vq.training.vqvae.data import warn_if_leaking
 
     record = lambda case: SimpleNamespace(case=case)  # noqa: E731
     train_ds = SimpleNamespace(records=[record("004"), record("005")])
@@ -554,10 +554,11 @@ def test_config_with_preset_is_refused_and_config_data_root_is_used(tiny_run, ph
                  str(tmp_path / "r")]) == 2
     assert "--preset v3-ema and --config" in _err_line(capsys)
     from prostate_vq.cli import _train_options, build_parser
+    from prostate_vq.training.config import resolve
 
     options = _train_options(build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out",
                                                         str(tmp_path / "r")]))
-    assert os.path.samefile(options.data, phantom_root)  # the run's data, not the demo phantom
+    assert os.path.samefile(resolve(options).data_root, phantom_root)  # the run's data, not the demo phantom
 
 
 @pytest.mark.parametrize("verb", [["train"], ["evaluate", "--checkpoint", "x.pt"], ["synth"]])

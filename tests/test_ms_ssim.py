@@ -13,7 +13,7 @@ from prostate_vq.evaluation import evaluate_checkpoint
 from prostate_vq.evaluation.metrics import MS_SSIM_MIN_SIDE, ms_ssim_per_slice
 from prostate_vq.models import apply_overrides, build_model, get_preset
 from prostate_vq.reporting.markdown import write_report
-from prostate_vq.training.checkpoints import FORMAT_VERSION, save_checkpoint
+from prostate_vq.runtime.checkpoints import FORMAT_VERSION, save_checkpoint
 
 
 @pytest.mark.parametrize("size", [(128, 128), (256, 128), (112, 112)])

@@ -175,7 +175,7 @@ def test_layout_round_trip_and_decode(preset, kind, depth):
 
 def test_encode_writes_codes_that_decode_to_the_reconstruction(tiny_run, phantom_root, tmp_path):
     from prostate_vq.data import make_dataset
-    from prostate_vq.training.checkpoints import load_model
+    from prostate_vq.runtime.checkpoints import load_model
 
     out = tmp_path / "codes.npz"
     assert main(["encode", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root),
@@ -205,7 +205,7 @@ def joint_prior(tiny_joint_run, tmp_path_factory):
 
 
 def test_train_prior_writes_a_run_and_its_likelihood_falls(joint_prior, tiny_joint_run):
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     assert {p.name for p in joint_prior.iterdir()} >= {"best.pt", "last.pt", "history.csv", "metrics.json"}
     rows = list(csv.DictReader(io.StringIO((joint_prior / "history.csv").read_text(encoding="utf-8"))))
@@ -297,7 +297,7 @@ def test_multi_level_codes_train_sample_and_decode(preset, task, phantom_root, t
     """RQ levels and VQ-VAE-2 top/bottom codes go through train-prior and sample (an untrained VQ-VAE
     checkpoint is enough: the prior only needs its codes); the mask task writes segmentations only."""
     from prostate_vq.models import apply_overrides, build_model, get_preset
-    from prostate_vq.training.checkpoints import save_checkpoint
+    from prostate_vq.runtime.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     config = apply_overrides(get_preset(preset), TINY)

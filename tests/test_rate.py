@@ -13,7 +13,7 @@ from prostate_vq.cli import main
 from prostate_vq.models import apply_overrides, build_model, get_preset
 from prostate_vq.models.presets import preset_bits_per_pixel
 from prostate_vq.models.rate import CodeLevel, bits_per_pixel, level_health
-from prostate_vq.training.trainer import CodebookCollapseWarning, warn_if_collapsed
+from prostate_vq.training.vqvae.validation import CodebookCollapseWarning, warn_if_collapsed
 
 TINY = ["model.channels=[8, 16]", "model.res_channels=8", "model.embedding_dim=8"]
 FAMILY = ["default", "v1-vq", "v3-ema", "l2-codes", "entropy", "soft", "fsq", "lfq", "v4-rq", "vqvae2"]

@@ -142,8 +142,8 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     import shlex
 
     from prostate_vq.cli import _train_options, build_parser
-    from prostate_vq.training.checkpoints import load_checkpoint
-    from prostate_vq.training.config import resolve_config
+    from prostate_vq.runtime.checkpoints import load_checkpoint
+    from prostate_vq.training.config import resolve
 
     text = write_report([evaluated["joint_run"]], tmp_path / "r.md").read_text(encoding="utf-8")
     block = text.split("```bash\n", 1)[1].split("```", 1)[0]
@@ -152,8 +152,9 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     assert "--config" in argv  # the run's own config.yaml carries its preset, overrides, task and seed
     options = _train_options(build_parser().parse_args(argv))
     payload = load_checkpoint(evaluated["joint_run"] / "best.pt")
-    assert resolve_config(options) == payload["config"]
-    assert (options.task, options.seed, options.preset) == (payload["task"], payload["seed"], payload["preset"])
+    config = resolve(options)
+    assert config.sections() == payload["config"]
+    assert (config.task, config.seed, config.preset) == (payload["task"], payload["seed"], payload["preset"])
 
 
 @pytest.mark.parametrize("preset, task, present, absent", [

@@ -6,14 +6,16 @@ from __future__ import annotations
 import csv
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
 import yaml
 
+from prostate_vq.runtime.checkpoints import load_checkpoint
+from prostate_vq.schema import TrainingConfig
 from prostate_vq.training import TrainOptions, train
-from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.schedule import CosineSegment, StepCosine, estimate_time_horizon, plan_horizon
+from prostate_vq.training.vqvae.schedule import CosineSegment, StepCosine, estimate_time_horizon, plan_horizon
 
 
 def _history(run):
@@ -30,10 +32,10 @@ def test_cosine_segment_and_horizon_choice():
     plan = CosineSegment(horizon=100, floor=0.05)
     assert plan(0) == 1.0 and plan(100) == 0.05 and plan(1000) == 0.05
     assert plan(50) == pytest.approx(0.05 + 0.95 / 2)
-    training = {"epochs": 100, "max_steps": 40}
+    training = TrainingConfig(epochs=100, max_steps=40)
     assert plan_horizon(training, 3) == (40, "max_steps")
-    assert plan_horizon({**training, "max_steps": None}, 3) == (300, "epochs")
-    assert plan_horizon({**training, "max_steps": 1000}, 3) == (300, "epochs")  # the epochs end first
+    assert plan_horizon(replace(training, max_steps=None), 3) == (300, "epochs")
+    assert plan_horizon(replace(training, max_steps=1000), 3) == (300, "epochs")  # the epochs end first
     assert estimate_time_horizon(steps_done=30, steps_measured=20, seconds=10.0, seconds_left=5.0) == 40
 
 
@@ -107,7 +109,7 @@ def test_a_run_from_before_per_step_planning_resumes_downward(phantom_root, tmp_
                                                             tiny_model_overrides):
     """last.pt written when the cosine was planned per epoch (a CosineAnnealingLR state): the resumed run takes
     the per-step cosine over from the rate it had reached instead of failing on the foreign state."""
-    from prostate_vq.training.checkpoints import save_checkpoint
+    from prostate_vq.runtime.checkpoints import save_checkpoint
 
     run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=4))
     last = load_checkpoint(run / "last.pt", kind="resume")

@@ -8,12 +8,12 @@ from prostate_vq import schema
 from prostate_vq.errors import UserInputError
 from prostate_vq.models import MODEL_DEFAULTS, apply_overrides, get_preset, list_presets
 from prostate_vq.models.presets import resolve
-from prostate_vq.training import TRAINING_DEFAULTS
 from prostate_vq.training.config import check_training_config
 
 
 def test_defaults_come_from_the_schema():
-    assert MODEL_DEFAULTS == schema.defaults("model") and TRAINING_DEFAULTS == schema.defaults("training")
+    assert MODEL_DEFAULTS == schema.defaults("model")
+    assert schema.defaults("training") == {key: getattr(schema.TrainingConfig(), key) for key in schema.keys("training")}
 
 
 @pytest.mark.parametrize("name", [n for n, _ in list_presets()])
@@ -49,15 +49,16 @@ def test_set_is_checked_by_the_schema_and_names_the_override():
 
 def test_config_file_is_base_preset_plus_sections_and_checked(tmp_path, capsys):
     from prostate_vq.cli import _train_options, build_parser, main
-    from prostate_vq.training.config import resolve_config
+    from prostate_vq.training.config import resolve as resolve_run
 
     good = tmp_path / "my.yaml"
     good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 1e-3}\n",
                     encoding="utf-8")
     options = _train_options(build_parser().parse_args(["train", "--config", str(good), "--out", str(tmp_path / "r"),
                                                         "--set", "quantizer.codebook_size=64", "--epochs", "2"]))
-    cfg = resolve_config(options)
-    assert (options.preset, options.task, options.seed) == ("v1-vq", "joint", 3)
+    config = resolve_run(options)
+    cfg = config.sections()
+    assert (config.preset, config.task, config.seed) == ("v1-vq", "joint", 3)
     assert cfg["model"]["channels"] == [8, 16] and cfg["model"]["downsample"] == get_preset("v1-vq")["model"]["downsample"]
     assert cfg["training"]["lr"] == 0.001 and cfg["training"]["epochs"] == 2  # file < --set < options
     assert cfg["quantizer"]["codebook_size"] == 64
@@ -68,3 +69,13 @@ def test_config_file_is_base_preset_plus_sections_and_checked(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "bad.yaml" in err and "training.lr must be above 0" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "b").exists()
+
+
+def test_a_resolved_config_is_typed_and_round_trips_to_the_checkpoint_dict():
+    """Config is resolved once into typed objects; the dict form (checkpoint `config`, config.yaml) is unchanged."""
+    cfg = apply_overrides(get_preset("v2-refit"), ["training.lr=0.001"])
+    config = schema.RunConfig.from_sections(cfg, preset="v2-refit", task="joint", seed=4)
+    assert isinstance(config.training, schema.TrainingConfig) and config.training.lr == 0.001
+    assert isinstance(config.refit, schema.RefitConfig) and config.quantizer.kind == cfg["quantizer"]["kind"]
+    assert config.sections() == cfg and list(config.sections()) == list(cfg)
+    assert schema.TrainingConfig().spatial_size == list(schema.DEFAULT_SPATIAL_SIZE)

@@ -16,11 +16,12 @@ import yaml
 
 from prostate_vq.cli import main
 from prostate_vq.errors import UserInputError
-from prostate_vq.training import HISTORY_COLUMNS, TrainOptions, load_checkpoint, load_model, save_checkpoint, train
-from prostate_vq.training.checkpoints import FORMAT_VERSION
-from prostate_vq.training.early_stopping import EarlyStopping
-from prostate_vq.training.masking import mask_patches
-from prostate_vq.training.seeding import capture_rng_state, restore_rng_state
+from prostate_vq.runtime.checkpoints import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
+from prostate_vq.runtime.run_format import HISTORY_COLUMNS
+from prostate_vq.runtime.seeding import capture_rng_state, restore_rng_state
+from prostate_vq.training import TrainOptions, train
+from prostate_vq.training.engine.early_stopping import EarlyStopping
+from prostate_vq.training.vqvae.epoch import mask_patches
 
 PAYLOAD_KEYS = {"format_version", "model_state", "config", "preset", "task", "spatial_size", "intensity", "epoch",
                 "metrics", "seed", "data_root", "versions"}
@@ -131,20 +132,32 @@ def test_max_minutes_stops_cleanly_and_keeps_best(options):
 def test_time_budget_is_checked_between_batches(options, phantom_root):
     from prostate_vq.data import make_dataset
     from prostate_vq.models import build_model
-    from prostate_vq.training.config import resolve_config
-    from prostate_vq.training.data_loading import make_loader
-    from prostate_vq.training.distributed import DistContext
-    from prostate_vq.training.loop import StepSettings, train_one_epoch
-    from prostate_vq.training.losses import TaskLoss
+    from prostate_vq.runtime.distributed import DistContext
+    from prostate_vq.training.config import resolve
+    from prostate_vq.training.vqvae.data import make_loader
+    from prostate_vq.training.vqvae.epoch import StepSettings, train_one_epoch
+    from prostate_vq.training.vqvae.losses import TaskLoss
 
     opts = options()
-    model = build_model(resolve_config(opts), "image")
+    model = build_model(resolve(opts).sections(), "image")
     data = make_dataset(phantom_root, "train", "image", spatial_size=(64, 32))
     loader = make_loader(data, 2, train=True, seed=0, epoch=1, num_workers=0, dist_ctx=DistContext(),
                          pin_memory=False)
     settings = StepSettings(device=torch.device("cpu"), deadline=0.0)  # already past
     result = train_one_epoch(model, loader, TaskLoss("image"), torch.optim.Adam(model.parameters()), settings, 1)
     assert result.out_of_time and result.steps == 1 < len(loader)
+
+
+def test_a_config_file_given_from_python_sets_the_task_and_seed(options, tmp_path):
+    """`train(TrainOptions(config=FILE))` follows the file's task and seed as `prostate-vq train --config FILE`
+    does: the file is read in one place, where the config is resolved (the CLI used to read them itself, so a
+    Python caller got the image task and seed 0)."""
+    config_file = tmp_path / "my.yaml"
+    config_file.write_text("base: default\ntask: joint\nseed: 7\n", encoding="utf-8")
+    run = train(options(config=config_file))
+    payload = load_checkpoint(run / "best.pt")
+    assert (payload["task"], payload["seed"], payload["preset"]) == ("joint", 7, "default")
+    assert read_history(run)[0]["val_dice"] != ""  # the joint task was trained (Dice is scored)
 
 
 def test_masked_training(options):
@@ -163,7 +176,7 @@ def test_masked_training(options):
 
 
 def test_nan_loss_stops_with_one_line_and_keeps_last_good(options, monkeypatch, capsys):
-    from prostate_vq.training import losses
+    from prostate_vq.training.vqvae import losses
 
     original = losses.TaskLoss.forward
     calls = {"train": 0}
@@ -291,7 +304,7 @@ def test_no_data_trains_on_the_demo_phantom(options, phantom_root, monkeypatch):
 
 
 def test_codebook_collapse_warning():
-    from prostate_vq.training.trainer import CodebookCollapseWarning, warn_if_collapsed
+    from prostate_vq.training.vqvae.validation import CodebookCollapseWarning, warn_if_collapsed
 
     with pytest.warns(CodebookCollapseWarning, match=r"codebook collapse: epoch 4 uses 3\.1% of 512 codes"):
         assert warn_if_collapsed({"codebook_usage_pct": 3.125, "perplexity": 1.4}, 4, 512)

@@ -9,7 +9,8 @@ import torch
 
 from prostate_vq.cli import main
 from prostate_vq.errors import UserInputError
-from prostate_vq.training import load_checkpoint, load_model, refit
+from prostate_vq.runtime.checkpoints import load_checkpoint, load_model
+from prostate_vq.training import refit
 from prostate_vq.training.kmeans import kmeans
 
 

@@ -13,7 +13,8 @@ from dataclasses import replace
 import pytest
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.training import TrainOptions, load_checkpoint, train
+from prostate_vq.runtime.checkpoints import load_checkpoint
+from prostate_vq.training import TrainOptions, train
 
 
 def history(run):

@@ -10,9 +10,9 @@ import torch.nn.functional as F
 
 from prostate_vq.models import build_model, get_preset
 from prostate_vq.training import TrainOptions, train
-from prostate_vq.training.early_stopping import EarlyStopping
-from prostate_vq.training.loop import StepSettings, validate
-from prostate_vq.training.losses import TaskLoss, split_loss
+from prostate_vq.training.engine.early_stopping import EarlyStopping
+from prostate_vq.training.vqvae.epoch import StepSettings, validate
+from prostate_vq.training.vqvae.losses import TaskLoss, split_loss
 
 
 def _vq_model():
@@ -80,7 +80,7 @@ def test_history_logs_quantizer_terms_and_steps(phantom_root, tmp_path, tiny_spa
 def test_ssim_loss_matches_monai_ssim():
     from monai.losses import SSIMLoss
 
-    from prostate_vq.training.losses import ssim_mean
+    from prostate_vq.training.vqvae.losses import ssim_mean
 
     torch.manual_seed(0)
     x, y = torch.rand(3, 1, 40, 24), torch.rand(3, 1, 40, 24)
@@ -98,7 +98,7 @@ def test_ssim_weight_adds_a_task_term():
 
 
 def test_warmup_scales_the_first_steps_and_restores_the_schedule():
-    from prostate_vq.training.loop import _step_with_warmup
+    from prostate_vq.training.vqvae.epoch import _step_with_warmup
 
     param = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([param], lr=1.0)

@@ -71,7 +71,7 @@ def main() -> int:
 
     from prostate_vq.data import make_dataset, make_loader
     from prostate_vq.evaluation.codecs import code_at_budget, get_codec
-    from prostate_vq.training.checkpoints import load_model
+    from prostate_vq.runtime.checkpoints import load_model
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     codec = get_codec(args.codec)

@@ -63,7 +63,7 @@ def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str
     import pandas as pd
 
     epochs = len(pd.read_csv(run / "history.csv"))
-    from prostate_vq.training.checkpoints import load_model
+    from prostate_vq.runtime.checkpoints import load_model
 
     parameters = sum(p.numel() for p in load_model(run / "best.pt", "cpu")[0].parameters())
     keys = ("ssim_mean", "ssim_pass_rate", "psnr_mean", "dice_mean", "codes_used", "codebook_size",

@@ -71,8 +71,8 @@ def ours_model(preset: str) -> torch.nn.Module:
 
 def step_fn(model, peer: bool, device: torch.device):
     """One optimiser step exactly as each library trains: our TaskLoss + aux losses; MONAI's recon + quant loss."""
-    from prostate_vq.training.losses import TaskLoss
-    from prostate_vq.training.runtime import autocast
+    from prostate_vq.runtime.device import autocast
+    from prostate_vq.training.vqvae.losses import TaskLoss
 
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
     criterion = TaskLoss("image")

@@ -255,8 +255,8 @@ def hipmri_sized(c: Check) -> Path:
 def early_stop(c: Check) -> dict:
     import csv
 
+    from prostate_vq.runtime.checkpoints import load_checkpoint
     from prostate_vq.training import TrainOptions, train
-    from prostate_vq.training.checkpoints import load_checkpoint
 
     start = time.monotonic()
     root = hipmri_sized(c)

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from prostate_vq.data.layout import TASKS, SliceRecord, discover
 from prostate_vq.data.transforms import GEOMETRY, INTENSITY_SCALING, BatchAugment, slice_transforms
 from prostate_vq.errors import UserInputError
+from prostate_vq.schema import DEFAULT_SPATIAL_SIZE
 
 
 class SliceDataset(Dataset):
@@ -25,7 +26,7 @@ class SliceDataset(Dataset):
     used), ``case``, ``week``, ``slice``, ``path`` (image file name). ``records`` lists the slices in item
     order. Implements ``__getitems__`` so a DataLoader fetches (and augments) a whole batch at once."""
 
-    def __init__(self, records: list[SliceRecord], spatial_size=(256, 128), with_label: bool = True,
+    def __init__(self, records: list[SliceRecord], spatial_size=DEFAULT_SPATIAL_SIZE, with_label: bool = True,
                  augment: bool | BatchAugment = False, cache: bool = True, cache_threads: int | None = None,
                  intensity: dict | None = None, progress: bool = False):
         self.records = list(records)
@@ -150,7 +151,7 @@ def _subset(records: list[SliceRecord], max_slices: int | None) -> list[SliceRec
     return [records[i] for i in picks]
 
 
-def make_dataset(root, split: str, task: str = "image", spatial_size=(256, 128), augment: bool | BatchAugment = False,
+def make_dataset(root, split: str, task: str = "image", spatial_size=DEFAULT_SPATIAL_SIZE, augment: bool | BatchAugment = False,
                  cache: bool = True, max_slices: int | None = None, intensity: dict | None = None,
                  progress: bool = False) -> SliceDataset:
     """The slices of one split. Labels are included for the mask/joint tasks (masks then required) and

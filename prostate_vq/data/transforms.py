@@ -17,6 +17,7 @@ from monai.utils import convert_to_tensor
 
 from prostate_vq.data.nifti import load_slice
 from prostate_vq.errors import DataError
+from prostate_vq.schema import DEFAULT_SPATIAL_SIZE
 
 # Per-slice robust min-max: the 0.5th and 99.5th intensity percentiles of the slice map to 0 and 1,
 # values beyond are clipped. MRI has no absolute intensity scale (it changes with coil, gain and bias
@@ -142,7 +143,7 @@ class SliceCompose(Compose):
             raise cause from None
 
 
-def slice_transforms(spatial_size=(256, 128), with_label: bool = True, intensity: dict | None = None) -> Compose:
+def slice_transforms(spatial_size=DEFAULT_SPATIAL_SIZE, with_label: bool = True, intensity: dict | None = None) -> Compose:
     """The deterministic per-slice pipeline: dict of file paths -> dict of channel-first tensors.
     ``intensity`` replaces INTENSITY_SCALING (evaluation passes the one saved in the checkpoint)."""
     keys = ["image", "label"] if with_label else ["image"]

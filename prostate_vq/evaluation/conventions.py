@@ -16,7 +16,7 @@ from monai.metrics import compute_dice
 from monai.metrics.regression import compute_ssim_and_cs
 
 from prostate_vq.data import LABEL_NAMES
-from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.runtime.slice_scores import SSIM_SIGMA, SSIM_WINDOW
 
 PROSTATE = LABEL_NAMES.index("prostate")
 DICE_CONVENTIONS = {

@@ -225,8 +225,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     ``lpips_weights`` and ``fid_weights`` (files on disk, evaluation.perceptual) add LPIPS and rFID."""
     from prostate_vq.evaluation.codecs import parse_codecs
     from prostate_vq.evaluation.perceptual import load_feature_net, load_lpips
-    from prostate_vq.training.checkpoints import load_model
-    from prostate_vq.training.runtime import resolve_device
+    from prostate_vq.runtime.checkpoints import load_model
+    from prostate_vq.runtime.device import resolve_device
 
     if out is None:
         raise UserInputError("an output folder is required (--out)")
@@ -316,7 +316,7 @@ def _perceptual(values: dict, lpips_weights, fid_weights) -> dict:
 def _budget(checkpoint: Path, payload: dict) -> dict:
     """Optimizer steps and epochs: of the evaluated checkpoint, and of the whole run it was selected from (last.pt
     beside it; a ReFiT run adds its base run's steps), so tables compare variants at equal steps."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     metrics = payload.get("metrics") or {}
     out = {"steps": metrics.get("step"), "epochs": payload.get("epoch"), "run_steps": None, "run_epochs": None,

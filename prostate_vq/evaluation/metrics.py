@@ -27,8 +27,8 @@ from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
 from prostate_vq.data import LABEL_NAMES
 from prostate_vq.files import json_float
 from prostate_vq.models import code_stats
-from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
-from prostate_vq.training.validation import dice_per_slice as training_dice
+from prostate_vq.runtime.slice_scores import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.runtime.slice_scores import dice_per_slice as training_dice
 
 SSIM_THRESHOLD = 0.6
 MS_SSIM_WINDOW = 7

@@ -47,7 +47,7 @@ def _read_metrics(path: Path | None, checkpoint: Path) -> tuple[dict | None, Pat
 
 def _run_budget(checkpoint: Path, metrics: dict | None) -> dict:
     """Steps and epochs of the whole run for the card: the evaluation's, else the run's last.pt beside it."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     keys = ("steps", "epochs", "run_steps", "run_epochs", "stop_reason")
     budget = {k: (metrics or {}).get(k) for k in keys}
@@ -137,7 +137,7 @@ def _config_json(model, payload: dict, checkpoint: Path, digest: str) -> dict:
 def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "pretrained",
                       metrics: str | Path | None = None) -> tuple[Path, list[str]]:
     """Write the export of `checkpoint` into the new folder `out`; returns (out, lines on what was left out)."""
-    from prostate_vq.training.checkpoints import load_model
+    from prostate_vq.runtime.checkpoints import load_model
 
     from .bundle import bundle_files
 

@@ -101,12 +101,12 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
             target[name] = schema.check_set(key, value, schema.rules(section, name))
     return cfg
 
-def preset_bits_per_pixel(name: str, spatial_size=(256, 128)) -> float:
+def preset_bits_per_pixel(name: str, spatial_size=schema.DEFAULT_SPATIAL_SIZE) -> float:
     """The rate of a preset's final model (after ReFiT for presets that have a `refit` section)."""
     return config_bits_per_pixel(get_preset(name), spatial_size)
 
 
-def config_bits_per_pixel(cfg: dict, spatial_size=(256, 128)) -> float:
+def config_bits_per_pixel(cfg: dict, spatial_size=schema.DEFAULT_SPATIAL_SIZE) -> float:
     """The rate of a resolved config's final model (after ReFiT where it has a `refit` section)."""
     refit_size = (cfg.get("refit") or {}).get("codebook_size")
     if refit_size:

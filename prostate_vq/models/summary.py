@@ -6,6 +6,7 @@ import torch
 from torchinfo import summary
 
 from prostate_vq.errors import UserInputError
+from prostate_vq.schema import DEFAULT_SPATIAL_SIZE
 
 from .build import build_model
 from .presets import apply_overrides, get_preset
@@ -28,7 +29,7 @@ def network_summary(model: torch.nn.Module, example: torch.Tensor) -> str:
                 f"{str(error).splitlines()[0][:200]})\n")
 
 
-def model_summary(preset: str, spatial_size: tuple[int, int] = (256, 128), task: str = "image",
+def model_summary(preset: str, spatial_size: tuple[int, int] = DEFAULT_SPATIAL_SIZE, task: str = "image",
                   overrides: list[str] | None = None) -> str:
     """The summary text for `preset` on a one-slice input of `spatial_size`, plus its code grid."""
     if task not in TASKS:

@@ -123,14 +123,14 @@ def encode_dataset_tensors(model, dataset, batch_size: int = 64, device: torch.d
 
 def model_from_payload(payload: dict, device: torch.device | str = "cpu", path: str | Path | None = None):
     """Rebuild a VQ-VAE from a checkpoint payload held in memory (a prior stores a copy of it)."""
-    from prostate_vq.training.checkpoints import model_of
+    from prostate_vq.runtime.checkpoints import model_of
 
     return model_of(payload, path).to(device).eval()
 
 
 def load_vqvae(checkpoint: str | Path, device: torch.device | str = "cpu"):
     """``(model, payload)`` of a VQ-VAE checkpoint; a prior checkpoint here gets a clear error."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     payload = load_checkpoint(checkpoint, kind="model")  # a prior checkpoint here gets its own one line
     return model_from_payload(payload, device, checkpoint), payload
@@ -155,7 +155,7 @@ def encode_split(checkpoint: str | Path, data: str | Path | None = None, split: 
     """``(model, dataset, indices [N, ...] numpy, meta)`` of one split: what ``encode_dataset`` and the entropy
     coder (``prior/compress.py``) write."""
     from prostate_vq.data import make_dataset
-    from prostate_vq.training.runtime import resolve_device
+    from prostate_vq.runtime.device import resolve_device
 
     device = resolve_device(device)
     model, payload = load_vqvae(checkpoint, device)

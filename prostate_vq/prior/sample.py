@@ -42,7 +42,7 @@ SEG_NAME = "seg_sample_week_0_slice_{k}.nii.gz"
 
 def load_prior(path: str | Path, device: torch.device | str = "cpu"):
     """``(prior, vqvae, layout, payload)`` from a prior checkpoint, both networks in eval mode."""
-    from prostate_vq.training.checkpoints import load_checkpoint, load_weights
+    from prostate_vq.runtime.checkpoints import load_checkpoint, load_weights
 
     payload = load_checkpoint(path, kind="prior")  # a VQ-VAE checkpoint here is refused in one line
     prior = build_prior(payload["config"])
@@ -150,7 +150,7 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
     on disk, evaluation.perceptual) adds FID against the validation slices."""
     from prostate_vq.evaluation.perceptual import load_feature_net
     from prostate_vq.evaluation.sample_quality import sample_quality
-    from prostate_vq.training.runtime import resolve_device
+    from prostate_vq.runtime.device import resolve_device
 
     if out is None:
         raise UserInputError("sample needs --out")

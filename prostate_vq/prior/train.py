@@ -20,15 +20,15 @@ from prostate_vq.errors import TrainingDiverged, UserInputError
 from prostate_vq.files import folder_lock, plain, write_json_atomic
 from prostate_vq.prior.codes import CodeLayout, encode_dataset_tensors, load_vqvae, resolve_data_root
 from prostate_vq.prior.networks import build_prior
-from prostate_vq.schema import PRIOR_ARCH_DEFAULTS, PRIOR_COMMON_TRAINING, PRIOR_TRAINING_DEFAULTS
-from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.config import check_training_values, make_optimizer, make_scheduler
-from prostate_vq.training.early_stopping import EarlyStopping
+from prostate_vq.runtime.checkpoints import load_checkpoint
+from prostate_vq.runtime.device import autocast, configure_cpu_threads, resolve_device
+from prostate_vq.runtime.seeding import restore_rng_state, seed_everything
+from prostate_vq.schema import PRIOR_ARCH_DEFAULTS, PRIOR_COMMON_TRAINING, PRIOR_TRAINING_DEFAULTS, TrainingConfig
+from prostate_vq.training.config import check_training_values
 from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_deadline, restore_training_state
-from prostate_vq.training.resume import retune_schedule
-from prostate_vq.training.run_files import RunWriter, versions
-from prostate_vq.training.runtime import autocast, configure_cpu_threads, resolve_device
-from prostate_vq.training.seeding import restore_rng_state, seed_everything
+from prostate_vq.training.engine.early_stopping import EarlyStopping
+from prostate_vq.training.engine.optim import make_optimizer, make_scheduler, retune_schedule
+from prostate_vq.training.engine.run_folder import RunWriter, versions
 
 log = logging.getLogger("prostate_vq.prior")
 
@@ -190,15 +190,16 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         if arch == "transformer":
             prior_cfg["code_shape"] = list(layout.grid)
     prior = build_prior(prior_cfg).to(device)
-    optimizer = make_optimizer(prior, training)
-    scheduler = make_scheduler(optimizer, training)
+    recipe = TrainingConfig(**training)  # the engine's optimizer and schedule read the typed section
+    optimizer = make_optimizer(prior, recipe)
+    scheduler = make_scheduler(optimizer, recipe)
     stopper = EarlyStopping(monitor="loss", patience=int(training["patience"]), min_delta=float(training["min_delta"]))
     state = LoopState()
     if resume_payload is None:
         prior.init_output_bias(codes["train"])
     else:
         state = restore_training_state(resume_payload, prior, optimizer, scheduler, stopper)
-        retune_schedule(optimizer, scheduler, training, state.start_epoch - 1)  # --lr and --epochs re-plan the cosine
+        retune_schedule(optimizer, scheduler, recipe, state.start_epoch - 1)  # --lr and --epochs re-plan the cosine
         restore_rng_state(resume_payload["rng_state"])
 
     base_payload = {

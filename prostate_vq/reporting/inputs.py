@@ -135,7 +135,7 @@ def _expand(folder: Path, depth: int = 0) -> list[tuple[str, Path]]:
 
 
 def load_run(folder: Path) -> RunFolder:
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     checkpoint = folder / "best.pt" if (folder / "best.pt").is_file() else folder / "last.pt"
     payload = load_checkpoint(checkpoint, kind="model")  # raises UserInputError naming the file
@@ -163,7 +163,7 @@ def _check_history(history, path: Path) -> None:
     """The columns the report computes with hold numbers (empty cells are 'not measured'); every row has its epoch."""
     import pandas as pd
 
-    from prostate_vq.training.history import HISTORY_COLUMNS
+    from prostate_vq.runtime.run_format import HISTORY_COLUMNS
 
     for column in (c for c in HISTORY_COLUMNS if c in history):
         values = pd.to_numeric(history[column], errors="coerce")

@@ -1,5 +1,5 @@
-"""The resolved run configuration: preset < `--set` overrides < explicit options, with engine defaults
-for whatever the preset's `training` section leaves out; optimizer and scheduler built from it."""
+"""A VQ-VAE run's configuration, resolved once into typed objects (prostate_vq.schema.RunConfig) from a preset or
+a `--config` file, `--set` overrides and explicit options, or taken from last.pt on `--resume`; and its checks."""
 
 from __future__ import annotations
 
@@ -7,16 +7,10 @@ import copy
 import math
 from pathlib import Path
 
-import torch
-
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import plain
-from prostate_vq.schema import check_section, defaults
-from prostate_vq.training.early_stopping import MONITOR_MODES
+from prostate_vq.schema import RunConfig, check_option, check_section
 
-# The engine's training keys and defaults (prostate_vq.schema.TrainingConfig); a preset's `training` section
-# overrides them, `--set training.KEY=VALUE` overrides both, explicit CLI options override all.
-TRAINING_DEFAULTS = defaults("training")
 # Keys with a command-line option of their own: messages name the option.
 FLAGS = {"epochs": "--epochs", "max_steps": "--max-steps", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
          "mask_ratio": "--mask-ratio", "spatial_size": "--spatial-size", "monitor": "--monitor"}
@@ -47,44 +41,24 @@ def read_config_file(path) -> dict:
     return data
 
 
-def base_config(options) -> dict:
-    """The preset, or a `--config` file laid over its `base` preset (validated by the schema)."""
-    from prostate_vq.models import get_preset
-    from prostate_vq.models.presets import resolve
+def resolve(options) -> RunConfig:
+    """The one place a run's configuration is resolved, into typed objects: schema defaults < the preset (or a
+    `--config` file: `base: PRESET` plus sections, task, seed and data_root, read here and nowhere else) <
+    `--set` overrides < explicit options (None = not given, so `--monitor loss` and `--mask-ratio 0` override).
 
-    if getattr(options, "config", None) is None:
-        return get_preset(options.preset)
-    data = read_config_file(options.config)
-    cfg = get_preset(str(data.get("base", "default")))
-    if "description" in data:
-        cfg["description"] = str(data["description"])
-    for section in ("model", "quantizer", "training", "refit"):
-        if section == "refit" and not data.get("refit") and not cfg.get("refit"):
-            continue
-        given = data.get(section) or {}
-        if not isinstance(given, dict):
-            raise UserInputError(f"--config: {section} must be a mapping", options.config)
-        kind_changes = section == "quantizer" and given.get("kind", cfg["quantizer"]["kind"]) != cfg["quantizer"]["kind"]
-        cfg[section] = dict(given) if kind_changes else {**(cfg.get(section) or {}), **given}
-    try:
-        return resolve(cfg)
-    except UserInputError as error:
-        raise UserInputError(f"--config: {error}", options.config) from None
-
-
-def resolve_config(options) -> dict:
-    """Engine defaults < the preset (or `--config` file) < `--set` overrides < explicit CLI options."""
+    Every check of a resolved config belongs here, before any data loads (per-quantizer option checks too)."""
     from prostate_vq.models import apply_overrides
 
-    cfg = base_config(options)
-    # Defaults go in before the overrides so that `--set training.<any engine key>=...` is accepted.
-    cfg["training"] = {**copy.deepcopy(TRAINING_DEFAULTS), **(cfg.get("training") or {})}
-    cfg = apply_overrides(cfg, list(options.overrides or []))
+    file = read_config_file(options.config) if options.config is not None else None
+    if file is not None and options.preset is not None:
+        raise UserInputError(f"--preset {options.preset} and --config: the file names its own preset (base: "
+                             f"{file.get('base', 'default')}); give one of them", options.config)
+    preset = str(file.get("base", "default")) if file is not None else (options.preset or "default")
+    cfg = apply_overrides(_sections(preset, file, options.config), list(options.overrides or []))
     training = cfg["training"]
-    explicit = {"epochs": options.epochs, "max_steps": getattr(options, "max_steps", None),
-                "batch_size": options.batch_size, "lr": options.lr,
-                "patience": options.patience,
-                "spatial_size": list(options.spatial_size) if options.spatial_size else None}
+    explicit = {"epochs": options.epochs, "max_steps": options.max_steps, "batch_size": options.batch_size,
+                "lr": options.lr, "patience": options.patience, "mask_ratio": options.mask_ratio,
+                "monitor": options.monitor, "spatial_size": list(options.spatial_size) if options.spatial_size else None}
     training.update({k: v for k, v in explicit.items() if v is not None})
     if training.get("max_steps") and options.epochs is None:
         # A step budget is the run's length: a preset's nominal epochs must not end it first on a small training
@@ -92,14 +66,65 @@ def resolve_config(options) -> dict:
         # Every epoch takes at least one step, so max_steps epochs always reach the budget. An explicit --epochs
         # still caps it.
         training["epochs"] = max(int(training["epochs"]), int(training["max_steps"]))
-    # None = not given: an explicit --monitor loss or --mask-ratio 0 overrides a preset that says otherwise.
-    if options.mask_ratio is not None:
-        training["mask_ratio"] = options.mask_ratio
-    if options.monitor is not None:
-        training["monitor"] = options.monitor
-    cfg["training"] = training
-    check_training_config(training, options.task)
-    return plain(cfg)
+    file = file or {}
+    task = options.task or str(file.get("task") or "image")
+    check_training_config(training, task)
+    return RunConfig.from_sections(plain(cfg), preset=preset, task=task, seed=_seed(options, file),
+                                   data_root=str(file["data_root"]) if file.get("data_root") else None)
+
+
+def resumed(options, payload: dict, path: Path) -> RunConfig:
+    """The configuration a `--resume` continues with: last.pt's, with the options a resumed run follows (--epochs,
+    --max-steps, --patience, --lr); a broken stored config is one line naming the checkpoint."""
+    from prostate_vq.models.presets import check_model_config
+
+    cfg = copy.deepcopy(payload["config"])
+    for key in ("epochs", "max_steps", "patience", "lr"):  # a resumed run may be extended, more patient, slower
+        if getattr(options, key) is not None:
+            cfg["training"][key] = getattr(options, key)
+    try:
+        check_model_config(cfg)
+        check_training_config(cfg["training"], payload["task"])
+    except UserInputError as error:
+        raise UserInputError(f"--resume: its stored config is broken ({error})", path) from None
+    return RunConfig.from_sections(cfg, preset=payload["preset"], task=payload["task"],
+                                   seed=int(payload.get("seed", options.seed or 0)))
+
+
+def _sections(preset: str, file: dict | None, path) -> dict:
+    """The preset's sections, or a `--config` file's laid over its `base` preset (validated by the schema)."""
+    from prostate_vq.models import get_preset
+    from prostate_vq.models.presets import resolve as resolve_preset
+
+    cfg = get_preset(preset)
+    if file is None:
+        return cfg
+    if "description" in file:
+        cfg["description"] = str(file["description"])
+    for section in ("model", "quantizer", "training", "refit"):
+        if section == "refit" and not file.get("refit") and not cfg.get("refit"):
+            continue
+        given = file.get(section) or {}
+        if not isinstance(given, dict):
+            raise UserInputError(f"--config: {section} must be a mapping", path)
+        kind_changes = section == "quantizer" and given.get("kind", cfg["quantizer"]["kind"]) != cfg["quantizer"]["kind"]
+        cfg[section] = dict(given) if kind_changes else {**(cfg.get(section) or {}), **given}
+    try:
+        return resolve_preset(cfg)
+    except UserInputError as error:
+        raise UserInputError(f"--config: {error}", path) from None
+
+
+def _seed(options, file: dict) -> int:
+    """--seed, else the --config file's (by --seed's rule), else 0."""
+    if options.seed is not None:
+        return int(options.seed)
+    if "seed" not in file:
+        return 0
+    try:
+        return int(check_option("seed", file["seed"], label="seed"))
+    except UserInputError as error:
+        raise UserInputError(f"--config: {error}", options.config) from None
 
 
 def check_training_values(training: dict) -> dict:
@@ -128,27 +153,3 @@ def check_options(options) -> None:
         raise UserInputError(f"--max-minutes must be a positive number of minutes, got {minutes}")
     if int(options.num_workers) < 0:
         raise UserInputError(f"--num-workers must be 0 or more, got {options.num_workers}")
-
-
-def make_optimizer(model: torch.nn.Module, training: dict) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if training["optimizer"] == "adamw" else torch.optim.Adam
-    return cls(model.parameters(), lr=float(training["lr"]), weight_decay=float(training["weight_decay"]))
-
-
-def make_scheduler(optimizer, training: dict):
-    """Cosine over the planned epochs (stepped per epoch: the prior's), or plateau on the monitored metric.
-    The VQ-VAE plans its cosine per optimizer step (training.schedule.make_step_scheduler)."""
-    if training["scheduler"] == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, int(training["epochs"])),
-            eta_min=float(training["lr"]) * float(training["min_lr_ratio"]))
-    if training["scheduler"] == "plateau":
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=MONITOR_MODES[training["monitor"]], factor=0.5,
-            patience=max(1, int(training["patience"]) // 3))
-    return None
-
-
-def downsample_factor(cfg: dict, model=None) -> int:
-    """Masking patch size: one (bottom-level) latent cell of the model; 8 px when nothing says."""
-    return int(getattr(model, "downsample", None) or (cfg.get("model") or {}).get("downsample") or 8)

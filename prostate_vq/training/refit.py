@@ -11,7 +11,6 @@ import copy
 import logging
 import math
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,17 +18,17 @@ import torch
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import write_json_atomic
 from prostate_vq.models.quantizers import QUANTIZERS
-from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint, model_of
-from prostate_vq.training.data_loading import make_loader
+from prostate_vq.runtime import distributed as ddp
+from prostate_vq.runtime.checkpoints import load_checkpoint, model_of
+from prostate_vq.runtime.device import autocast
+from prostate_vq.schema import RefitConfig, RunConfig
 from prostate_vq.training.kmeans import kmeans
-from prostate_vq.training.loop import validate
-from prostate_vq.training.runtime import autocast, resolve_device
-from prostate_vq.training.trainer import InitContext, TrainOptions, fit
+from prostate_vq.training.vqvae import InitContext, TrainOptions, fit
+from prostate_vq.training.vqvae.data import make_loader
+from prostate_vq.training.vqvae.epoch import validate
 
 log = logging.getLogger("prostate_vq.training")
 
-REFIT_DEAD_CODE_THRESHOLD = 1.0  # usage EMA below which a code is restarted during fine-tuning (`refit.dead_code_threshold`)
 MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipMRI train split has ~23 M)
 
 
@@ -52,32 +51,32 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
         able = " or ".join(kind for kind, cls in QUANTIZERS.items() if cls.supports_refit)
         raise UserInputError(f"ReFiT needs a single learned codebook (quantizer {able}, architecture vqvae); "
                              f"this checkpoint uses {kind}/{architecture}", checkpoint)
-    cfg = copy.deepcopy(base["config"])
-    refit_cfg = cfg.get("refit") or {}
-    cfg["quantizer"]["codebook_size"] = int(codebook_size)
+    config = RunConfig.from_sections(copy.deepcopy(base["config"]), preset=base.get("preset", "custom"),
+                                     task=base["task"], seed=int(seed))
+    recipe, quantizer, training = config.refit or RefitConfig(), config.quantizer.options, config.training
+    quantizer["codebook_size"] = int(codebook_size)
     # Fine-tuning moves the encoder away from the k-means centroids; codes that fall out of use are
     # re-seeded from current encoder outputs, so the re-built codebook stays in use (reference: 100%).
-    restart = float(refit_cfg.get("dead_code_threshold", REFIT_DEAD_CODE_THRESHOLD))
-    cfg["quantizer"]["dead_code_threshold"] = max(restart, float(cfg["quantizer"].get("dead_code_threshold") or 0))
-    training = cfg["training"]
-    training["epochs"] = int(epochs or refit_cfg.get("epochs") or training["epochs"])
-    max_steps = max_steps or refit_cfg.get("max_steps")  # the base run's budget is not the fine-tuning's
-    training["max_steps"] = int(max_steps) if max_steps else None
-    if refit_cfg.get("lr"):
-        training["lr"] = float(refit_cfg["lr"])
+    quantizer["dead_code_threshold"] = max(float(recipe.dead_code_threshold),
+                                           float(quantizer.get("dead_code_threshold") or 0))
+    training.epochs = int(epochs or recipe.epochs or training.epochs)
+    max_steps = max_steps or recipe.max_steps  # the base run's budget is not the fine-tuning's
+    training.max_steps = int(max_steps) if max_steps else None
+    if recipe.lr:
+        training.lr = float(recipe.lr)
     info = {"base_checkpoint": str(checkpoint.resolve()), "base_epoch": int(base.get("epoch", 0)),
             "codebook_size_before": int(base["config"]["quantizer"]["codebook_size"]),
             "codebook_size_after": int(codebook_size), "kmeans_points_max": MAX_KMEANS_POINTS}
-    options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=base.get("preset", "custom"),
-                           task=base["task"], max_minutes=max_minutes, seed=int(seed), device=device,
+    options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=config.preset,
+                           task=config.task, max_minutes=max_minutes, seed=int(seed), device=device,
                            progress=progress, max_slices=max_slices, num_workers=num_workers, tensorboard=tensorboard)
     root = None if data else Path(base["data_root"])
 
     def init(model, ctx: InitContext) -> dict:
         return {"refit": {**info, **_rebuild_codebook(model, base, ctx)}}
 
-    run = fit(options, cfg, init=init, data_root=root)
-    _write_summary(Path(out))
+    run = fit(options, config, init=init, data_root=root)
+    write_summary(Path(out))
     return run
 
 
@@ -150,7 +149,7 @@ def _sample_latents(model, ctx: InitContext) -> torch.Tensor:
     return torch.cat(chunks)
 
 
-def _write_summary(out: Path) -> None:
+def write_summary(out: Path) -> None:
     """refit.json: usage before, after k-means and after fine-tuning (best.pt), for the report."""
     if not (out / "best.pt").exists() or not ddp.is_main_process():
         return
@@ -165,43 +164,3 @@ def _write_summary(out: Path) -> None:
              info.get("usage_before_pct", math.nan), info.get("codebook_size_before", 0),
              info.get("usage_after_kmeans_pct", math.nan), info.get("usage_after_finetune_pct") or math.nan,
              info.get("codebook_size_after", 0))
-
-
-def train_then_refit(options: TrainOptions, cfg: dict) -> Path:
-    """`train --preset v2-refit`: stage 1 trains the preset into RUN/base, stage 2 ReFiTs its best.pt into RUN."""
-    started = time.monotonic()
-    out = Path(options.out)
-    budget = options.max_minutes
-    device = options.device
-    base_dir = out / "base"
-    base_last = base_dir / "last.pt"
-    # Under torchrun the group lives across both stages (each fit() joins it, none destroys it).
-    cfg = split_step_budget(cfg)
-    refit_cfg = cfg["refit"]
-    with ddp.process_group(resolve_device(device)):
-        stage1 = replace(options, out=base_dir, resume=options.resume and base_last.exists(),
-                         max_minutes=None if budget is None else 0.75 * budget, max_steps=None)
-        if not (stage1.resume and load_checkpoint(base_last).get("finished")):
-            fit(stage1, None if stage1.resume else cfg)
-        remaining = None if budget is None else max(0.05, budget - (time.monotonic() - started) / 60.0)
-        if options.resume and (out / "last.pt").exists():
-            run = fit(replace(options, resume=True, max_minutes=remaining, epochs=None, max_steps=None))
-            _write_summary(out)
-        else:
-            run = refit(base_dir / "best.pt", out, int(refit_cfg["codebook_size"]), data=options.data,
-                        epochs=options.epochs or refit_cfg.get("epochs"), max_minutes=remaining, device=device,
-                        seed=options.seed or 0, progress=options.progress, max_slices=options.max_slices,
-                        num_workers=options.num_workers, tensorboard=options.tensorboard)
-        return run
-
-
-def split_step_budget(cfg: dict) -> dict:
-    """A step budget for train-then-ReFiT (training.max_steps = N) is the whole command's, split like a time
-    budget: 3/4 for stage 1 (training.max_steps), the rest for the fine-tuning (refit.max_steps), so a sweep
-    compares v2-refit at the same total steps as single-stage presets. A split config is returned unchanged."""
-    steps, refit_cfg = cfg["training"].get("max_steps"), cfg.get("refit") or {}
-    if not steps or refit_cfg.get("max_steps"):
-        return cfg
-    stage1 = max(1, round(0.75 * int(steps)))
-    return {**cfg, "training": {**cfg["training"], "max_steps": stage1},
-            "refit": {**refit_cfg, "max_steps": max(1, int(steps) - stage1)}}

@@ -13,7 +13,7 @@ def say(tag: str, message: str) -> None:
 
 def finished(run: Path) -> bool:
     """A run folder whose training already ended (so a re-run of the workflow reuses it)."""
-    from prostate_vq.training.checkpoints import load_checkpoint
+    from prostate_vq.runtime.checkpoints import load_checkpoint
 
     last = run / "last.pt"
     return last.is_file() and (run / "best.pt").is_file() and bool(load_checkpoint(last).get("finished"))

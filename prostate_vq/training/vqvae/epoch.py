@@ -1,5 +1,6 @@
-"""One training epoch and one validation pass. Losses stay on the device; the host reads them every
-`sync_every` steps (progress bar, NaN check, time budget across ranks) and once at the end."""
+"""One VQ-VAE training epoch (masked patches when training.mask_ratio says so) and one validation pass. Losses
+stay on the device; the host reads them every `sync_every` steps (progress bar, NaN check, time budget across
+ranks) and once at the end. The epoch's result is the engine's `EpochResult`; the plug-in adds validation."""
 
 from __future__ import annotations
 
@@ -8,13 +9,15 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from prostate_vq.errors import TrainingDiverged
-from prostate_vq.training.distributed import DistContext, all_reduce_sum, unwrap
-from prostate_vq.training.losses import split_loss
-from prostate_vq.training.masking import mask_patches
-from prostate_vq.training.runtime import autocast, to_device
-from prostate_vq.training.validation import ValidationAccumulator
+from prostate_vq.runtime.device import autocast, to_device
+from prostate_vq.runtime.distributed import DistContext, all_reduce_sum, unwrap
+from prostate_vq.training.engine import EpochResult
+from prostate_vq.training.vqvae.losses import split_loss
+from prostate_vq.training.vqvae.validation import ValidationAccumulator
 
 
 @dataclass
@@ -29,17 +32,8 @@ class StepSettings:
     warmup_steps: int = 0  # linear learning-rate warmup over the run's first optimizer steps
     steps_before: int = 0  # optimizer steps of the run before this epoch (the engine sets it)
     max_steps: int | None = None  # the run's optimizer-step budget: the epoch ends when it is reached
-    scheduler: object = None  # a per-step scheduler (training.schedule.StepCosine), stepped after each step
+    scheduler: object = None  # a per-step scheduler (training.vqvae.schedule.StepCosine), stepped after each step
     dist: DistContext = field(default_factory=DistContext)
-
-
-@dataclass
-class EpochResult:
-    train_loss: float
-    steps: int
-    out_of_time: bool
-    out_of_steps: bool = False  # the run's step budget (max_steps) was reached in this epoch
-    train_quantizer_loss: float = math.nan  # the quantizer's auxiliary terms alone (inside train_loss)
 
 
 def _model_input(model, batch: dict, settings: StepSettings):
@@ -73,6 +67,8 @@ def _step_with_warmup(optimizer, step: int, warmup_steps: int) -> None:
 
 
 def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings, epoch: int, bar=None) -> EpochResult:
+    """The epoch's training half: its row holds train_loss and train_quantizer_loss; `monitor` is NaN until the
+    plug-in validates."""
     model.train()
     device = settings.device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -117,8 +113,8 @@ def train_one_epoch(model, loader, criterion, optimizer, settings: StepSettings,
     train_loss = loss_total / step_total if step_total else math.nan
     if not math.isfinite(train_loss):
         raise _diverged(train_loss, epoch, steps)
-    return EpochResult(train_loss=train_loss, steps=steps, out_of_time=out_of_time, out_of_steps=out_of_steps,
-                       train_quantizer_loss=aux_total / step_total if step_total else math.nan)
+    row = {"train_loss": train_loss, "train_quantizer_loss": aux_total / step_total if step_total else math.nan}
+    return EpochResult(row, math.nan, steps, out_of_time=out_of_time, out_of_steps=out_of_steps)
 
 
 @torch.no_grad()
@@ -143,3 +139,18 @@ def validate(model, loader, criterion, settings: StepSettings) -> dict:
 def restarted_codes(model) -> int:
     """Dead codes the quantizers restarted since the last call (they count, we collect)."""
     return sum(int(m.pop_restarted()) for m in unwrap(model).modules() if hasattr(m, "pop_restarted"))
+
+
+def mask_patches(x: Tensor, ratio: float, patch: int) -> Tensor:
+    """Masked training: zero a `ratio` share of `patch` x `patch` squares of each sample (independently per sample).
+
+    The loss still compares with the full target. Patch = the model's downsample factor, so each hidden square is
+    one latent cell. Uses the global torch RNG of x's device, which is seeded and stored in last.pt.
+    """
+    if ratio <= 0:
+        return x
+    b, _, h, w = x.shape
+    gh, gw = -(-h // patch), -(-w // patch)
+    keep = (torch.rand(b, 1, gh, gw, device=x.device) >= ratio).to(x.dtype)
+    keep = F.interpolate(keep, scale_factor=patch, mode="nearest")[:, :, :h, :w]
+    return x * keep

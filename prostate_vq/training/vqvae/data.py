@@ -8,18 +8,19 @@ from pathlib import Path
 import torch
 
 from prostate_vq.errors import UserInputError
-from prostate_vq.training.distributed import DistContext
+from prostate_vq.runtime.distributed import DistContext
+from prostate_vq.schema import TrainingConfig
 
 log = logging.getLogger("prostate_vq.training")
 
 
-def load_datasets(root: Path, task: str, training: dict, max_slices: int | None):
+def load_datasets(root: Path, task: str, training: TrainingConfig, max_slices: int | None):
     """Cached train (augmented if the config says so) and validation datasets; bad data -> UserInputError."""
     from prostate_vq.data import make_dataset
     from prostate_vq.data.transforms import training_augment
 
-    size = tuple(int(s) for s in training["spatial_size"])
-    augment = training_augment(bool(training["augment"]), bool(training.get("mri_augment")))
+    size = tuple(int(s) for s in training.spatial_size)
+    augment = training_augment(bool(training.augment), bool(training.mri_augment))
     try:
         train_ds = make_dataset(root, "train", task, spatial_size=size, augment=augment or False,
                                 max_slices=max_slices)

@@ -15,11 +15,12 @@ import torch
 
 from prostate_vq.errors import TrainingDiverged
 from prostate_vq.files import plain
-from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import FORMAT_VERSION
-from prostate_vq.training.early_stopping import EarlyStopping
-from prostate_vq.training.run_files import RunWriter, epoch_bar, warnings_above_bars
-from prostate_vq.training.seeding import capture_rng_state
+from prostate_vq.runtime import distributed as ddp
+from prostate_vq.runtime.checkpoints import FORMAT_VERSION
+from prostate_vq.runtime.seeding import capture_rng_state
+from prostate_vq.training.engine.early_stopping import EarlyStopping
+from prostate_vq.training.engine.progress import epoch_bar, warnings_above_bars
+from prostate_vq.training.engine.run_folder import RunWriter
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -143,7 +144,7 @@ class Engine:
 
     def _record(self, epoch: int, result: EpochResult, t0: float, lr: float) -> dict:
         """The history row; the learning rate is the one this epoch started with, then a per-epoch schedule
-        steps (a per-step one, training.schedule.StepCosine, has stepped with every optimizer step)."""
+        steps (a per-step one, training.vqvae.schedule.StepCosine, has stepped with every optimizer step)."""
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(result.monitor)
         elif self.scheduler is not None and not getattr(self.scheduler, "per_step", False):

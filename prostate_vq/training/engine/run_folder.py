@@ -1,23 +1,24 @@
-"""What rank 0 writes into a run folder besides checkpoints: config.yaml, summary.txt, history.csv,
-TensorBoard events, distributed.json; plus the progress bars."""
+"""What rank 0 writes into a run folder: best.pt/last.pt (through the runtime's atomic checkpoint I/O),
+config.yaml, summary.txt, history.csv, TensorBoard events, distributed.json.
+
+history.csv is one row per finished epoch, rewritten whole (and atomically) from the list kept in last.pt, so a
+resumed run never duplicates or loses rows; its columns are the plug-in's."""
 
 from __future__ import annotations
 
-import contextlib
+import csv
+import io
 import json
 import logging
 import math
-import sys
-import warnings
 from pathlib import Path
 
 import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import ensure_dir, remove_stale_temps, write_text_atomic
-from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import save_checkpoint
-from prostate_vq.training.history import HISTORY_COLUMNS, write_history
+from prostate_vq.runtime import distributed as ddp
+from prostate_vq.runtime.checkpoints import save_checkpoint
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -54,7 +55,7 @@ class RunWriter:
         if self.active:
             save_checkpoint(self.out / name, payload)
 
-    def history(self, rows: list[dict], epoch_row: dict, columns: tuple[str, ...] = HISTORY_COLUMNS) -> None:
+    def history(self, rows: list[dict], epoch_row: dict, columns: tuple[str, ...]) -> None:
         if not self.active:
             return
         write_history(self.out / "history.csv", rows, columns)
@@ -131,63 +132,21 @@ def record_rank_sync(writer: RunWriter, core, dist_ctx) -> None:
              "fingerprints": fingerprints}, indent=1))
 
 
-def interactive() -> bool:
-    """Progress bars only on a terminal: logs, CI and cluster jobs get one plain line per epoch."""
-    return sys.stdout.isatty() and sys.stderr.isatty()
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
-class EpochLines:
-    """The epoch bar's interface (set_postfix, update, close) printing one plain line per epoch to stdout."""
-
-    def __init__(self, start: int, epochs: int):
-        self.epoch, self.epochs, self.postfix = start - 1, epochs, {}
-
-    def set_postfix(self, refresh: bool = False, **values) -> None:
-        self.postfix = values
-
-    def update(self, n: int = 1) -> None:
-        self.epoch += n
-        fields = "  ".join(f"{k}={v}" for k, v in self.postfix.items())
-        print(f"epoch {self.epoch}/{self.epochs}  {fields}".rstrip(), flush=True)
-
-    def close(self) -> None:
-        pass
-
-
-def epoch_bar(enabled: bool, start: int, epochs: int):
-    if not enabled:
-        return None
-    if not interactive():
-        return EpochLines(start, epochs)
-    from tqdm.auto import tqdm
-
-    return tqdm(total=epochs, initial=start - 1, desc="epochs", unit="epoch", dynamic_ncols=True)
-
-
-def step_bar(enabled: bool, total: int, epoch: int, epochs: int):
-    if not enabled or not interactive():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=f"epoch {epoch}/{epochs}", unit="batch", leave=False, dynamic_ncols=True)
-
-
-@contextlib.contextmanager
-def warnings_above_bars(enabled: bool):
-    """While progress bars run, print warnings (e.g. codebook collapse) above the bars instead of
-    through them; the text is whatever `warnings.formatwarning` makes of it (the CLI: one line)."""
-    if not enabled or not interactive():
-        yield
-        return
-    from tqdm.auto import tqdm
-
-    original = warnings.showwarning
-
-    def show(message, category, filename, lineno, file=None, line=None):
-        tqdm.write(warnings.formatwarning(message, category, filename, lineno, line).rstrip("\n"), file=sys.stderr)
-
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = original
+def write_history(path: str | Path, rows: list[dict], columns: tuple[str, ...]) -> Path:
+    """history.csv with the plug-in's columns (the VQ-VAE's, the prior's NLL in bits per code); NaN is empty."""
+    path = Path(path)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: _cell(row.get(key)) for key in columns})
+    write_text_atomic(path, buffer.getvalue())
+    return path

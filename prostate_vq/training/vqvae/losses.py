@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor
 
-from prostate_vq.training.validation import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.runtime.slice_scores import SSIM_SIGMA, SSIM_WINDOW
 
 
 class TaskLoss(torch.nn.Module):

@@ -2,39 +2,23 @@
 
 Conventions match prostate_vq.evaluation: SSIM on recon clamped to [0, 1], data range 1, 11x11 Gaussian
 window, sigma 1.5; Dice per slice and foreground class, a class absent from both prediction and
-reference is not scored, `val_dice` = mean over foreground classes of the per-class mean.
+reference is not scored, `val_dice` = mean over foreground classes of the per-class mean. A validation that
+uses under 10% of the codes (of any level) is a codebook collapse, said in one warning.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
-from monai.metrics import compute_dice
-from monai.metrics.regression import compute_ssim_and_cs
 from torch import Tensor
 
 from prostate_vq.data.layout import NUM_CLASSES
-from prostate_vq.models.code_stats import perplexity, usage
+from prostate_vq.models import code_stats
+from prostate_vq.runtime.slice_scores import dice_per_slice, ssim_per_slice
 
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
-
-
-def ssim_per_slice(recon: Tensor, image: Tensor) -> Tensor:
-    """Mean SSIM of each slice, [B] (MONAI's SSIM, without the metric object's host-side buffers)."""
-    ssim_map, _ = compute_ssim_and_cs(recon.float().clamp(0, 1), image.float(), spatial_dims=2,
-                                      kernel_size=(SSIM_WINDOW, SSIM_WINDOW), kernel_sigma=(SSIM_SIGMA, SSIM_SIGMA),
-                                      data_range=1.0)
-    return ssim_map.flatten(1).mean(1)
-
-
-def dice_per_slice(pred: Tensor, label: Tensor, num_classes: int = NUM_CLASSES) -> Tensor:
-    """Dice [B, C] of label maps [B, 1, H, W]; NaN where a class is in neither (not scored)."""
-    dice = compute_dice(pred, label, include_background=True, ignore_empty=False, num_classes=num_classes).float()
-    classes = torch.arange(num_classes, device=pred.device).view(1, -1, 1, 1)
-    present = ((pred == classes) | (label == classes)).flatten(2).any(-1)
-    return torch.where(present, dice, torch.full_like(dice, float("nan")))
+COLLAPSE_USAGE_PCT = 10.0  # validation usage below which a run warns that its codebook collapsed
 
 
 class ValidationAccumulator:
@@ -93,7 +77,27 @@ class ValidationAccumulator:
             "val_ssim": ssim_sum / ssim_n if ssim_n else math.nan,
             "val_dice": float(foreground.mean()) if foreground.numel() else math.nan,
             "val_dice_per_class": per_class.tolist(),
-            "codebook_usage_pct": 100.0 * usage(counts),  # models.code_stats: the one home of both
-            "perplexity": perplexity(counts),
+            "codebook_usage_pct": 100.0 * code_stats.usage(counts),  # models.code_stats: the one home of both
+            "perplexity": code_stats.perplexity(counts),
             "code_counts": counts.long(),
         }
+
+
+class CodebookCollapseWarning(UserWarning):
+    """The validation set uses under 10% of the codes: the codebook has (nearly) collapsed."""
+
+
+def warn_if_collapsed(metrics: dict, epoch: int, num_codes: int, levels: list[dict] | None = None) -> bool:
+    """One warning line when the validation set uses under 10% of the codes, of any one level when the model
+    has several (pooled usage hides a collapsed level: a VQ-VAE-2 whose top uses 1 code reports 50%)."""
+    candidates = [(lv["name"], lv["codebook_usage_pct"], lv["perplexity"], lv["codebook_size"])
+                  for lv in levels] if levels and len(levels) > 1 else []
+    candidates.append(("", metrics["codebook_usage_pct"], metrics["perplexity"], num_codes))
+    for name, usage, perplexity, size in candidates:
+        if math.isfinite(usage) and usage < COLLAPSE_USAGE_PCT:
+            where = f"level {name} " if name else ""
+            warnings.warn(f"codebook collapse: epoch {epoch} {where}uses {usage:.1f}% of {size} codes (perplexity "
+                          f"{perplexity:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
+                          CodebookCollapseWarning, stacklevel=2)
+            return True
+    return False

@@ -20,8 +20,8 @@ import math
 
 import torch
 
-from prostate_vq.training.config import make_scheduler
-from prostate_vq.training.resume import retune_schedule
+from prostate_vq.schema import TrainingConfig
+from prostate_vq.training.engine.optim import make_scheduler, retune_schedule
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -69,31 +69,31 @@ class StepCosine(torch.optim.lr_scheduler.LambdaLR):
         plan.start, plan.start_factor, plan.horizon, plan.source = int(step), now, max(int(step) + 1, int(horizon)), source
 
 
-def plan_horizon(training: dict, steps_per_epoch: int) -> tuple[int, str]:
+def plan_horizon(training: TrainingConfig, steps_per_epoch: int) -> tuple[int, str]:
     """Optimizer steps the cosine is planned over, and which budget set them (before any time estimate)."""
-    by_epochs = int(training["epochs"]) * max(1, int(steps_per_epoch))
-    max_steps = training.get("max_steps")
+    by_epochs = int(training.epochs) * max(1, int(steps_per_epoch))
+    max_steps = training.max_steps
     if max_steps and int(max_steps) < by_epochs:
         return int(max_steps), "max_steps"
     return by_epochs, "epochs"
 
 
-def make_step_scheduler(optimizer, training: dict, steps_per_epoch: int):
+def make_step_scheduler(optimizer, training: TrainingConfig, steps_per_epoch: int):
     """The VQ-VAE's scheduler: the per-step cosine, plateau on the monitored metric (per validation), or none."""
-    if training["scheduler"] != "cosine":
+    if training.scheduler != "cosine":
         return make_scheduler(optimizer, training)
     horizon, source = plan_horizon(training, steps_per_epoch)
-    plan = CosineSegment(horizon, float(training["min_lr_ratio"]), source=source, steps_per_epoch=steps_per_epoch)
+    plan = CosineSegment(horizon, float(training.min_lr_ratio), source=source, steps_per_epoch=steps_per_epoch)
     return StepCosine(optimizer, plan)
 
 
-def replan_on_resume(optimizer, scheduler, training: dict, step: int, steps_per_epoch: int) -> bool:
+def replan_on_resume(optimizer, scheduler, training: TrainingConfig, step: int, steps_per_epoch: int) -> bool:
     """A resumed run with another --epochs, --max-steps or --lr: the cosine continues from where it is over the
     new horizon at the new base rate (the restored plan stays bit for bit when nothing changed). True if changed."""
     if not isinstance(scheduler, StepCosine):
         retune_schedule(optimizer, scheduler, training, 0)
         return False
-    lr = float(training["lr"])
+    lr = float(training.lr)
     horizon, source = plan_horizon(training, steps_per_epoch)
     plan = scheduler.plan
     same_lr = all(math.isclose(base, lr) for base in scheduler.base_lrs)

@@ -7,12 +7,10 @@ every option given in either group (docs/training.md)."""
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
-import torch
-
 from prostate_vq.errors import UserInputError
+from prostate_vq.schema import TrainingConfig
 
 log = logging.getLogger("prostate_vq.training")
 
@@ -23,25 +21,6 @@ def refuse_other_data(root: Path, resume: dict, out: Path) -> None:
     if stored.is_absolute() and stored.exists() and Path(root).resolve() != stored.resolve():
         raise UserInputError(f"--resume continues on the data the run was trained on ({stored}), not --data "
                              f"{root}: drop --data, or train a new run into another --out", Path(out) / "last.pt")
-
-
-def retune_schedule(optimizer, scheduler, training: dict, done_epochs: int) -> None:
-    """Make a changed --epochs or --lr true on resume: the cosine is re-planned over the new length (the
-    restored one would climb back up after its old end) and continues from where the run is now."""
-    lr, epochs = float(training["lr"]), max(1, int(training["epochs"]))
-    if isinstance(scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
-        if scheduler.T_max == epochs and all(math.isclose(b, lr) for b in scheduler.base_lrs):
-            return  # unchanged: keep the restored state bit for bit (exact resume)
-        eta_min = lr * float(training["min_lr_ratio"])
-        scheduler.T_max, scheduler.eta_min = epochs, eta_min
-        scheduler.base_lrs = [lr] * len(optimizer.param_groups)
-        now = eta_min + (lr - eta_min) * (1 + math.cos(math.pi * min(done_epochs, epochs) / epochs)) / 2
-        for group in optimizer.param_groups:
-            group["initial_lr"], group["lr"] = lr, now
-        scheduler._last_lr = [now] * len(optimizer.param_groups)
-    elif any(not math.isclose(group.get("initial_lr", group["lr"]), lr) for group in optimizer.param_groups):
-        for group in optimizer.param_groups:  # plateau or constant: start again from the new rate
-            group["initial_lr"], group["lr"] = lr, lr
 
 
 def refuse_less_than_done(options, resume: dict, out: Path) -> None:
@@ -61,9 +40,9 @@ def kept_max_slices(options, resume: dict):
     return resume.get("max_slices", options.max_slices)
 
 
-def _ignored(options, resume: dict, training: dict) -> list[str]:
+def _ignored(options, resume: dict, training: TrainingConfig) -> list[str]:
     """The options given that a resumed run does not follow (its checkpoint decides them)."""
-    h, w = (int(s) for s in training["spatial_size"])
+    h, w = (int(s) for s in training.spatial_size)
     checks = [
         ("--preset", options.preset, getattr(options, "config", None) is None  # a --config names its own preset
          and options.preset not in (None, "default", resume.get("preset"))),
@@ -72,10 +51,10 @@ def _ignored(options, resume: dict, training: dict) -> list[str]:
         ("--spatial-size", " ".join(str(s) for s in options.spatial_size or ()),
          bool(options.spatial_size) and [int(s) for s in options.spatial_size] != [h, w]),
         ("--batch-size", options.batch_size,
-         options.batch_size is not None and int(options.batch_size) != int(training["batch_size"])),
-        ("--monitor", options.monitor, options.monitor is not None and options.monitor != training["monitor"]),
+         options.batch_size is not None and int(options.batch_size) != int(training.batch_size)),
+        ("--monitor", options.monitor, options.monitor is not None and options.monitor != training.monitor),
         ("--mask-ratio", options.mask_ratio,
-         options.mask_ratio is not None and float(options.mask_ratio) != float(training["mask_ratio"])),
+         options.mask_ratio is not None and float(options.mask_ratio) != float(training.mask_ratio)),
         ("--seed", options.seed, options.seed is not None and int(options.seed) != int(resume.get("seed", 0))),
         ("--max-slices", options.max_slices,
          "max_slices" in resume and options.max_slices is not None and options.max_slices != resume["max_slices"]),
@@ -97,10 +76,10 @@ def _applied(options) -> list[str]:
     return applied + [f"--{n}" for n in ("compile", "tensorboard") if getattr(options, n, False)]
 
 
-def announce_resume(options, resume: dict, training: dict, root: Path) -> None:
+def announce_resume(options, resume: dict, training: TrainingConfig, root: Path) -> None:
     """One line: where the run continues, what comes from the checkpoint, and every option given: applied or
     ignored."""
-    h, w = (int(s) for s in training["spatial_size"])
+    h, w = (int(s) for s in training.spatial_size)
     ignored, applied = _ignored(options, resume, training), _applied(options)
     if "max_slices" in resume:
         slices = "all slices" if resume["max_slices"] is None else f"at most {resume['max_slices']} slices per split"
@@ -110,10 +89,10 @@ def announce_resume(options, resume: dict, training: dict, root: Path) -> None:
         if options.max_slices is not None:
             applied.append(f"--max-slices {options.max_slices}")
     line = (f"resuming after epoch {resume['epoch']}: preset {resume.get('preset')}, task {resume['task']}, "
-            f"size {h}x{w}, batch {training['batch_size']}, monitor {training['monitor']}, "
-            f"mask ratio {training['mask_ratio']:g}, seed {resume.get('seed', 0)}, {slices}and data {root} "
-            f"from the checkpoint; epochs {training['epochs']}, patience {training['patience']}, "
-            f"lr {training['lr']:g}")
+            f"size {h}x{w}, batch {training.batch_size}, monitor {training.monitor}, "
+            f"mask ratio {training.mask_ratio:g}, seed {resume.get('seed', 0)}, {slices}and data {root} "
+            f"from the checkpoint; epochs {training.epochs}, patience {training.patience}, "
+            f"lr {training.lr:g}")
     if applied:
         line += f"; applied: {', '.join(applied)}"
     if ignored:

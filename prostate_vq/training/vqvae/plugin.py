@@ -1,43 +1,47 @@
-"""The VQ-VAE plug-in of the engine: preset -> model, data -> loaders, one epoch of training and validation
-(task loss, SSIM, Dice, codebook health), and the run folder's config, summary and checkpoints. ReFiT runs
-through the same `fit` with an `init` hook that installs its codebook."""
+"""The VQ-VAE plug-in of the engine: config -> model, data -> loaders, one epoch of training and validation
+(task loss, SSIM, Dice, codebook health), and what the run folder's config, summary and checkpoints hold.
+ReFiT runs through the same `fit` with an `init` hook that installs its codebook."""
 
 from __future__ import annotations
 
 import copy
-import gc
+import logging
 import math
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from prostate_vq.errors import TrainingDiverged, UserInputError
-from prostate_vq.files import folder_lock, plain
+from prostate_vq.errors import TrainingDiverged
+from prostate_vq.files import plain
 from prostate_vq.models.rate import level_health
 from prostate_vq.models.summary import network_summary
-from prostate_vq.training import distributed as ddp
-from prostate_vq.training.checkpoints import load_checkpoint
-from prostate_vq.training.config import (
-    MONITOR_KEYS,
-    check_training_config,
-    downsample_factor,
+from prostate_vq.runtime import distributed as ddp
+from prostate_vq.runtime.device import configure_cpu_threads
+from prostate_vq.runtime.run_format import HISTORY_COLUMNS
+from prostate_vq.runtime.seeding import restore_rng_state, seed_everything
+from prostate_vq.schema import RunConfig
+from prostate_vq.training.config import MONITOR_KEYS
+from prostate_vq.training.engine import (
+    EarlyStopping,
+    Engine,
+    EpochResult,
+    LoopState,
+    RunWriter,
+    budget_deadline,
     make_optimizer,
-    resolve_config,
+    restore_training_state,
+    versions,
 )
-from prostate_vq.training.data_loading import first_batch, load_datasets, make_loader
-from prostate_vq.training.early_stopping import EarlyStopping
-from prostate_vq.training.engine import Engine, EpochResult, LoopState, budget_deadline, restore_training_state
-from prostate_vq.training.history import HISTORY_COLUMNS
-from prostate_vq.training.loop import StepSettings, restarted_codes, train_one_epoch, validate
-from prostate_vq.training.losses import TaskLoss
-from prostate_vq.training.resume import announce_resume, kept_max_slices, refuse_less_than_done, refuse_other_data
-from prostate_vq.training.run_files import RunWriter, record_rank_sync, step_bar, versions
-from prostate_vq.training.runtime import configure_cpu_threads, resolve_device
-from prostate_vq.training.schedule import (
+from prostate_vq.training.engine.progress import step_bar
+from prostate_vq.training.engine.run_folder import record_rank_sync
+from prostate_vq.training.vqvae.data import first_batch, load_datasets, make_loader
+from prostate_vq.training.vqvae.epoch import StepSettings, restarted_codes, train_one_epoch, validate
+from prostate_vq.training.vqvae.losses import TaskLoss
+from prostate_vq.training.vqvae.resume import announce_resume, kept_max_slices, refuse_other_data
+from prostate_vq.training.vqvae.schedule import (
     PLAN_AFTER_STEPS,
     StepCosine,
     adopt_epoch_schedule,
@@ -47,38 +51,9 @@ from prostate_vq.training.schedule import (
     make_step_scheduler,
     replan_on_resume,
 )
-from prostate_vq.training.seeding import restore_rng_state, seed_everything
+from prostate_vq.training.vqvae.validation import warn_if_collapsed
 
-COLLAPSE_USAGE_PCT = 10.0
-
-
-@dataclass
-class TrainOptions:
-    """Exactly what `prostate-vq train` passes (see cli._train_options); None = preset / default."""
-
-    out: Path
-    data: Path | None = None
-    preset: str = "default"
-    task: str = "image"
-    epochs: int | None = None
-    max_minutes: float | None = None
-    max_steps: int | None = None  # optimizer-step budget (training.max_steps); the cosine is planned over it
-    spatial_size: tuple[int, int] | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int | None = None  # None: 0, or on --resume the run's own
-    patience: int | None = None
-    monitor: str | None = None
-    mask_ratio: float | None = None
-    device: str = "auto"
-    resume: bool = False
-    overrides: list[str] = field(default_factory=list)
-    max_slices: int | None = None
-    num_workers: int = 0
-    compile: bool = False
-    tensorboard: bool = False
-    progress: bool = True
-    config: Path | None = None  # a config file (`base: PRESET` + sections), under --set and the options above
+log = logging.getLogger("prostate_vq")
 
 
 @dataclass
@@ -95,69 +70,16 @@ class InitContext:
     seed: int
 
 
-def fit(options: TrainOptions, cfg: dict | None = None, *, init: Callable | None = None,
-        extra_payload: dict | None = None, data_root: Path | None = None) -> Path | None:
-    """Train a VQ-VAE with the engine. `init(model, InitContext) -> dict` prepares a fresh model (ReFiT installs
-    its codebook there) and returns payload entries; `extra_payload` is stored in every checkpoint of the run.
-    The run folder is locked meanwhile (by rank 0 under torchrun): a second process is refused."""
-    with folder_lock(options.out, active=ddp.is_main_process(), create=not options.resume):
-        return _fit(options, cfg, init=init, extra_payload=extra_payload, data_root=data_root)
-
-
-def _fit(options: TrainOptions, cfg: dict | None, *, init: Callable | None, extra_payload: dict | None,
-         data_root: Path | None) -> Path | None:
-    started = time.monotonic()
-    out = Path(options.out)
-    resume = None
-    if options.resume:
-        if not (out / "last.pt").is_file():
-            raise UserInputError("--resume: no last.pt in the run folder", out)
-        resume = load_checkpoint(out / "last.pt", kind="resume")
-        refuse_less_than_done(options, resume, out)
-        cfg = copy.deepcopy(resume["config"])
-        for key in ("epochs", "max_steps", "patience", "lr"):  # a resumed run may be extended, more patient, slower
-            if getattr(options, key) is not None:
-                cfg["training"][key] = getattr(options, key)
-    elif (out / "last.pt").exists():
-        raise UserInputError("the run folder already holds a run (last.pt): pass --resume to continue it "
-                             "or choose another --out", out)
-    else:
-        cfg = cfg if cfg is not None else resolve_config(options)
-
-    if resume is not None:  # a broken stored config is one line naming the checkpoint, not a traceback later
-        from prostate_vq.models.presets import check_model_config
-
-        try:
-            check_model_config(cfg)
-            check_training_config(cfg["training"], resume["task"])
-        except UserInputError as error:
-            raise UserInputError(f"--resume: its stored config is broken ({error})", out / "last.pt") from None
-    check_training_config(cfg["training"], resume["task"] if resume else options.task)
-    with ddp.process_group(resolve_device(options.device)) as (dist_ctx, device):
-        run = None
-        try:
-            run = VQVAETraining(options, cfg, resume, dist_ctx, device, started, extra_payload or {})
-            run.setup(init, data_root)
-            return run.train()
-        finally:
-            if dist_ctx.enabled:
-                # The DDP reducer must be gone before its process group: destroying it afterwards can hang.
-                if run is not None:
-                    run.release()
-                del run
-                gc.collect()
-
-
 class VQVAETraining:
     """One VQ-VAE run: its data, model, loss and files; the engine's plug-in."""
 
     history_columns = HISTORY_COLUMNS
 
-    def __init__(self, options, cfg, resume, dist_ctx, device, started, extra_payload):
-        self.options, self.cfg, self.resume = options, cfg, resume
-        self.training = cfg["training"]
-        self.task = resume["task"] if resume else options.task
-        self.seed = int(resume.get("seed", options.seed or 0)) if resume else int(options.seed or 0)
+    def __init__(self, options, config: RunConfig, resume, dist_ctx, device, started, extra_payload):
+        self.options, self.config, self.resume = options, config, resume
+        self.cfg = config.sections()  # what the checkpoints and config.yaml hold
+        self.training = config.training
+        self.task, self.seed = config.task, config.seed
         self.max_slices = kept_max_slices(options, resume) if resume else options.max_slices
         self.dist, self.device, self.started = dist_ctx, device, started
         self.extra_payload = extra_payload
@@ -185,15 +107,15 @@ class VQVAETraining:
         seed_everything(self.seed)
         model = build_model(self.cfg, self.task).to(device)
         if hasattr(model, "code_shape"):  # a spatial size the network cannot divide fails now, as exit 2
-            model.code_shape(tuple(int(s) for s in training["spatial_size"]))
-        self.criterion = TaskLoss(self.task, training["l1_weight"], training["dice_weight"], training["seg_weight"],
-                                  training["ssim_weight"])
+            model.code_shape(tuple(int(s) for s in training.spatial_size))
+        self.criterion = TaskLoss(self.task, training.l1_weight, training.dice_weight, training.seg_weight,
+                                  training.ssim_weight)
         self.settings = StepSettings(device=device, channels_last=device.type == "cuda",
-                                     mask_ratio=float(training["mask_ratio"]),
-                                     mask_patch=downsample_factor(self.cfg, model),
-                                     grad_clip=training.get("grad_clip"), dist=self.dist,
-                                     warmup_steps=int(training["warmup_steps"]))
-        self.batch_size = int(training["batch_size"])
+                                     mask_ratio=float(training.mask_ratio),
+                                     mask_patch=int(getattr(model, "downsample", None) or self.config.model.downsample),
+                                     grad_clip=training.grad_clip, dist=self.dist,
+                                     warmup_steps=int(training.warmup_steps))
+        self.batch_size = int(training.batch_size)
         self.writer = RunWriter(self.out, self.dist.is_main, self.options.tensorboard)  # inputs checked by now
         if init is not None and self.resume is None:
             context = InitContext(device, self.dist, self.train_ds, self.val_ds, self.batch_size, self.criterion,
@@ -204,14 +126,14 @@ class VQVAETraining:
         optimizer = make_optimizer(model, training)
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ds) / self.dist.world_size) / self.batch_size)
         scheduler = make_step_scheduler(optimizer, training, self.steps_per_epoch)
-        stopper = EarlyStopping(monitor=training["monitor"], patience=int(training["patience"]),
-                                min_delta=float(training["min_delta"]), patience_steps=int(training["patience_steps"]),
-                                min_steps=int(training["min_steps"]))
+        stopper = EarlyStopping(monitor=training.monitor, patience=int(training.patience),
+                                min_delta=float(training.min_delta), patience_steps=int(training.patience_steps),
+                                min_steps=int(training.min_steps))
         state = LoopState()
         if self.resume is not None:
             state = self._restore(model, optimizer, scheduler, stopper)
         elif self.dist.is_main:
-            log_plan(scheduler, float(training["lr"]))
+            log_plan(scheduler, float(training.lr))
         if self.resume is None:
             # On a copy and on every rank: a forward pass may k-means-initialise a codebook (with collectives
             # under DDP), which must neither touch the real model nor leave rank 0 alone in a collective.
@@ -220,22 +142,22 @@ class VQVAETraining:
         self.core = model
         if self.options.compile:
             model = torch.compile(model)
-        self.model = ddp.wrap_model(model, self.dist, device, bool(training.get("find_unused_parameters", False)))
+        self.model = ddp.wrap_model(model, self.dist, device, bool(training.find_unused_parameters))
         self.optimizer, self.scheduler = optimizer, scheduler
         self.settings.scheduler = scheduler if getattr(scheduler, "per_step", False) else None
-        self.settings.max_steps = int(training["max_steps"]) if training.get("max_steps") else None
+        self.settings.max_steps = int(training.max_steps) if training.max_steps else None
         self._rate_from = None  # (time, step) at the first epoch of this process: the measured step rate
         base_payload = {
             "config": self.cfg,
-            "preset": self.resume["preset"] if self.resume else self.options.preset,
-            "task": self.task, "spatial_size": [int(s) for s in training["spatial_size"]],
+            "preset": self.config.preset,
+            "task": self.task, "spatial_size": [int(s) for s in training.spatial_size],
             "intensity": plain(self._intensity()), "seed": self.seed, "data_root": str(self.root),
             "max_slices": self.max_slices, "versions": versions(), **plain(self.extra_payload),
         }
         self.base_payload = base_payload
         self._write_config()
         self.engine = Engine(self, self.core, optimizer, scheduler, stopper, self.writer, base_payload,
-                             epochs=int(training["epochs"]), state=state,
+                             epochs=int(training.epochs), state=state,
                              deadline=budget_deadline(self.started, self.options.max_minutes),
                              progress=self.options.progress, dist=self.dist,
                              budget_text=f"{self.options.max_minutes} min", max_steps=self.settings.max_steps)
@@ -267,7 +189,7 @@ class VQVAETraining:
         if estimate < scheduler.plan.horizon:
             scheduler.replan(estimate, "time", steps_done)
             if self.dist.is_main:
-                log_plan(scheduler, float(self.training["lr"]))
+                log_plan(scheduler, float(self.training.lr))
                 self._write_config()
 
     def _data_root(self, data_root) -> Path:
@@ -278,6 +200,10 @@ class VQVAETraining:
                 refuse_other_data(root, self.resume, self.out)
         elif data_root is not None:
             root = Path(data_root)
+        elif self.config.data_root is not None:
+            root = Path(self.config.data_root)
+            if self.dist.is_main:
+                log.info("data: %s (the --config file's data_root; --data overrides it)", root)
         elif self.resume is not None:
             root = Path(self.resume["data_root"])
         else:
@@ -302,7 +228,7 @@ class VQVAETraining:
             self.extra_payload["refit"] = resume["refit"]
         replanned = replan_on_resume(optimizer, scheduler, self.training, state.step, self.steps_per_epoch)
         if self.dist.is_main and replanned:
-            log_plan(scheduler, float(self.training["lr"]))
+            log_plan(scheduler, float(self.training.lr))
         if self.dist.is_main:
             announce_resume(self.options, resume, self.training, self.root)
         restore_rng_state(resume["rng_state"])  # last: nothing above may draw from the restored generators
@@ -315,7 +241,7 @@ class VQVAETraining:
             if self.dist.enabled:
                 record_rank_sync(self.writer, self.core, self.dist)
             self.writer.hparams({"preset": self.base_payload["preset"], "task": self.task, "seed": self.seed,
-                                 **{k: self.cfg[k] for k in ("model", "quantizer", "training", "refit") if self.cfg.get(k)}},
+                                 **{k: v for k, v in self.cfg.items() if k != "description" and v}},
                                 final_metrics(self.engine.state.history))
         finally:
             self.writer.close()
@@ -344,14 +270,18 @@ class VQVAETraining:
             raise TrainingDiverged(f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
                                    "training stopped. Lower --lr (it applies to --resume too) or check the data")
         self._plan_from_time(steps_before + result.steps)
-        row = {"train_loss": result.train_loss, "val_loss": metrics["val_loss"], "val_ssim": metrics["val_ssim"],
-               "val_dice": metrics["val_dice"], "codebook_usage_pct": metrics["codebook_usage_pct"],
-               "perplexity": metrics["perplexity"], "dead_codes_restarted": restarted,
-               "train_quantizer_loss": result.train_quantizer_loss,
-               "val_quantizer_loss": metrics["val_quantizer_loss"]}
-        return EpochResult(row, metrics[MONITOR_KEYS[self.training["monitor"]]], result.steps, result.out_of_time,
-                           result.out_of_steps, time.monotonic() - t_val, checkpoint={"code_counts": metrics["code_counts"]},
-                           metrics={"val_dice_per_class": metrics["val_dice_per_class"]}, details=metrics)
+        trained = result.row
+        result.row = {"train_loss": trained["train_loss"], "val_loss": metrics["val_loss"],
+                      "val_ssim": metrics["val_ssim"], "val_dice": metrics["val_dice"],
+                      "codebook_usage_pct": metrics["codebook_usage_pct"], "perplexity": metrics["perplexity"],
+                      "dead_codes_restarted": restarted, "train_quantizer_loss": trained["train_quantizer_loss"],
+                      "val_quantizer_loss": metrics["val_quantizer_loss"]}
+        result.monitor = metrics[MONITOR_KEYS[self.training.monitor]]
+        result.val_seconds = time.monotonic() - t_val
+        result.checkpoint = {"code_counts": metrics["code_counts"]}
+        result.metrics = {"val_dice_per_class": metrics["val_dice_per_class"]}
+        result.details = metrics
+        return result
 
     def after_epoch(self, epoch: int, result: EpochResult) -> None:
         metrics = result.details
@@ -381,7 +311,7 @@ class VQVAETraining:
 
     def _levels(self, metrics: dict) -> list[dict]:
         """Usage and perplexity per code map (RQ depths, VQ-VAE-2 top and bottom) on the validation split."""
-        spatial = [int(s) for s in self.training["spatial_size"]]
+        spatial = [int(s) for s in self.training.spatial_size]
         return level_health(metrics["code_counts"], self.core.code_levels(spatial), spatial)
 
 
@@ -395,26 +325,6 @@ def final_metrics(history: list[dict]) -> dict:
     return {"best_val_loss": best("val_loss", min), "best_val_ssim": best("val_ssim", max),
             "final_codebook_usage_pct": last.get("codebook_usage_pct"), "final_perplexity": last.get("perplexity"),
             "steps": last.get("step"), "epochs": last.get("epoch")}
-
-
-class CodebookCollapseWarning(UserWarning):
-    """The validation set uses under 10% of the codes: the codebook has (nearly) collapsed."""
-
-
-def warn_if_collapsed(metrics: dict, epoch: int, num_codes: int, levels: list[dict] | None = None) -> bool:
-    """One warning line when the validation set uses under 10% of the codes, of any one level when the model
-    has several (pooled usage hides a collapsed level: a VQ-VAE-2 whose top uses 1 code reports 50%)."""
-    candidates = [(lv["name"], lv["codebook_usage_pct"], lv["perplexity"], lv["codebook_size"])
-                  for lv in levels] if levels and len(levels) > 1 else []
-    candidates.append(("", metrics["codebook_usage_pct"], metrics["perplexity"], num_codes))
-    for name, usage, perplexity, size in candidates:
-        if math.isfinite(usage) and usage < COLLAPSE_USAGE_PCT:
-            where = f"level {name} " if name else ""
-            warnings.warn(f"codebook collapse: epoch {epoch} {where}uses {usage:.1f}% of {size} codes (perplexity "
-                          f"{perplexity:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
-                          CodebookCollapseWarning, stacklevel=2)
-            return True
-    return False
 
 
 def _fmt(value) -> str:

@@ -103,7 +103,7 @@ def _check_model_fields(payload: dict, bad) -> None:
 def load_model(path: str | Path, device: str | torch.device = "cpu"):
     """Rebuild the model a checkpoint describes; returns (model in eval mode, payload).
     `device` may be "auto" (CUDA when available)."""
-    from prostate_vq.training.runtime import resolve_device
+    from prostate_vq.runtime.device import resolve_device
 
     device = resolve_device(device) if isinstance(device, str) else device
 

@@ -1,0 +1,7 @@
+"""VQ-VAE training, the engine's plug-in: `fit` (data, model, task loss, masking, validation, resume policy) and
+`TrainOptions`. ReFiT (training.refit) fine-tunes through the same `fit`."""
+
+from prostate_vq.training.vqvae.fit import TrainOptions, fit
+from prostate_vq.training.vqvae.plugin import InitContext, VQVAETraining
+
+__all__ = ["InitContext", "TrainOptions", "VQVAETraining", "fit"]
