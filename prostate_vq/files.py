@@ -69,7 +69,8 @@ def write_error(error: BaseException, path: str | Path) -> UserInputError | None
     permissions, read-only), including torch.save's RuntimeError around such an OSError; else None."""
     if isinstance(error, UserInputError):
         return error
-    chain, seen = error, 0
+    chain: BaseException | None = error
+    seen = 0
     while chain is not None and seen < 8:
         if isinstance(chain, OSError) and chain.errno in _WRITE_ERRNOS:
             reason = chain.strerror or os.strerror(chain.errno)
@@ -113,7 +114,7 @@ class StagedFiles:
     them all into place in the order written. Until then the targets are untouched; `discard` removes
     every temporary. A rename replaces a symlink itself, never the file it points to."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._pending: list[tuple[Path, Path]] = []
 
     @contextmanager

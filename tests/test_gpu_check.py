@@ -8,9 +8,12 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # ~30-65 s: every step of tools/gpu_check.sh in subprocesses
 def test_gpu_check_dry_run_runs_every_step(tmp_path):
     import sys
 

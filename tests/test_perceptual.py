@@ -119,6 +119,7 @@ def test_without_weights_the_metrics_are_absent(tiny_run, phantom_root, tmp_path
         assert "lpips" not in next(csv.reader(handle))
 
 
+@pytest.mark.slow  # ~4 s: a sweep scored with feature weights
 def test_sweep_scores_every_job_with_the_weights(phantom_root, weights, tmp_path, tiny_spatial, tiny_model_overrides,
                                                  capsys):
     from prostate_vq.workflows import sweep

@@ -93,6 +93,7 @@ def test_a_step_budget_is_not_cut_short_by_the_presets_epochs(phantom_root, tmp_
     assert int(_history(capped)[-1]["step"]) == 6
 
 
+@pytest.mark.slow  # ~6 s by design: a 0.1-minute time budget
 def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_path, tiny_spatial,
                                                              tiny_model_overrides):
     run = train(_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=100_000,

@@ -75,6 +75,7 @@ def test_paired_bootstrap_on_a_hand_built_case():
     assert unit_of(one)[0] == "volumes of 1 patient"
 
 
+@pytest.mark.slow  # ~30-60 s: a grid x seeds sweep, trained and evaluated, then extended
 @pytest.mark.filterwarnings("ignore:codebook collapse")
 def test_sweep_grid_seeds_reference_and_additions(phantom_root, tmp_path, capsys):
     out = tmp_path / "sweep"
@@ -110,6 +111,7 @@ def test_sweep_grid_seeds_reference_and_additions(phantom_root, tmp_path, capsys
         assert not (tmp_path / "bad" / "sweep.json").exists()
 
 
+@pytest.mark.slow  # ~30-60 s: two sweep processes side by side
 def test_two_concurrent_shards_fill_one_folder_and_collect_reports_it(phantom_root, tmp_path):
     out = tmp_path / "sweep"
     base = [sys.executable, "-m", "prostate_vq", "sweep", "--data", str(phantom_root), "--out", str(out),
@@ -160,6 +162,7 @@ def test_every_study_builds_valid_cells_and_is_listed(capsys):
         get_study("nope")
 
 
+@pytest.mark.slow  # ~5 s: a study's sweep, trained and evaluated
 @pytest.mark.filterwarnings("ignore:codebook collapse")
 def test_a_study_writes_a_table_shaped_like_its_reference(phantom_root, tmp_path):
     out = tmp_path / "study"
@@ -176,6 +179,7 @@ def test_a_study_writes_a_table_shaped_like_its_reference(phantom_root, tmp_path
         sweep(phantom_root, ["v1-vq"], out, study="celeba-lfq")
 
 
+@pytest.mark.slow  # ~4-7 s: a sweep with the codec baselines
 def test_sweep_with_codecs_compares_every_cell_with_the_best_codec(phantom_root, tmp_path):
     """At 1.25 bits per pixel (64x64 slices, a /2 map of 32 codes) the codecs fit; the table gains the best codec
     and ours minus it, paired over seeds and slices."""

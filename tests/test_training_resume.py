@@ -65,6 +65,7 @@ def _wait_for_epoch(path, epoch, proc, timeout=120.0):
     raise AssertionError(f"no epoch {epoch} checkpoint within {timeout} s")
 
 
+@pytest.mark.slow  # ~10 s: a training subprocess killed and resumed
 def test_resume_after_sigkill_loses_at_most_one_epoch(phantom_root, tmp_path, tiny_model_overrides):
     out = tmp_path / "run"
     args = [sys.executable, "-m", "prostate_vq", "train", "--data", str(phantom_root), "--out", str(out),

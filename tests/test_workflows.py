@@ -19,6 +19,7 @@ def _assert_links_resolve(report):
     assert links and all((report.parent / link).is_file() for link in links), links
 
 
+@pytest.mark.slow  # ~8 s: a two-preset sweep end to end
 @pytest.mark.filterwarnings("ignore:codebook collapse")  # one tiny epoch of v1-vq collapses, as expected
 def test_sweep_two_presets_trains_evaluates_and_compares(phantom_root, tiny_model_overrides, tmp_path, capsys):
     report = sweep(phantom_root, ["default", "v1-vq"], tmp_path / "sweep", overrides=tiny_model_overrides, **TINY)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ class SliceDataset(Dataset):
 
     def _prepare(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         record = self.records[index]
-        data = {"image": record.image}
+        data: dict[str, Path | None] = {"image": record.image}
         if self.with_label:
             data["label"] = record.mask
         out = self.transform(data)
@@ -88,14 +89,16 @@ class SliceDataset(Dataset):
     def batch(self, indices) -> dict:
         """One collated batch: ``image`` [B, 1, H, W], ``label`` [B, 1, H, W] and per-slice metadata lists."""
         indices = [int(i) for i in indices]
-        if self.cached:
+        if self.images is not None:  # cached
             index = torch.as_tensor(indices, dtype=torch.long)
             image = self.images.index_select(0, index).float()
             label = self.labels.index_select(0, index) if self.labels is not None else None
         else:
             prepared = [self._prepare(i) for i in indices]
             image = torch.stack([p[0] for p in prepared]).float()
-            label = torch.stack([p[1] for p in prepared]) if self.with_label else None
+            # with_label: the transform gives every slice a label (slice_transforms' "label" key)
+            labels = [p_label for _, p_label in prepared if p_label is not None]
+            label = torch.stack(labels) if self.with_label else None
         if self.augment is not None:
             image, label = self.augment(image, label)
         records = [self.records[i] for i in indices]

@@ -17,7 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from prostate_vq.data.layout import CASE_ID, NUM_CLASSES, SPLITS, image_dir, mask_dir, parse_name, slice_name
-from prostate_vq.data.nifti import MAX_VOLUME_BYTES, check_declared_size, check_finite, save_slice
+from prostate_vq.data.nifti import MAX_VOLUME_BYTES, check_declared_size, check_finite, save_slice, stored_voxels
 from prostate_vq.errors import DataError, UserInputError
 from prostate_vq.files import staged_folder
 
@@ -87,7 +87,7 @@ def _check_nifti_data(path: Path) -> None:
     """SimpleITK reads a NIfTI cut short as zeros and NaN voxels as 0: nibabel reads it once more and
     notices both."""
     try:
-        voxels = np.asanyarray(nib.load(str(path)).dataobj)
+        voxels = stored_voxels(nib.load(str(path)))
     except Exception as error:  # EOFError, zlib.error, "Expected N bytes, got M": a damaged file
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise DataError(f"truncated or corrupt NIfTI file ({reason})", path) from None

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.dataobj_images import DataobjImage
+from nibabel.filebasedimages import FileBasedImage
 
 from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import DataError
@@ -43,8 +45,7 @@ def read_array(path: str | Path) -> np.ndarray:
     try:
         image = nib.load(str(path))
         check_declared_size(image, path, MAX_SLICE_BYTES)
-        # dataobj keeps the stored dtype (get_fdata would make float64 copies of every slice).
-        array = np.asanyarray(image.dataobj)
+        array = stored_voxels(image)
     except DataError:
         raise
     except Exception as error:  # nibabel/gzip/zlib raise many types for one problem: a broken file
@@ -58,6 +59,14 @@ def read_array(path: str | Path) -> np.ndarray:
     if array.size == 0:
         raise DataError("slice has no voxels", path)
     return array
+
+
+def stored_voxels(image: FileBasedImage) -> np.ndarray:
+    """The voxels as stored: dataobj keeps the stored dtype (get_fdata would make float64 copies of every
+    slice). An image nibabel loads without a voxel array (e.g. GIFTI) is the AttributeError it always was."""
+    if not isinstance(image, DataobjImage):
+        raise AttributeError(f"{type(image).__name__} has no voxel array (dataobj)")
+    return np.asanyarray(image.dataobj)
 
 
 def _describe(error: Exception, path: Path) -> str:

@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -71,6 +72,10 @@ def _profile(z, centre, half_width):
     return np.sqrt(np.clip(1.0 - ((z - centre) / half_width) ** 2, 0.0, None))
 
 
+# scipy.ndimage's boundary modes as numpy.pad names them.
+_PAD_MODES: dict[str, Literal["symmetric", "wrap"]] = {"reflect": "symmetric", "wrap": "wrap"}
+
+
 def gaussian_filter(x: np.ndarray, sigma: float, mode: str = "reflect") -> np.ndarray:
     """Gaussian blur of the last two axes, as scipy.ndimage.gaussian_filter(x, (0, sigma, sigma), mode=mode)
     computes it (kernel radius int(4 sigma + 0.5), 'reflect' = numpy's 'symmetric' padding). Written here so
@@ -79,7 +84,7 @@ def gaussian_filter(x: np.ndarray, sigma: float, mode: str = "reflect") -> np.nd
     t = np.arange(-radius, radius + 1, dtype=np.float64)
     kernel = np.exp(-0.5 * (t / sigma) ** 2)
     kernel /= kernel.sum()
-    pad_mode = {"reflect": "symmetric", "wrap": "wrap"}[mode]
+    pad_mode = _PAD_MODES[mode]
     out = x.astype(np.float64)
     for axis in (-2, -1):
         widths = [(0, 0)] * out.ndim

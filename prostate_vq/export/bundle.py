@@ -88,7 +88,7 @@ def bundle_files(model, payload: dict, config: dict, files: dict[str, bytes], no
         raise UserInputError(f"{config['config']['quantizer']['kind']}: models/model.ts does not reproduce the model "
                              f"({problem}); export it with --format pretrained")
     stream = io.BytesIO()
-    save_net_with_metadata(traced, stream, meta_values=meta, more_extra_files={"inference.json": json.dumps(INFERENCE)})
+    save_net_with_metadata(traced, stream, meta_values=meta, more_extra_files={"inference.json": json.dumps(INFERENCE).encode()})
     state = io.BytesIO()
     torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, state)  # weights_only-loadable
     out = {f"models/{name}": data for name, data in files.items()}

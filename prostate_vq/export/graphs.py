@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import io
 import warnings
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
 from prostate_vq.data.layout import NUM_CLASSES
+
+if TYPE_CHECKING:
+    from prostate_vq.models import VQVAE
 
 # The checks every format passes against the eager model (the round-trip tests use the same tolerances).
 IMAGE_ATOL = 1e-5
@@ -34,7 +38,7 @@ def quantizer_kind(config: dict) -> str:
 class EncodeToIndices(nn.Module):
     """[B, C, H, W] network input (the image in [0, 1]; the one-hot mask for the mask task) -> int64 code map."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: VQVAE):
         super().__init__()
         self.model = model
 
@@ -46,7 +50,7 @@ class DecodeFromIndices(nn.Module):
     """int64 code map -> the reconstruction [B, 1, H, W] (image task), segmentation logits [B, 6, H, W] (mask),
     or both (joint). Reconstructions are unbounded, as the model's: evaluation clamps them to [0, 1]."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: VQVAE):
         super().__init__()
         self.model = model
 
@@ -62,13 +66,16 @@ class DecodeFromIndices(nn.Module):
 class Reconstruct(nn.Module):
     """Input -> the decoder's first output (the reconstruction; segmentation logits for the mask task)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: VQVAE):
         super().__init__()
         self.model = model
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.model.decode_indices(self.model._quantize(x).indices)
-        return out.seg_logits if self.model.task == "mask" else out.recon
+        first = out.seg_logits if self.model.task == "mask" else out.recon
+        if first is None:  # each task's decoder gives this output (ModelOutput types both as optional)
+            raise RuntimeError(f"the {self.model.task} model's decoder gave no output to export")
+        return first
 
 
 def in_channels(task: str) -> int:

@@ -10,7 +10,9 @@ are honest, and every sample decodes.
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
+from functools import reduce
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,7 @@ class CodePrior(nn.Module):
     """Base class: subclasses implement ``features(embedded)``, causal in raster order."""
 
     arch = "base"
+    offsets: torch.Tensor  # buffer: each level's first index in the shared embedding table
 
     def __init__(self, vocab_sizes: Sequence[int] | int, dim: int):
         super().__init__()
@@ -57,6 +60,8 @@ class CodePrior(nn.Module):
             counts = torch.bincount(codes[..., level].reshape(-1).cpu(), minlength=k).float() + 1.0
             biases.append(torch.log(counts / counts.sum()))
         last = self.head[-1]
+        if not isinstance(last, nn.Conv2d) or last.bias is None:
+            raise TypeError(f"the prior's head must end in a Conv2d with a bias, not {last}")
         last.bias.copy_(torch.cat(biases).to(last.bias.device))
         last.weight.mul_(0.1)
 
@@ -83,24 +88,24 @@ class CodePrior(nn.Module):
 
     def level_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Split ``forward``'s logits into one ``[B, K_d, h, w]`` tensor per level."""
-        return torch.split(logits, self.vocab_sizes, dim=1)
+        return torch.split(logits, list(self.vocab_sizes), dim=1)
 
     def nll(self, codes: torch.Tensor, logits: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
         """Negative log-likelihood in bits per code (``reduction="none"``: bits per code, per map)."""
         codes = self._as_4d(codes)
         if logits is None:
             logits = self(codes)
-        total = 0.0
-        for level, level_logits in enumerate(self.level_logits(logits)):
-            ce = F.cross_entropy(level_logits.float(), codes[..., level], reduction="none")  # [B, h, w]
-            total = total + ce.flatten(1).sum(1)
-        bits = total / (codes[0].numel() * math.log(2.0))
+        per_level = [F.cross_entropy(level_logits.float(), codes[..., level], reduction="none").flatten(1).sum(1)
+                     for level, level_logits in enumerate(self.level_logits(logits))]  # [B, h, w] summed: [B]
+        bits = reduce(operator.add, per_level) / (codes[0].numel() * math.log(2.0))
         return bits.mean() if reduction == "mean" else bits
 
     # --- sampling -----------------------------------------------------------------------------
 
-    #: Rows above a position that its output can depend on (None: all); sampling crops the context to them.
-    receptive_rows: int | None = None
+    @property
+    def receptive_rows(self) -> int | None:
+        """Rows above a position that its output can depend on (None: all); sampling crops the context to them."""
+        return None
 
     @staticmethod
     def _check_sampling(n: int, temperature: float) -> None:
@@ -112,7 +117,7 @@ class CodePrior(nn.Module):
     def _draw(self, logits: torch.Tensor, temperature: float, generator: torch.Generator | None) -> torch.Tensor:
         """One code per level from ``[n, sum(vocab_sizes)]`` logits -> ``[n, depth]``."""
         drawn = []
-        for level_logits in torch.split(logits, self.vocab_sizes, dim=1):
+        for level_logits in torch.split(logits, list(self.vocab_sizes), dim=1):
             probs = torch.softmax(level_logits.float() / temperature, dim=1)
             drawn.append(torch.multinomial(probs, 1, generator=generator))
         return torch.cat(drawn, dim=1)

@@ -13,6 +13,10 @@
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Callable
+from functools import reduce
+
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +79,11 @@ def nearest_mask(queries: torch.Tensor, train: torch.Tensor) -> tuple[torch.Tens
     return best, index
 
 
+def _training_mean(per_slice: Callable[[torch.Tensor], torch.Tensor], train: torch.Tensor) -> torch.Tensor:
+    """The mean over the training slices of ``per_slice`` (``[n, ...]`` rows), ``CHUNK`` slices at a time."""
+    return reduce(operator.add, (per_slice(chunk).sum(0) for chunk in train.split(CHUNK))) / len(train)
+
+
 def sample_checks(samples: torch.Tensor, train: torch.Tensor, task: str, candidates: int = 16) -> dict:
     """Per-slice similarity to the nearest training slice and distribution distance.
 
@@ -82,10 +91,10 @@ def sample_checks(samples: torch.Tensor, train: torch.Tensor, task: str, candida
     """
     if task == "mask":
         similarity, index = nearest_mask(samples, train)
-        reference = sum(label_frequencies(chunk).sum(0) for chunk in train.split(CHUNK)) / len(train)
+        reference = _training_mean(label_frequencies, train)
         distance = 0.5 * (label_frequencies(samples) - reference).abs().sum(1)
     else:
         similarity, index = nearest_image(samples, train, candidates)
-        pooled = sum(histograms(chunk).sum(0) for chunk in train.split(CHUNK)) / len(train)
+        pooled = _training_mean(histograms, train)
         distance = wasserstein1(histograms(samples), pooled)
     return {"similarity": similarity, "index": index, "distance": distance}

@@ -157,14 +157,14 @@ def encode_split(checkpoint: str | Path, data: str | Path | None = None, split: 
     from prostate_vq.data import make_dataset
     from prostate_vq.runtime.device import resolve_device
 
-    device = resolve_device(device)
-    model, payload = load_vqvae(checkpoint, device)
+    torch_device = resolve_device(device)
+    model, payload = load_vqvae(checkpoint, torch_device)
     root = resolve_data_root(data, payload)
     spatial = tuple(int(s) for s in payload["spatial_size"])
     dataset = make_dataset(root, split, payload["task"], spatial_size=spatial, max_slices=max_slices)
     if len(dataset) == 0:
         raise UserInputError(f"no {split} slices to encode", root)
-    indices = encode_dataset_tensors(model, dataset, batch_size, device).numpy()
+    indices = encode_dataset_tensors(model, dataset, batch_size, torch_device).numpy()
     meta = {"checkpoint": str(Path(checkpoint).resolve()), "preset": payload.get("preset"), "task": payload["task"],
             "spatial_size": list(spatial), "split": split, "data_root": str(root), "num_codes": int(model.num_codes),
             "layout": CodeLayout.for_model(model, spatial).to_dict(),

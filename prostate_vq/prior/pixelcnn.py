@@ -9,7 +9,7 @@ horizontal stack shifted down by one row; the first horizontal layer sees column
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,10 +71,17 @@ class GatedPixelCNN(CodePrior):
             [GatedLayer(dim, first_kernel, first=True)]
             + [GatedLayer(dim, kernel, first=False) for _ in range(layers - 1)])
 
+    def gated_layers(self) -> Iterator[GatedLayer]:
+        """``self.layers`` as the GatedLayers they are (a ModuleList yields plain Modules to a type checker)."""
+        for layer in self.layers:
+            if not isinstance(layer, GatedLayer):
+                raise TypeError(f"PixelCNN layers are GatedLayers, not {type(layer).__name__}")
+            yield layer
+
     @property
     def receptive_rows(self) -> int:
         """Rows above a position its output sees: the vertical stack's reach plus the one-row shift."""
-        return 1 + sum(layer.pad for layer in self.layers)
+        return 1 + sum(layer.pad for layer in self.gated_layers())
 
     def features(self, embedded: torch.Tensor) -> torch.Tensor:
         v = h = embedded
@@ -91,7 +98,7 @@ class GatedPixelCNN(CodePrior):
             links = self._row_links(codes[:, max(0, i - self.receptive_rows):i], n, w, codes.device)
             for j in range(w):
                 x = self.embed_codes(codes[:, i:i + 1])  # [n, C, 1, w]; columns >= j are not seen
-                for layer, link in zip(self.layers, links):
+                for layer, link in zip(self.gated_layers(), links):
                     x = layer.horizontal(x, link)
                 logits = self.head(x[..., j:j + 1])[:, :, 0, 0]
                 codes[:, i, j] = choose(logits)
@@ -101,9 +108,9 @@ class GatedPixelCNN(CodePrior):
         links = []
         if above.shape[1] == 0:  # first row: nothing above (the zero padding of the full forward)
             zero = torch.zeros(n, 2 * self.dim, 1, w, device=device)
-            return [layer.v_to_h(zero) for layer in self.layers]
+            return [layer.v_to_h(zero) for layer in self.gated_layers()]
         v = self.embed_codes(above)
-        for layer in self.layers:
+        for layer in self.gated_layers():
             v_pre, _ = layer.vertical(v)
             links.append(layer.v_to_h(v_pre[:, :, -1:]))
             v = _gate(v_pre)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,41 +160,41 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
     if not temperature > 0:
         raise UserInputError(f"--temperature must be positive, got {temperature}")
     fid_net = None if fid_weights is None else load_feature_net(fid_weights)  # a missing file: one line, first
-    device = resolve_device(device)
+    torch_device = resolve_device(device)
     out = Path(out)
-    network, vqvae, layout, payload = load_prior(prior, device)
+    network, vqvae, layout, payload = load_prior(prior, torch_device)
     task = payload["task"]
     root = resolve_data_root(data, payload)  # fail before sampling when the training data is gone
 
-    generator = torch.Generator(device=device).manual_seed(int(seed))
-    codes = network.sample(n, layout.grid, temperature=temperature, generator=generator, device=device)
+    generator = torch.Generator(device=torch_device).manual_seed(int(seed))
+    codes = network.sample(n, layout.grid, temperature=temperature, generator=generator, device=torch_device)
     codes = codes if codes.dim() == 4 else codes.unsqueeze(-1)
     with torch.no_grad():
         sample_bits = network.nll(codes, reduction="none").cpu()
-    images, labels = decode_codes(vqvae, layout, codes.to(device))
+    images, labels = decode_codes(vqvae, layout, codes.to(torch_device))
 
     records = []
     for k in range(n):
-        record = {"index": k, "nll_bits_per_code": float(sample_bits[k])}
+        record: dict[str, Any] = {"index": k, "nll_bits_per_code": float(sample_bits[k])}
         if images is not None:
             record["file"] = f"slices/{SAMPLE_NAME.format(k=k)}"
         if labels is not None:
             record["seg_file"] = f"slices/{SEG_NAME.format(k=k)}"
         records.append(record)
 
+    height, width = (int(v) for v in payload["spatial_size"])
+    spatial = (height, width)
     generated = labels if task == "mask" else images
     per_sample, summary, reference, n_train = memorisation_check(
-        generated, root, task, tuple(int(v) for v in payload["spatial_size"]), payload.get("max_slices"),
-        n_reference=n, candidates=candidates)
+        generated, root, task, spatial, payload.get("max_slices"), n_reference=n, candidates=candidates)
     for record, extra in zip(records, per_sample):
         record.update(extra)
     summary["nll_bits_per_code"] = _summary(sample_bits)
-    spatial = tuple(int(v) for v in payload["spatial_size"])
     quality = None if images is None else sample_quality(
         images, _real_slices(root, task, spatial, n), fid_net, None if fid_weights is None else Path(fid_weights))
 
     info = {
-        "n": n, "arch": payload.get("arch"), "temperature": temperature, "seed": seed, "device": str(device),
+        "n": n, "arch": payload.get("arch"), "temperature": temperature, "seed": seed, "device": str(torch_device),
         "prior": str(Path(prior).resolve()), "checkpoint": payload.get("vqvae_checkpoint"), "task": task,
         "layout": layout.describe(), "data_root": str(root), "n_train_reference": n_train,
         "similarity": "label_agreement" if task == "mask" else "ssim",

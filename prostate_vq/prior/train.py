@@ -261,7 +261,7 @@ def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_re
 class PriorTraining:
     """The engine's plug-in for the prior: an epoch over the training code maps, NLL on the validation maps."""
 
-    history_columns = HISTORY_COLUMNS
+    history_columns: tuple[str, ...] = HISTORY_COLUMNS
 
     def __init__(self, prior, codes: dict, optimizer, training: dict, device: torch.device, seed: int):
         self.prior, self.codes, self.optimizer, self.training = prior, codes, optimizer, training

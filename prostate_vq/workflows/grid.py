@@ -68,15 +68,15 @@ def split_top_level(text: str) -> list[str]:
 def parse_grid(items: list[str] | None) -> list[tuple[str, list[str]]]:
     """`--grid quantizer.codebook_dim=4,8,16` (several allowed) -> [(key, [values])], checked for shape only
     (the values are checked against each preset when the cells are built)."""
-    axes = []
+    axes: list[tuple[str, list[str]]] = []
     for item in items or []:
-        key, sep, values = item.partition("=")
+        key, sep, listed = item.partition("=")
         key = key.strip()
-        if not sep or "." not in key or not split_top_level(values):
+        if not sep or "." not in key or not split_top_level(listed):
             raise UserInputError(f"--grid {item!r} must look like section.key=v1,v2,... (e.g. quantizer.codebook_dim=4,8)")
         if any(key == k for k, _ in axes):
             raise UserInputError(f"--grid names {key} twice")
-        values = split_top_level(values)
+        values = split_top_level(listed)
         if len(set(values)) != len(values):
             raise UserInputError(f"--grid {key} lists a value twice")
         axes.append((key, values))

@@ -16,7 +16,9 @@ FIGURE = "rate_distortion.png"
 
 def rd_points(results: SweepResults) -> tuple[list[dict], dict[str, list[dict]]]:
     """(our cells, {codec: points}) with mean SSIM/PSNR and bits per pixel."""
-    ours, codecs, seen = [], {}, set()
+    ours: list[dict] = []
+    codecs: dict[str, list[dict]] = {}
+    seen: set[tuple[str, float]] = set()
     for cell in results.cells:
         done = results.of(cell)
         if not done:

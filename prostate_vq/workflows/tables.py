@@ -170,7 +170,7 @@ def _config_value(cell: Cell, key: str, per_seed, sweep_overrides) -> str:
     value = (cfg.get(section) or {}).get(name)
     if key == "quantizer.codebook_dim" and value is None:
         value = cfg["model"]["embedding_dim"]
-    if key == "quantizer.kind":
+    if key == "quantizer.kind" and isinstance(value, str):
         value = {"vq": "vq (VQ loss)", "ema": "ema (EMA)"}.get(value, value)
     if isinstance(value, bool):
         return "Yes" if value else "No"
