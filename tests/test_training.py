@@ -311,3 +311,15 @@ def test_codebook_collapse_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert not warn_if_collapsed({"codebook_usage_pct": 55.0, "perplexity": 90.0}, 5, 512)
+
+
+def test_the_training_package_keeps_its_public_names():
+    """Scripts written against prostate_vq.training (load_model, checkpoints, EarlyStopping, kmeans) keep working
+    after checkpoint I/O moved to prostate_vq.runtime: the names are the same objects in both places."""
+    import prostate_vq.runtime as runtime
+    import prostate_vq.training as training
+
+    for name in ("load_model", "load_checkpoint", "save_checkpoint"):
+        assert getattr(training, name) is getattr(runtime, name)
+    for name in ("HISTORY_COLUMNS", "EarlyStopping", "kmeans", "TrainOptions", "train", "fit", "refit"):
+        assert name in training.__all__ and hasattr(training, name)

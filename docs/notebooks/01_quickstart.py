@@ -180,7 +180,7 @@ display(Image(filename=str(RUNS / "eval" / result.figures["reconstructions"])))
 # where the model struggles.
 
 # %%
-from prostate_vq.runtime.checkpoints import load_model
+from prostate_vq.runtime import load_model
 
 model, payload = load_model(run / "best.pt", device="cpu")
 test_ds = make_dataset(DATA, "test", task="image", spatial_size=tuple(payload["spatial_size"]),
