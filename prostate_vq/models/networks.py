@@ -7,9 +7,13 @@ pixels or codes in the forward pass.
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
+
+# What the spatial convolutions see beyond the slice edge (nn.Conv2d's padding modes; the schema offers three).
+PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
 
 
 def stage_channels(channels: list[int], downsample: int) -> list[int]:
@@ -25,7 +29,7 @@ OUTPUT_INIT_SCALE = 0.1
 
 
 @torch.no_grad()
-def he_init(module: nn.Module, output: nn.Module | None = None) -> None:
+def he_init(module: nn.Module, output: nn.Conv2d | nn.ConvTranspose2d | None = None) -> None:
     """He (Kaiming) normal initialisation of every convolution, zero biases; `output` (a decoder's last
     layer) scaled down so the first reconstructions are near the data. PyTorch's default initialisation
     shrinks the signal through each ReLU stage: the quantizer then sees a nearly constant map (spatial std
@@ -43,7 +47,7 @@ def he_init(module: nn.Module, output: nn.Module | None = None) -> None:
 class ResidualBlock(nn.Module):
     """x + conv1x1(relu(conv3x3(relu(x)))) with a narrow hidden width."""
 
-    def __init__(self, channels: int, hidden: int, padding_mode: str = "zeros"):
+    def __init__(self, channels: int, hidden: int, padding_mode: PaddingMode = "zeros"):
         super().__init__()
         self.block = nn.Sequential(
             nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1, padding_mode=padding_mode),
@@ -54,7 +58,7 @@ class ResidualBlock(nn.Module):
 
 
 class ResidualStack(nn.Sequential):
-    def __init__(self, channels: int, hidden: int, layers: int, padding_mode: str = "zeros"):
+    def __init__(self, channels: int, hidden: int, layers: int, padding_mode: PaddingMode = "zeros"):
         super().__init__(*[ResidualBlock(channels, hidden, padding_mode) for _ in range(layers)], nn.ReLU())
 
 
@@ -93,7 +97,7 @@ class Encoder(nn.Module):
     (the paper's) make a dark frame the network must learn to undo, replicate/reflect continue the anatomy."""
 
     def __init__(self, in_channels: int, channels: list[int], downsample: int, res_layers: int,
-                 res_channels: int, out_channels: int, dlcr_stages: int = 0, padding_mode: str = "zeros"):
+                 res_channels: int, out_channels: int, dlcr_stages: int = 0, padding_mode: PaddingMode = "zeros"):
         super().__init__()
         chans = stage_channels(channels, downsample)
         layers: list[nn.Module] = []
@@ -120,25 +124,27 @@ class Decoder(nn.Module):
     checkerboard from uneven kernel overlap, and it honours ``padding_mode`` at the edge)."""
 
     def __init__(self, in_channels: int, channels: list[int], downsample: int, res_layers: int,
-                 res_channels: int, out_channels: int, padding_mode: str = "zeros", upsample: str = "transposed"):
+                 res_channels: int, out_channels: int, padding_mode: PaddingMode = "zeros", upsample: str = "transposed"):
         super().__init__()
         if upsample not in ("transposed", "nearest"):
             raise ValueError(f"upsample must be transposed or nearest, got {upsample!r}")
         chans = stage_channels(channels, downsample)[::-1]
         layers: list[nn.Module] = [nn.Conv2d(in_channels, chans[0], 3, padding=1, padding_mode=padding_mode),
                                    ResidualStack(chans[0], res_channels, res_layers, padding_mode)]
+        conv: nn.Conv2d | nn.ConvTranspose2d | None = None
         for i, ch in enumerate(chans):
             last = i == len(chans) - 1
             nxt = out_channels if last else chans[i + 1]
             if upsample == "nearest":
-                layers += [nn.Upsample(scale_factor=2, mode="nearest"),
-                           nn.Conv2d(ch, nxt, 3, padding=1, padding_mode=padding_mode)]
+                conv = nn.Conv2d(ch, nxt, 3, padding=1, padding_mode=padding_mode)
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), conv]
             else:
-                layers.append(nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1))
+                conv = nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1)
+                layers.append(conv)
             if not last:
                 layers.append(nn.ReLU())
         self.body = nn.Sequential(*layers)
-        he_init(self, output=layers[-1])
+        he_init(self, output=conv)  # the last stage's convolution: the decoder's output layer
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)

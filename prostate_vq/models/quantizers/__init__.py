@@ -4,6 +4,8 @@ every built-in kind's module, which registers it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from . import ema, fsq, lfq, monai_ema, rq, soft, vq  # noqa: F401 - importing a kind's module registers it
 from .base import Quantizer, QuantizerOutput, code_counts, nearest_code, perplexity, usage
 from .ema import EMAQuantizer
@@ -28,7 +30,9 @@ def build_quantizer(cfg: dict, dim: int) -> Quantizer:
     """`cfg` is a preset's `quantizer` section: `kind` plus that kind's options (checked as a config is)."""
     options = dict(cfg)
     kind = options.pop("kind", None)
-    return quantizer_class(kind)(dim=dim, **check_options(kind, options))
+    # Every registered kind is built as cls(dim=..., **its options); the base class's own __init__ takes neither.
+    make: Callable[..., Quantizer] = quantizer_class(kind)
+    return make(dim=dim, **check_options(kind, options))
 
 
 __all__ = [

@@ -7,6 +7,7 @@ number of levels; the implicit codebook has prod(levels) entries. No auxiliary l
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from torch import Tensor
 from vector_quantize_pytorch import FSQ
@@ -26,7 +27,7 @@ class FSQQuantizer(Quantizer):
     option_limits = {"levels": {"item_minimum": 2}}  # a level of 1 divides by zero inside FSQ
     small_options = {"levels": [5, 3]}
 
-    def __init__(self, dim: int, levels: list[int] = (8, 5, 5, 5)):
+    def __init__(self, dim: int, levels: Sequence[int] = (8, 5, 5, 5)):
         super().__init__()
         self.levels = list(levels)
         self.codebook_size = math.prod(self.levels)

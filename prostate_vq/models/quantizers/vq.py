@@ -54,6 +54,10 @@ class VectorQuantizer(Quantizer):
     loss_weights = ("beta", "entropy_weight")
     small_options = {"codebook_size": 16}
 
+    # Buffers (register_buffer in __init__), declared so that they read as tensors rather than nn.Module attributes.
+    usage_ema: Tensor
+    initted: Tensor
+
     def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, codebook_dim: int | None = None,
                  l2_normalize: bool = False, entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
                  dead_code_threshold: float = 0.0, decay: float = 0.99, kmeans_init: bool = False,
