@@ -62,8 +62,8 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device, b
         backend = "gloo"
     created = not dist.is_initialized()
     if created:
-        kwargs = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30), **kwargs)
+        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
+                                device_id=device if backend == "nccl" else None)
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend), device, created
 
 
@@ -115,8 +115,8 @@ def barrier(ctx: DistContext) -> None:
         dist.barrier()
 
 
-def state_fingerprint(module: torch.nn.Module, ctx: DistContext) -> dict[str, list[float]]:
-    """Per-tensor (sum, sum of squares) of every parameter and buffer, gathered from every rank:
+def state_fingerprint(module: torch.nn.Module, ctx: DistContext) -> dict[str, list[list[float]]]:
+    """Per-tensor [sum, sum of squares] of every parameter and buffer, one pair per rank:
     equal rows mean the ranks hold identical weights and codebook statistics."""
     rows = [(name, t.detach().double()) for name, t in module.state_dict().items() if torch.is_tensor(t) and t.numel()]
     device = rows[0][1].device if rows else torch.device("cpu")

@@ -21,15 +21,15 @@ def _sq_dist_to(x: Tensor, c: Tensor) -> Tensor:
 def kmeans_plus_plus(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
     """Arthur & Vassilvitskii (2007) seeding: each next centre drawn with probability ~ D(x)^2."""
     n = x.shape[0]
-    first = torch.randint(0, n, (1,), generator=generator, device=generator.device).item()
+    first = int(torch.randint(0, n, (1,), generator=generator, device=generator.device).item())
     centres = [x[first]]
     d2 = _sq_dist_to(x, centres[0])
     for _ in range(1, k):
         total = d2.sum()
         if total <= 0:  # fewer distinct points than k: repeat points, Lloyd keeps them harmless
-            pick = torch.randint(0, n, (1,), generator=generator, device=generator.device).item()
+            pick = int(torch.randint(0, n, (1,), generator=generator, device=generator.device).item())
         else:
-            pick = torch.multinomial(d2 / total, 1, generator=generator).item()
+            pick = int(torch.multinomial(d2 / total, 1, generator=generator).item())
         centres.append(x[pick])
         d2 = torch.minimum(d2, _sq_dist_to(x, x[pick]))
     return torch.stack(centres)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 # Which way is better for each metric `--monitor` accepts.
-MONITOR_MODES = {"loss": "min", "ssim": "max", "dice": "max"}
+MONITOR_MODES: dict[str, Literal["min", "max"]] = {"loss": "min", "ssim": "max", "dice": "max"}
 
 
 @dataclass

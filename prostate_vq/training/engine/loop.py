@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from prostate_vq.errors import TrainingDiverged
 from prostate_vq.files import plain
@@ -83,7 +84,7 @@ class Engine:
     plugin: Plugin
     module: torch.nn.Module  # the unwrapped model whose weights the checkpoints hold
     optimizer: torch.optim.Optimizer
-    scheduler: object
+    scheduler: LRScheduler | None  # per epoch (cosine, plateau) or per step (`per_step = True`), or none
     stopper: EarlyStopping
     writer: RunWriter
     base_payload: dict  # stored in every checkpoint of the run

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.optim.lr_scheduler import LRScheduler
 
 from prostate_vq.schema import TrainingConfig
 from prostate_vq.training.engine.early_stopping import MONITOR_MODES
@@ -17,7 +18,7 @@ def make_optimizer(model: torch.nn.Module, training: TrainingConfig) -> torch.op
     return cls(model.parameters(), lr=float(training.lr), weight_decay=float(training.weight_decay))
 
 
-def make_scheduler(optimizer, training: TrainingConfig):
+def make_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfig) -> LRScheduler | None:
     """Cosine over the planned epochs (stepped per epoch: the prior's), or plateau on the monitored metric.
     The VQ-VAE plans its cosine per optimizer step (training.vqvae.schedule.make_step_scheduler)."""
     if training.scheduler == "cosine":

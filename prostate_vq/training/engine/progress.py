@@ -17,7 +17,8 @@ class EpochLines:
     """The epoch bar's interface (set_postfix, update, close) printing one plain line per epoch to stdout."""
 
     def __init__(self, start: int, epochs: int):
-        self.epoch, self.epochs, self.postfix = start - 1, epochs, {}
+        self.epoch, self.epochs = start - 1, epochs
+        self.postfix: dict[str, object] = {}
 
     def set_postfix(self, refresh: bool = False, **values) -> None:
         self.postfix = values
