@@ -170,7 +170,7 @@ FLAG_SECTIONS = {"epochs": "training", "max_steps": "training", "batch_size": "t
                  "patience": "training", "spatial_size": "training", "mask_ratio": "training",
                  "codebook_size": "refit"}
 # The prior's networks and recipe per architecture (its own config, stored in its checkpoint).
-PRIOR_ARCH_DEFAULTS = {
+PRIOR_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "pixelcnn": {"dim": 64, "layers": 8, "kernel": 3, "first_kernel": 7},
     "transformer": {"dim": 128, "layers": 4, "heads": 4, "dropout": 0.1},
 }
@@ -186,7 +186,12 @@ def defaults(section: str) -> dict:
     """The section's defaults as a plain dict."""
     out = {}
     for f in fields(SCHEMAS[section]):
-        out[f.name] = f.default_factory() if f.default is MISSING else f.default
+        if f.default is not MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            out[f.name] = f.default_factory()
+        else:
+            raise TypeError(f"schema {section}.{f.name} has no default")
     return out
 
 

@@ -116,7 +116,7 @@ def ssim_histogram(ssim, path, threshold: float = SSIM_THRESHOLD) -> Path:
     fig = Figure(figsize=(5, 3.2))
     ax = fig.subplots()
     lo = min(0.0, float(ssim.min())) if ssim.size else 0.0
-    ax.hist(ssim, bins=np.linspace(lo, 1.0, 41), color="#4c72b0", edgecolor="white")
+    ax.hist(ssim, bins=np.linspace(lo, 1.0, 41).tolist(), color="#4c72b0", edgecolor="white")
     ax.axvline(threshold, color="#d62728", linestyle="--", label=f"SSIM = {threshold}")
     passed = float((ssim > threshold).mean() * 100) if ssim.size else 0.0
     ax.set_title(f"per-slice SSIM (n={ssim.size}, {passed:.1f}% > {threshold})", fontsize=10)
@@ -184,7 +184,8 @@ def rate_distortion(ours: list[dict], codecs: dict[str, list[dict]], path) -> Pa
 
     fig = Figure(figsize=(11, 4), layout="constrained")
     axes = fig.subplots(1, 2)
-    colours = colormaps["tab20"].colors
+    tab20 = colormaps["tab20"]
+    colours = [tab20(i) for i in range(tab20.N)]  # its 20 colours (RGBA)
     markers = "ov^Dx*"
     for ax, metric, label in ((axes[0], "ssim", "SSIM"), (axes[1], "psnr", "PSNR (dB)")):
         for k, (name, points) in enumerate(sorted(codecs.items())):

@@ -16,7 +16,9 @@ weights the metrics are absent (not approximated by some other network).
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import operator
 from pathlib import Path
 
 import torch
@@ -65,9 +67,9 @@ class LPIPS(nn.Module):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Distance per pair of ``[B, 1 or 3, H, W]`` images in [0, 1]: ``[B]``."""
         a, b = (_rgb(t) * 2 - 1 for t in (a, b))
-        total = 0
-        for i, (fa, fb) in enumerate(zip(self._features(a), self._features(b))):
-            total = total + getattr(self, f"lin{i}").model((fa - fb).pow(2)).mean(dim=(2, 3))
+        layers = [getattr(self, f"lin{i}").model((fa - fb).pow(2)).mean(dim=(2, 3))
+                  for i, (fa, fb) in enumerate(zip(self._features(a), self._features(b)))]
+        total: Tensor = functools.reduce(operator.add, layers)
         return total.reshape(-1)
 
 
