@@ -351,3 +351,13 @@ def test_metrics_json_reads_back_typed(image_eval):
     assert result.codebook.perplexity == data["perplexity"] and result.split == data["split"]
     assert result.reconstruction.ssim_mean == data["ssim_mean"] and result.verdict == data["verdict"]
     assert json.loads(json.dumps(result.to_dict())) == data
+    # the typed views the report reads: conventions, per patient, joint codes, levels
+    assert result.ssim_region_mean == data["ssim_region_mean"] and result.ssim_region == data["ssim_region"]
+    assert result.per_patient.n_patients == data["per_patient"]["n_patients"]
+    assert result.per_patient.stats["ssim"].mean == data["per_patient"]["ssim"]["mean"]
+    assert result.joint_or_pooled() == (data["joint_codes_used"], data["joint_usage_pct"], data["joint_perplexity"])
+    assert [lv.perplexity for lv in result.level_health] == [lv["perplexity"] for lv in data["levels"]]
+    assert result.run_steps == data["run_steps"] and result.codec_baselines is None
+    # a null PSNR (all slices perfect) reads back as NaN, written back as null
+    perfect = EvaluationResult.from_json({**data, "psnr_mean": None})
+    assert math.isnan(perfect.reconstruction.psnr_mean) and perfect.to_dict()["psnr_mean"] is None

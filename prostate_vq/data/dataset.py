@@ -9,6 +9,7 @@ after the cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -198,7 +199,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_wo
     if shard is not None and shard[1] > 1:
         rank, world_size = shard
         if shuffle:
-            distributed = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+            distributed: DistributedSampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
                                              seed=int(seed or 0))
             distributed.set_epoch(epoch)
             sampler = distributed
@@ -208,6 +209,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_wo
             sampler = UnpaddedSampler(dataset, even_divisible=False, num_replicas=world_size, rank=rank,
                                       shuffle=False)
     elif shuffle:
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"a shuffled loader needs a dataset with a length, got {type(dataset).__name__}")
         sampler = RandomSampler(dataset, generator=generator)
     if persistent_workers is None:
         persistent_workers = num_workers > 0

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from prostate_vq.data import make_loader
 from prostate_vq.errors import TrainingDiverged
 from prostate_vq.files import plain
 from prostate_vq.models.rate import level_health
@@ -37,7 +38,6 @@ from prostate_vq.training.engine import (
 )
 from prostate_vq.training.engine.progress import step_bar
 from prostate_vq.training.engine.run_folder import record_rank_sync
-from prostate_vq.data import make_loader
 from prostate_vq.training.vqvae.data import first_batch, load_datasets, loader_shard
 from prostate_vq.training.vqvae.epoch import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.vqvae.losses import TaskLoss
