@@ -57,6 +57,23 @@ def test_reconstruction_is_clamped_to_unit_range_before_scoring():
     assert values["mse"].item() == 0.0 and values["ssim"].item() == pytest.approx(1.0, abs=1e-5)
 
 
+def test_reported_ssim_is_monai_ssim_metric_with_the_one_set_of_constants():
+    """Evaluation, validation and the region SSIM read SSIM from runtime.slice_scores; it is MONAI's SSIMMetric."""
+    from monai.metrics import SSIMMetric
+
+    from prostate_vq.runtime import slice_scores as ss
+
+    g = torch.Generator().manual_seed(1)
+    image = torch.rand(4, 1, 40, 24, generator=g)
+    recon = 0.8 * image + 0.3 * torch.rand(4, 1, 40, 24, generator=g)  # partly above 1: clamped before scoring
+    monai = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=11, kernel_sigma=1.5,
+                       reduction="none")(recon.clamp(0, 1), image).reshape(-1)
+    assert (ss.SSIM_WINDOW, ss.SSIM_SIGMA, ss.SSIM_DATA_RANGE) == (11, 1.5, 1.0)
+    assert torch.equal(ss.ssim_per_slice(recon, image), monai)
+    assert torch.equal(reconstruction_per_slice(recon, image)["ssim"], monai)
+    assert ss.ssim_map(recon, image).shape == (4, 1, 30, 14)
+
+
 def test_ssim_pass_rate_and_verdict_follow_the_point_six_bar():
     summary = summarize_reconstruction({"ssim": np.array([0.9, 0.7, 0.6, 0.1]), "psnr": np.array([30.0] * 4),
                                         "mse": np.zeros(4), "mae": np.zeros(4)})
@@ -334,3 +351,13 @@ def test_metrics_json_reads_back_typed(image_eval):
     assert result.codebook.perplexity == data["perplexity"] and result.split == data["split"]
     assert result.reconstruction.ssim_mean == data["ssim_mean"] and result.verdict == data["verdict"]
     assert json.loads(json.dumps(result.to_dict())) == data
+    # the typed views the report reads: conventions, per patient, joint codes, levels
+    assert result.ssim_region_mean == data["ssim_region_mean"] and result.ssim_region == data["ssim_region"]
+    assert result.per_patient.n_patients == data["per_patient"]["n_patients"]
+    assert result.per_patient.stats["ssim"].mean == data["per_patient"]["ssim"]["mean"]
+    assert result.joint_or_pooled() == (data["joint_codes_used"], data["joint_usage_pct"], data["joint_perplexity"])
+    assert [lv.perplexity for lv in result.level_health] == [lv["perplexity"] for lv in data["levels"]]
+    assert result.run_steps == data["run_steps"] and result.codec_baselines is None
+    # a null PSNR (all slices perfect) reads back as NaN, written back as null
+    perfect = EvaluationResult.from_json({**data, "psnr_mean": None})
+    assert math.isnan(perfect.reconstruction.psnr_mean) and perfect.to_dict()["psnr_mean"] is None

@@ -92,7 +92,11 @@ def test_metrics_json_names_its_conventions(tiny_joint_run, phantom_root, tmp_pa
 
 
 def test_report_tables_show_conventions_patients_and_levels():
+    from prostate_vq.evaluation.results import EvaluationResult
     from prostate_vq.reporting.evaluation_tables import dice_table, levels_table, per_patient_table
+
+    def typed(metrics: dict) -> EvaluationResult:  # the tables read metrics.json typed, as the report does
+        return EvaluationResult.from_json({"n_slices": 2, "codebook_size": 384, "codes_used": 129, **metrics})
 
     m = {"dice_per_class": {"body": 0.9, "prostate": 5 / 9}, "dice_per_class_monai": {"body": 0.9, "prostate": 5 / 6},
          "dice_per_class_case3d": {"body": 0.9, "prostate": 10 / 13}, "dice_mean": 5 / 9,
@@ -100,8 +104,8 @@ def test_report_tables_show_conventions_patients_and_levels():
                          "ssim": {"mean": 0.7, "ci95": [0.6, 0.8]}},
          "levels": [{"name": "top", "codebook_size": 256, "codes_used": 1, "codebook_usage_pct": 0.39},
                     {"name": "bottom", "codebook_size": 128, "codes_used": 128, "codebook_usage_pct": 100.0}]}
-    dice = dice_table(m)
+    dice = dice_table(typed(m))
     assert "| prostate | 55.56 | 83.33 | 76.92 |" in dice
-    assert "| **mean over patients [95% CI]** | 0.7000 [0.6000, 0.8000] |" in per_patient_table(m)
-    assert "| top | 256 |" in levels_table(m) and "0.39" in levels_table(m)
-    assert levels_table({"levels": m["levels"][:1]}) is None and per_patient_table({}) is None
+    assert "| **mean over patients [95% CI]** | 0.7000 [0.6000, 0.8000] |" in per_patient_table(typed(m))
+    assert "| top | 256 |" in levels_table(typed(m)) and "0.39" in levels_table(typed(m))
+    assert levels_table(typed({"levels": m["levels"][:1]})) is None and per_patient_table(typed({})) is None

@@ -130,19 +130,16 @@ def test_max_minutes_stops_cleanly_and_keeps_best(options):
 
 
 def test_time_budget_is_checked_between_batches(options, phantom_root):
-    from prostate_vq.data import make_dataset
+    from prostate_vq.data import make_dataset, make_loader
     from prostate_vq.models import build_model
-    from prostate_vq.runtime.distributed import DistContext
     from prostate_vq.training.config import resolve
-    from prostate_vq.training.vqvae.data import make_loader
     from prostate_vq.training.vqvae.epoch import StepSettings, train_one_epoch
     from prostate_vq.training.vqvae.losses import TaskLoss
 
     opts = options()
     model = build_model(resolve(opts).sections(), "image")
     data = make_dataset(phantom_root, "train", "image", spatial_size=(64, 32))
-    loader = make_loader(data, 2, train=True, seed=0, epoch=1, num_workers=0, dist_ctx=DistContext(),
-                         pin_memory=False)
+    loader = make_loader(data, 2, shuffle=True, seed=0, epoch=1)
     settings = StepSettings(device=torch.device("cpu"), deadline=0.0)  # already past
     result = train_one_epoch(model, loader, TaskLoss("image"), torch.optim.Adam(model.parameters()), settings, 1)
     assert result.out_of_time and result.steps == 1 < len(loader)

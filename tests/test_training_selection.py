@@ -78,15 +78,20 @@ def test_history_logs_quantizer_terms_and_steps(phantom_root, tmp_path, tiny_spa
 
 
 def test_ssim_loss_matches_monai_ssim():
-    from monai.losses import SSIMLoss
+    """The loss's hand-written SSIM (runtime.slice_scores.ssim_mean) is MONAI's SSIMMetric with the same constants."""
+    from monai.metrics import SSIMMetric
 
-    from prostate_vq.training.vqvae.losses import ssim_mean
+    from prostate_vq.runtime.slice_scores import SSIM_DATA_RANGE, SSIM_K1, SSIM_K2, SSIM_SIGMA, SSIM_WINDOW, ssim_mean
 
     torch.manual_seed(0)
     x, y = torch.rand(3, 1, 40, 24), torch.rand(3, 1, 40, 24)
     y = (0.7 * x + 0.3 * y).clamp(0, 1)
-    monai = 1 - SSIMLoss(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=11, kernel_sigma=1.5)(x, y)
-    assert abs(ssim_mean(x, y).item() - monai.item()) < 1e-5
+    monai = SSIMMetric(spatial_dims=2, data_range=SSIM_DATA_RANGE, kernel_type="gaussian", win_size=SSIM_WINDOW,
+                       kernel_sigma=SSIM_SIGMA, k1=SSIM_K1, k2=SSIM_K2, reduction="none")(x, y)
+    assert abs(ssim_mean(x, y).item() - monai.mean().item()) < 1e-5
+    x.requires_grad_(True)
+    ssim_mean(x, y).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
 
 
 def test_ssim_weight_adds_a_task_term():

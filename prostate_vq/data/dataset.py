@@ -9,12 +9,13 @@ after the cache.
 from __future__ import annotations
 
 import os
+from collections.abc import Sized
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from prostate_vq.data.layout import TASKS, SliceRecord, discover
 from prostate_vq.data.transforms import GEOMETRY, INTENSITY_SCALING, BatchAugment, slice_transforms
@@ -173,13 +174,46 @@ def make_dataset(root, split: str, task: str = "image", spatial_size=DEFAULT_SPA
                         intensity=intensity, progress=progress)
 
 
+def loader_seed(seed: int, epoch: int = 0) -> int:
+    """The seed of one epoch's shuffle (and worker augmentation): a function of (seed, epoch) only, so a resumed
+    run sees exactly the batches the uninterrupted run would have seen."""
+    return int(seed) * 100_003 + int(epoch)
+
+
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                drop_last: bool = False, seed: int | None = None, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader that fetches whole batches through ``__getitems__``; ``seed`` fixes the shuffle order."""
+                drop_last: bool = False, seed: int | None = None, pin_memory: bool = False, *, epoch: int = 0,
+                shard: tuple[int, int] | None = None, persistent_workers: bool | None = None) -> DataLoader:
+    """The one DataLoader of the package (training, evaluation, the prior, tools): whole batches through
+    ``__getitems__`` (``collate_batch`` passes them on without re-stacking).
+
+    ``seed``/``epoch``: the generator of the shuffle order and of the workers' seeds is ``loader_seed(seed,
+    epoch)``, so training's fresh loader per epoch is reproducible on resume. ``shard=(rank, world_size)`` under
+    torchrun: with ``shuffle`` torch's DistributedSampler (seeded, ``set_epoch``), without it MONAI's sampler
+    without padding, so every validation slice counts exactly once. ``persistent_workers`` defaults to keeping
+    workers between passes when there are any (pass False for a loader built per epoch)."""
     generator = None
     if seed is not None:
         generator = torch.Generator()
-        generator.manual_seed(int(seed))
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+        generator.manual_seed(loader_seed(seed, epoch))
+    sampler: Sampler | None = None
+    if shard is not None and shard[1] > 1:
+        rank, world_size = shard
+        if shuffle:
+            distributed: DistributedSampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                             seed=int(seed or 0))
+            distributed.set_epoch(epoch)
+            sampler = distributed
+        else:
+            from monai.data import DistributedSampler as UnpaddedSampler
+
+            sampler = UnpaddedSampler(dataset, even_divisible=False, num_replicas=world_size, rank=rank,
+                                      shuffle=False)
+    elif shuffle:
+        if not isinstance(dataset, Sized):
+            raise TypeError(f"a shuffled loader needs a dataset with a length, got {type(dataset).__name__}")
+        sampler = RandomSampler(dataset, generator=generator)
+    if persistent_workers is None:
+        persistent_workers = num_workers > 0
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       drop_last=drop_last, generator=generator, pin_memory=pin_memory,
-                      persistent_workers=num_workers > 0, collate_fn=collate_batch)
+                      persistent_workers=persistent_workers and num_workers > 0, collate_fn=collate_batch)

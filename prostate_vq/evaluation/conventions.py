@@ -13,10 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice
-from monai.metrics.regression import compute_ssim_and_cs
 
 from prostate_vq.data import LABEL_NAMES
-from prostate_vq.runtime.slice_scores import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.runtime.slice_scores import SSIM_WINDOW, ssim_map
 
 PROSTATE = LABEL_NAMES.index("prostate")
 DICE_CONVENTIONS = {
@@ -59,19 +58,18 @@ def dice_case3d(counts: np.ndarray, volumes: list) -> tuple[np.ndarray, list]:
 
 
 def ssim_in_region(recon: torch.Tensor, image: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-    """[B] mean of MONAI's SSIM map (11x11 Gaussian, data range 1) inside the body (label > 0) or, without
-    masks, inside the reference's foreground (above FOREGROUND_THRESHOLD, dilated by half a window)."""
-    ssim_map, _ = compute_ssim_and_cs(recon.float().clamp(0, 1), image.float(), spatial_dims=2,
-                                      kernel_size=(SSIM_WINDOW, SSIM_WINDOW), kernel_sigma=(SSIM_SIGMA, SSIM_SIGMA),
-                                      data_range=1.0)
+    """[B] mean of the SSIM map (runtime.slice_scores.ssim_map: the reported SSIM's own map) inside the body
+    (label > 0) or, without masks, inside the reference's foreground (above FOREGROUND_THRESHOLD, dilated by
+    half a window)."""
+    scores = ssim_map(recon, image)
     if label is not None:
         region = (label > 0).float()
     else:
         region = F.max_pool2d((image > FOREGROUND_THRESHOLD).float(), SSIM_WINDOW, 1, SSIM_WINDOW // 2)
     half = SSIM_WINDOW // 2  # the map covers the valid region only
-    region = region[..., half:region.shape[-2] - half, half:region.shape[-1] - half].to(ssim_map.device)
+    region = region[..., half:region.shape[-2] - half, half:region.shape[-1] - half].to(scores.device)
     area = region.flatten(1).sum(1)
-    return torch.where(area > 0, (ssim_map * region).flatten(1).sum(1) / area.clamp(min=1),
+    return torch.where(area > 0, (scores * region).flatten(1).sum(1) / area.clamp(min=1),
                        torch.full_like(area, math.nan)).cpu()
 
 
@@ -117,9 +115,9 @@ def per_patient(cases: list[str], per_slice: dict[str, np.ndarray | None], volum
         per_row["dice_prostate_case3d"] = (np.asarray(dice[:, PROSTATE], dtype=np.float64),
                                            np.asarray([key[0] for key in keys]))
     for name, (values, owners) in per_row.items():
-        means = [finite_mean(values[owners == p]) for p in patients]
-        for p, m in zip(patients, means):
+        patient_means = [finite_mean(values[owners == p]) for p in patients]
+        for p, m in zip(patients, patient_means):
             out["cases"][p][name] = m
-        means = np.asarray([math.nan if m is None else m for m in means])
+        means = np.asarray([math.nan if m is None else m for m in patient_means])
         out[name] = {"mean": finite_mean(means), "ci95": bootstrap_ci(means)}
     return out

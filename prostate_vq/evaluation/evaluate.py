@@ -180,8 +180,8 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
                                     titles=[title(i, ssim[i]) for i in grid])
         written["reconstructions"] = "figures/reconstructions.png"
         order = np.argsort(ssim, kind="stable")
-        for name, picks in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
-            picks = [int(i) for i in picks]
+        for name, ranked in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
+            picks = [int(i) for i in ranked]
             image, recon, _, _ = fetch(picks)
             figures.reconstruction_grid(image, recon, folder / f"{name}_slices.png",
                                         titles=[title(i, ssim[i]) for i in picks],
@@ -192,16 +192,16 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
     if dice is not None:
         foreground = _foreground_dice(dice)
         with_prostate = np.flatnonzero(~np.isnan(dice[:, -1]))
-        picks = _spread(with_prostate if with_prostate.size else np.arange(n), GRID_SLICES)
-        image, _, label, pred = fetch(picks)
+        overlays = _spread(with_prostate if with_prostate.size else np.arange(n), GRID_SLICES)
+        image, _, label, pred = fetch(overlays)
         figures.segmentation_overlay(image, label, pred, folder / "segmentation_overlays.png",
-                                     titles=[title(i, foreground[i], "Dice") for i in picks],
+                                     titles=[title(i, foreground[i], "Dice") for i in overlays],
                                      label_names=LABEL_NAMES)
         written["segmentation_overlays"] = "figures/segmentation_overlays.png"
         if ssim is None:  # mask task: best/worst by foreground Dice instead of SSIM
             order = np.argsort(np.nan_to_num(foreground, nan=1.0), kind="stable")
-            for name, chosen in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
-                chosen = [int(i) for i in chosen]
+            for name, ranked in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
+                chosen = [int(i) for i in ranked]
                 image, _, label, pred = fetch(chosen)
                 figures.segmentation_overlay(image, label, pred, folder / f"{name}_slices.png",
                                              titles=[title(i, foreground[i], "Dice") for i in chosen],

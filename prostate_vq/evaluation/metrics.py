@@ -1,8 +1,9 @@
 """Per-slice metrics (MONAI where it has them) and their JSON-serialisable summaries.
 
 Conventions, fixed here so every report means the same thing:
-* SSIM and PSNR are computed on images in [0, 1] (reconstructions are clamped), data range 1,
-  11x11 Gaussian window with sigma 1.5 (Wang et al. 2004).
+* SSIM and PSNR are computed on images in [0, 1] (reconstructions are clamped), data range 1; SSIM with an
+  11x11 Gaussian window with sigma 1.5 (Wang et al. 2004), MONAI's SSIMMetric as runtime.slice_scores computes
+  it: SSIM's one home, shared with training's validation and its SSIM loss, so the constants cannot drift.
 * PSNR of a perfect slice is +inf; summaries average the finite values and count the perfect slices.
 * Dice per slice and class: NaN when the class is absent from both the reference and the
   prediction (nothing to score), 0 when it is predicted but absent from the reference. A class's Dice
@@ -22,12 +23,12 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
-from monai.metrics import MultiScaleSSIMMetric, PSNRMetric, SSIMMetric
+from monai.metrics import MultiScaleSSIMMetric, PSNRMetric
 
 from prostate_vq.data import LABEL_NAMES
 from prostate_vq.files import json_float
 from prostate_vq.models import code_stats
-from prostate_vq.runtime.slice_scores import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.runtime.slice_scores import SSIM_WINDOW, ssim_per_slice
 from prostate_vq.runtime.slice_scores import dice_per_slice as training_dice
 
 SSIM_THRESHOLD = 0.6
@@ -48,7 +49,14 @@ def ms_ssim_per_slice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
         return None
     metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", kernel_size=MS_SSIM_WINDOW,
                                   kernel_sigma=MS_SSIM_SIGMA, weights=MS_SSIM_WEIGHTS, reduction="none")
-    return metric(a.detach().float().clamp(0, 1), b.detach().float().clamp(0, 1)).reshape(-1).cpu()
+    return _tensor(metric(a.detach().float().clamp(0, 1), b.detach().float().clamp(0, 1))).reshape(-1).cpu()
+
+
+def _tensor(value: torch.Tensor | object) -> torch.Tensor:
+    """A MONAI metric's value for one batch tensor: typed as tensor-or-sequence, a tensor for tensor input."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"expected the metric of a batch tensor, got {type(value).__name__}")
+    return value
 
 
 # --- per-slice values -----------------------------------------------------------------------
@@ -63,13 +71,11 @@ def reconstruction_per_slice(recon: torch.Tensor, image: torch.Tensor) -> dict[s
     recon = recon.detach().float().clamp(0.0, 1.0)
     image = image.detach().float()
     diff = recon - image
-    # Fresh metric objects: MONAI's cumulative metrics buffer every call, a shared one would grow forever.
-    ssim = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=SSIM_WINDOW,
-                      kernel_sigma=SSIM_SIGMA, reduction="none")
+    # A fresh metric object: MONAI's cumulative metrics buffer every call, a shared one would grow forever.
     psnr = PSNRMetric(max_val=1.0, reduction="none")
     out = {
-        "ssim": ssim(recon, image).reshape(-1).cpu(),
-        "psnr": psnr(recon, image).reshape(-1).cpu(),
+        "ssim": ssim_per_slice(recon, image).cpu(),
+        "psnr": _tensor(psnr(recon, image)).reshape(-1).cpu(),
         "mse": diff.pow(2).mean(dim=(1, 2, 3)).cpu(),
         "mae": diff.abs().mean(dim=(1, 2, 3)).cpu(),
     }
@@ -160,11 +166,12 @@ def summarize_dice(dice: np.ndarray, names: tuple[str, ...] = LABEL_NAMES) -> Se
     """Class means over scored slices; ``dice_mean`` over the foreground classes (all but index 0)."""
     dice = np.asarray(dice, dtype=np.float64).reshape(-1, len(names))
     scored = ~np.isnan(dice)
-    per_class, counts = {}, {}
+    per_class: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
     for c, name in enumerate(names):
         counts[name] = int(scored[:, c].sum())
         per_class[name] = float(dice[scored[:, c], c].mean()) if counts[name] else None
-    foreground = [per_class[n] for n in names[1:] if per_class[n] is not None]
+    foreground = [v for n in names[1:] if (v := per_class[n]) is not None]
     return SegmentationMetrics(per_class, counts, float(np.mean(foreground)) if foreground else None,
                                n_slices=int(dice.shape[0]))
 

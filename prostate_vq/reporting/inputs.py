@@ -14,6 +14,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation.results import EvaluationResult
@@ -23,6 +24,8 @@ REQUIRED_METRICS = ("split", "n_slices", "ssim_mean", "codes_used", "codebook_si
 # The files that name the folder holding them when given to `report` instead of the folder.
 FOLDER_FILES = ("best.pt", "last.pt", "history.csv", "config.yaml", "metrics.json", "per_slice.csv", "samples.json")
 log = logging.getLogger("prostate_vq.reporting")
+if TYPE_CHECKING:
+    import pandas as pd
 _GENERIC_NAMES = {"run", "eval", "evaluation", "train", "best", "out", "checkpoints"}
 _MAX_DEPTH = 3
 
@@ -32,7 +35,7 @@ class RunFolder:
     path: Path
     checkpoint: Path
     payload: dict  # the checkpoint payload without the weights
-    history: object | None = None  # pandas.DataFrame
+    history: pd.DataFrame | None = None
     summary_text: str | None = None
     stop_reason: str | None = None
 
@@ -43,8 +46,8 @@ class RunFolder:
 
 @dataclass
 class EvalFolder:
-    """An evaluation folder: `result` is its metrics.json typed (EvaluationResult.from_json); `metrics` the raw
-    dict, kept for the tables that still read keys by name."""
+    """An evaluation folder: `result` is its metrics.json typed (EvaluationResult.from_json), what the report
+    reads; `metrics` the raw dict as read (its shape checked by reporting.shapes)."""
 
     path: Path
     metrics: dict
@@ -86,7 +89,17 @@ class Entry:
     def evaluation(self) -> EvalFolder | None:
         """The test-split evaluation when there is one, else the first given."""
         tests = [e for e in self.evaluations if e.result.split == "test"]
-        return (tests or self.evaluations or [None])[0]
+        chosen = tests or self.evaluations
+        return chosen[0] if chosen else None
+
+    @property
+    def folder(self) -> Path:
+        """The run's folder, else the evaluation's (collect makes entries with a run, an evaluation or both)."""
+        if self.run is not None:
+            return self.run.path
+        if self.evaluation is None:
+            raise ValueError("an entry with neither a run nor an evaluation")
+        return self.evaluation.path
 
     @property
     def preset(self) -> str:
@@ -293,8 +306,7 @@ def _name(entries: list[Entry]) -> None:
         if presets.count(entry.preset) == 1 and entry.preset != "?":
             entry.name = entry.preset
         else:
-            folder = entry.run.path if entry.run else entry.evaluation.path
-            entry.name = _display_name(folder)
+            entry.name = _display_name(entry.folder)
     seen: dict[str, int] = {}
     for entry in entries:
         seen[entry.name] = seen.get(entry.name, 0) + 1

@@ -17,6 +17,7 @@ from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation import figures
 from prostate_vq.evaluation.metrics import SSIM_THRESHOLD
+from prostate_vq.evaluation.results import EvaluationResult
 from prostate_vq.models import build_model
 from prostate_vq.models.summary import network_summary
 from prostate_vq.reporting.evaluation_tables import (
@@ -26,7 +27,7 @@ from prostate_vq.reporting.evaluation_tables import (
     per_patient_table,
     perceptual_table,
 )
-from prostate_vq.reporting.inputs import Entry, PriorFolder, SampleFolder, collect
+from prostate_vq.reporting.inputs import Entry, PriorFolder, RunFolder, SampleFolder, collect
 from prostate_vq.reporting.prose import SPLIT_RATIONALE, loss_text
 from prostate_vq.reporting.references import Citations
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
@@ -72,10 +73,10 @@ def _epochs_run(entry: Entry) -> int | None:
     return run.payload.get("epoch")
 
 
-def _rate(entry: Entry, metrics: dict) -> str:
+def _rate(entry: Entry, result: EvaluationResult | None) -> str:
     """Bits per pixel: from metrics.json, else from the run's config and slice size."""
-    if metrics.get("bits_per_pixel") is not None:
-        return fmt(metrics["bits_per_pixel"], ".4g")
+    if result is not None and result.bits_per_pixel is not None:
+        return fmt(result.bits_per_pixel, ".4g")
     payload = entry.run.payload if entry.run else {}
     try:
         from prostate_vq.models import build_model
@@ -85,10 +86,10 @@ def _rate(entry: Entry, metrics: dict) -> str:
         return DASH
 
 
-def _steps(entry: Entry, metrics: dict) -> str:
+def _steps(entry: Entry, result: EvaluationResult | None) -> str:
     """Optimizer steps of the run the model comes from (metrics.json, else its history)."""
-    if metrics.get("run_steps") is not None:
-        return fmt(metrics["run_steps"], ".0f")
+    if result is not None and result.run_steps is not None:
+        return fmt(result.run_steps, ".0f")
     run = entry.run
     if run is not None and run.history is not None and "step" in run.history and len(run.history):
         return fmt(float(run.history["step"].iloc[-1]), ".0f")
@@ -107,20 +108,22 @@ def _row(entry: Entry) -> list[str]:
         params = f"task={entry.task}, {params}"
     ev = entry.evaluation
     if ev is not None:
-        m = ev.metrics
-        name = entry.name if m.get("split") == "test" else f"{entry.name} ({m.get('split')})"
-        ssim = DASH if m.get("ssim_mean") is None else f"{fmt(m['ssim_mean'], '.4f')} ± {fmt(m.get('ssim_std'), '.3f')}"
-        joint = {k: m.get(f"joint_{k}", m.get(pooled)) for k, pooled in
-                 (("codes_used", "codes_used"), ("usage_pct", "codebook_usage_pct"), ("perplexity", "perplexity"))}
-        rate = f"{_rate(entry, m)} / {fmt(m.get('effective_bits_per_pixel'), '.3f')}"
-        return [name, params, rate, _steps(entry, m), ssim, fmt(m.get("ssim_region_mean"), ".4f"),
-                fmt(m.get("psnr_mean"), ".2f"), fmt(m.get("dice_mean"), ".2f", 100),
-                fmt(m.get("dice_prostate_monai"), ".2f", 100), fmt(joint["codes_used"], ".0f"),
-                fmt(joint["usage_pct"], ".2f"), fmt(joint["perplexity"], ".1f")]
+        r = ev.result
+        recon, seg = r.reconstruction, r.segmentation
+        name = entry.name if r.split == "test" else f"{entry.name} ({r.split})"
+        ssim = DASH if recon is None else f"{fmt(recon.ssim_mean, '.4f')} ± {fmt(recon.ssim_std, '.3f')}"
+        codes_used, usage_pct, perplexity = r.joint_or_pooled()
+        rate = f"{_rate(entry, r)} / {fmt(r.effective_bits_per_pixel, '.3f')}"
+        return [name, params, rate, _steps(entry, r), ssim, fmt(r.ssim_region_mean, ".4f"),
+                fmt(None if recon is None else recon.psnr_mean, ".2f"),
+                fmt(None if seg is None else seg.dice_mean, ".2f", 100),
+                fmt(r.dice_conventions.prostate_monai, ".2f", 100), fmt(codes_used, ".0f"),
+                fmt(usage_pct, ".2f"), fmt(perplexity, ".1f")]
+    assert entry.run is not None  # an entry has a run, an evaluation or both
     m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
     counts = entry.run.payload.get("code_counts")
     used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())
-    return [f"{entry.name} (validation)", params, f"{_rate(entry, {})} / {DASH}", _steps(entry, {}),
+    return [f"{entry.name} (validation)", params, f"{_rate(entry, None)} / {DASH}", _steps(entry, None),
             fmt(m.get("val_ssim"), ".4f"), DASH, DASH,
             fmt(m.get("val_dice"), ".2f", 100), DASH,
             fmt(used, ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
@@ -134,12 +137,14 @@ def comparison_table(entries: list[Entry]) -> str:
 
 
 def _verdict(entry: Entry) -> tuple[str, str]:
-    m = entry.evaluation.metrics if entry.evaluation else {}
-    if m.get("ssim_mean") is None:
-        return DASH, "n/a (no reconstructed image)" if m else "n/a (not evaluated)"
-    passed = m["ssim_mean"] > SSIM_THRESHOLD
-    rate = fmt(m.get("ssim_pass_rate"), ".1f", 100)
-    return f"{m['ssim_mean']:.4f} ({rate}% of slices > {SSIM_THRESHOLD})", "**PASS**" if passed else "**FAIL**"
+    if entry.evaluation is None:
+        return DASH, "n/a (not evaluated)"
+    recon = entry.evaluation.result.reconstruction
+    if recon is None:
+        return DASH, "n/a (no reconstructed image)"
+    passed = recon.ssim_mean > SSIM_THRESHOLD
+    rate = fmt(recon.ssim_pass_rate, ".1f", 100)
+    return f"{recon.ssim_mean:.4f} ({rate}% of slices > {SSIM_THRESHOLD})", "**PASS**" if passed else "**FAIL**"
 
 
 def _model_summary(entry: Entry) -> tuple[int | None, str | None]:
@@ -163,7 +168,7 @@ def _dataset_section(report: _Report, entries: list[Entry]) -> None:
     report.add("## Dataset and split", "")
     roots = []
     for e in entries:
-        for root in ([e.run.payload.get("data_root")] if e.run else []) + [ev.metrics.get("data_root") for ev in e.evaluations]:
+        for root in ([e.run.payload.get("data_root")] if e.run else []) + [ev.result.data_root for ev in e.evaluations]:
             if root and root not in roots:
                 roots.append(root)
     for root in roots:
@@ -175,7 +180,7 @@ def _dataset_section(report: _Report, entries: list[Entry]) -> None:
             report.add(f"**Warning: patients in more than one split: {', '.join(sorted(leaks))}.** Their "
                        "test numbers are optimistic." if leaks else "Checked: no patient is in two splits.", "")
     sizes = sorted({tuple(e.run.payload.get("spatial_size", ())) for e in entries if e.run}
-                   | {tuple(ev.metrics.get("spatial_size", ())) for e in entries for ev in e.evaluations})
+                   | {tuple(ev.result.spatial_size) for e in entries for ev in e.evaluations})
     sizes = [s for s in sizes if s]
     if sizes:
         report.add("**Pre-processing.** Slice size " + ", ".join(f"{h}x{w}" for h, w in sizes) + " (rows x columns): "
@@ -260,9 +265,9 @@ def _training_section(report: _Report, entry: Entry) -> None:
 
 def _testing_section(report: _Report, entry: Entry) -> None:
     for ev in entry.evaluations:
-        m = ev.metrics
-        report.add(f"### {esc(entry.name)}: {esc(m.get('split'))} split ({esc(m.get('n_slices'))} slices)", "")
-        for table in (dice_table(m), per_patient_table(m), levels_table(m), baselines_table(m)):
+        r = ev.result
+        report.add(f"### {esc(entry.name)}: {esc(r.split)} split ({esc(r.n_slices)} slices)", "")
+        for table in (dice_table(r), per_patient_table(r), levels_table(r), baselines_table(r)):
             if table:
                 report.add(table, "")
         for key, caption in EVAL_FIGURES:
@@ -325,11 +330,11 @@ def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
         if e.run is not None:
             if e.run.stop_reason == "max_minutes":
                 report.add(f"# stopped at its time budget after {_epochs_run(e)} epochs: add the same --max-minutes")
-            report.add(" \\\n    ".join(_train_command(e)))
+            report.add(" \\\n    ".join(_train_command(e.run)))
         for ev in e.evaluations:
-            m = ev.metrics
-            report.add(f"prostate-vq evaluate --checkpoint {_q(m.get('checkpoint'))} --data {_q(m.get('data_root'))} "
-                       f"--split {_q(m.get('split'))} --out {_q(ev.path.resolve())}")
+            r = ev.result
+            report.add(f"prostate-vq evaluate --checkpoint {_q(r.checkpoint)} --data {_q(r.data_root)} "
+                       f"--split {_q(r.split)} --out {_q(ev.path.resolve())}")
     inputs = " ".join(_q(p.resolve()) for p in _inputs_of(entries))
     report.add(f"prostate-vq report {inputs} --out {_q(report.out.resolve())}", "```", "")
     versions = {"prostate_vq": __version__, "torch": torch.__version__, "monai": monai.__version__,
@@ -340,14 +345,14 @@ def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
     report.add(md_table(["Package", "Report", "Training"], rows), "")
 
 
-def _train_command(entry: Entry) -> list[str]:
+def _train_command(run: RunFolder) -> list[str]:
     """The ``prostate-vq train`` line that reproduces this run: its own config.yaml (base preset, every section,
     task and seed) as ``--config``, and its data."""
-    p = entry.run.payload
-    cmd = ["prostate-vq train", f"--config {_q((entry.run.path / 'config.yaml').resolve())}"]
+    p = run.payload
+    cmd = ["prostate-vq train", f"--config {_q((run.path / 'config.yaml').resolve())}"]
     if p.get("data_root"):
         cmd.append(f"--data {_q(p['data_root'])}")
-    cmd.append(f"--out {_q(entry.run.path.resolve())}-reproduced")
+    cmd.append(f"--out {_q(run.path.resolve())}-reproduced")
     return cmd
 
 
@@ -414,7 +419,7 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
                    "position; for one level, the codes): usage = tuples seen over min(possible tuples, positions); "
                    "perplexity exp(H) of the tuple histogram (= number of tuples under uniform use). Per-level "
                    "numbers are in each model's section.", "")
-        perceptual = perceptual_table([(e.name, e.evaluation.metrics) for e in entries if e.evaluation is not None])
+        perceptual = perceptual_table([(e.name, ev.result) for e in entries if (ev := e.evaluation) is not None])
         if perceptual:
             report.add("### Multi-scale and perceptual metrics", "", perceptual, "")
         _dataset_section(report, entries)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from prostate_vq.data import make_loader
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import write_json_atomic
 from prostate_vq.models.quantizers import QUANTIZERS
@@ -24,7 +25,7 @@ from prostate_vq.runtime.device import autocast
 from prostate_vq.schema import RefitConfig, RunConfig
 from prostate_vq.training.kmeans import kmeans
 from prostate_vq.training.vqvae import InitContext, TrainOptions, fit
-from prostate_vq.training.vqvae.data import make_loader
+from prostate_vq.training.vqvae.data import loader_shard
 from prostate_vq.training.vqvae.epoch import validate
 
 log = logging.getLogger("prostate_vq.training")
@@ -118,16 +119,14 @@ def _rebuild_codebook(model, base: dict, ctx: InitContext) -> dict:
 
 
 def _val_loader(ctx: InitContext):
-    return make_loader(ctx.val_ds, ctx.batch_size, train=False, seed=ctx.seed, epoch=0, num_workers=0,
-                       dist_ctx=ctx.dist, pin_memory=False)
+    return make_loader(ctx.val_ds, ctx.batch_size, seed=ctx.seed, shard=loader_shard(ctx.dist))
 
 
 def _sample_latents(model, ctx: InitContext) -> torch.Tensor:
     """Pre-quantisation vectors (codebook space) of the training split, uniformly subsampled with a
     seeded generator so that at most MAX_KMEANS_POINTS are kept. Every rank encodes the full split."""
     model.eval()
-    loader = make_loader(ctx.train_ds, ctx.batch_size, train=False, seed=ctx.seed, epoch=0, num_workers=0,
-                         dist_ctx=ddp.DistContext(), pin_memory=False)
+    loader = make_loader(ctx.train_ds, ctx.batch_size, seed=ctx.seed)
     generator = torch.Generator().manual_seed(ctx.seed)
     augment = getattr(ctx.train_ds, "augment", None)
     chunks, keep = [], None

@@ -1,11 +1,10 @@
-"""Datasets and per-epoch loaders for training (single process or one shard per torchrun rank)."""
+"""Training's datasets (train and validate, checked for leaks) and their loader settings: the loader itself is
+prostate_vq.data.make_loader, the one for the whole package; `loader_shard` says which part a torchrun rank reads."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-
-import torch
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.runtime.distributed import DistContext
@@ -50,38 +49,19 @@ def warn_if_leaking(train_ds, val_ds, root) -> list[str]:
 
 
 def _user_error_in_chain(error: BaseException) -> UserInputError | None:
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, UserInputError):
-            return error
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, UserInputError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
     return None
 
 
-def make_loader(dataset, batch_size: int, *, train: bool, seed: int, epoch: int, num_workers: int,
-                dist_ctx: DistContext, pin_memory: bool):
-    """A fresh loader per epoch whose shuffling (and, with workers, augmentation) depends only on
-    (seed, epoch), so a resumed run sees exactly the batches the uninterrupted run would have seen.
-    Batches are built by the dataset's `__getitems__`; default_collate only stacks them."""
-    from monai.data import DistributedSampler as UnpaddedSampler
-
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    if dist_ctx.enabled and train:
-        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=dist_ctx.world_size,
-                                                      rank=dist_ctx.rank, shuffle=True, seed=seed)
-        sampler.set_epoch(epoch)
-    elif dist_ctx.enabled:
-        # MONAI's sampler can skip padding, so every validation slice counts exactly once.
-        sampler = UnpaddedSampler(dataset, even_divisible=False, num_replicas=dist_ctx.world_size,
-                                  rank=dist_ctx.rank, shuffle=False)
-    elif train:
-        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
-    else:
-        sampler = None
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                                       pin_memory=pin_memory, generator=generator, drop_last=False,
-                                       collate_fn=torch.utils.data.default_collate)
+def loader_shard(dist_ctx: DistContext) -> tuple[int, int] | None:
+    """make_loader's ``shard`` for this process: (rank, world size) under torchrun, None in one process."""
+    return (dist_ctx.rank, dist_ctx.world_size) if dist_ctx.enabled else None
 
 
 def first_batch(dataset, device) -> dict:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from prostate_vq.errors import TrainingDiverged
+from prostate_vq.models.quantizers.base import Quantizer
+from prostate_vq.models.vqvae import VQVAE
 from prostate_vq.runtime.device import autocast, to_device
 from prostate_vq.runtime.distributed import DistContext, all_reduce_sum, unwrap
 from prostate_vq.training.engine import EpochResult
@@ -32,15 +34,23 @@ class StepSettings:
     warmup_steps: int = 0  # linear learning-rate warmup over the run's first optimizer steps
     steps_before: int = 0  # optimizer steps of the run before this epoch (the engine sets it)
     max_steps: int | None = None  # the run's optimizer-step budget: the epoch ends when it is reached
-    scheduler: object = None  # a per-step scheduler (training.vqvae.schedule.StepCosine), stepped after each step
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None  # per step (training.vqvae.schedule.StepCosine)
     dist: DistContext = field(default_factory=DistContext)
+
+
+def core_model(model: torch.nn.Module) -> VQVAE:
+    """The VQ-VAE inside its DDP / torch.compile wrappers (every architecture build_model makes is one)."""
+    core = unwrap(model)
+    if not isinstance(core, VQVAE):
+        raise TypeError(f"expected a VQVAE (models.build_model), got {type(core).__name__}")
+    return core
 
 
 def _model_input(model, batch: dict, settings: StepSettings):
     image = to_device(batch["image"], settings.device, settings.channels_last)
     label = batch.get("label")
     label = to_device(label, settings.device, False) if label is not None else None
-    x = unwrap(model).prepare_input({"image": image, "label": label} if label is not None else {"image": image})
+    x = core_model(model).prepare_input({"image": image, "label": label} if label is not None else {"image": image})
     if settings.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, image, label
@@ -123,7 +133,7 @@ def validate(model, loader, criterion, settings: StepSettings) -> dict:
 
     All ranks together."""
     model.eval()
-    core = unwrap(model)
+    core = core_model(model)
     acc = ValidationAccumulator(core.num_codes, settings.device)
     for batch in loader:
         x, image, label = _model_input(model, batch, settings)
@@ -138,7 +148,7 @@ def validate(model, loader, criterion, settings: StepSettings) -> dict:
 
 def restarted_codes(model) -> int:
     """Dead codes the quantizers restarted since the last call (they count, we collect)."""
-    return sum(int(m.pop_restarted()) for m in unwrap(model).modules() if hasattr(m, "pop_restarted"))
+    return sum(int(m.pop_restarted()) for m in unwrap(model).modules() if isinstance(m, Quantizer))
 
 
 def mask_patches(x: Tensor, ratio: float, patch: int) -> Tensor:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import Tensor
 
-from prostate_vq.runtime.slice_scores import SSIM_SIGMA, SSIM_WINDOW
+from prostate_vq.runtime.slice_scores import ssim_mean
 
 
 class TaskLoss(torch.nn.Module):
@@ -33,9 +33,12 @@ class TaskLoss(torch.nn.Module):
             if self.l1_weight:
                 parts["l1"] = self.l1_weight * F.l1_loss(recon, image)
             if self.ssim_weight:
-                # 1 - SSIM with the metric's window: trains for the structure SSIM scores, not only for MSE
+                # 1 - SSIM with the metric's window and constants (runtime.slice_scores, SSIM's one home): trains
+                # for the structure SSIM scores, not only for MSE
                 parts["ssim"] = self.ssim_weight * (1.0 - ssim_mean(recon, image))
         if self.task in ("mask", "joint"):
+            if label is None:
+                raise ValueError(f"the {self.task} task's loss needs the label maps")
             logits = output.seg_logits.float()
             parts["ce"] = self.seg_weight * F.cross_entropy(logits, label[:, 0].long())
             if self.dice_weight:
@@ -44,23 +47,6 @@ class TaskLoss(torch.nn.Module):
             parts[f"{AUX_PREFIX}{name}"] = value.float()
         total = torch.stack(list(parts.values())).sum()
         return total, parts
-
-
-def ssim_mean(x: Tensor, y: Tensor, data_range: float = 1.0) -> Tensor:
-    """Mean SSIM of [B, 1, H, W] images, the formula and window of MONAI's SSIMMetric (11x11 Gaussian,
-    sigma 1.5, valid region), differentiable. Hand-written because MONAI's SSIMLoss is about 8x slower on
-    CPU (its single-channel convolutions); a test checks the two agree."""
-    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    g = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - (SSIM_WINDOW - 1) / 2
-    g = torch.exp(-g.pow(2) / (2 * SSIM_SIGMA ** 2))
-    g = g / g.sum()
-    stats = torch.cat([x, y, x * x, y * y, x * y], 1)
-    stats = F.conv2d(stats, g.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)
-    stats = F.conv2d(stats, g.view(1, 1, -1, 1).expand(5, 1, -1, 1), groups=5)
-    mx, my, xx, yy, xy = stats.unbind(1)
-    var_x, var_y, cov = xx - mx * mx, yy - my * my, xy - mx * my
-    ssim = (2 * mx * my + c1) * (2 * cov + c2) / ((mx * mx + my * my + c1) * (var_x + var_y + c2))
-    return ssim.mean()
 
 
 AUX_PREFIX = "aux_"

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from prostate_vq.data import make_loader
 from prostate_vq.errors import TrainingDiverged
 from prostate_vq.files import plain
 from prostate_vq.models.rate import level_health
@@ -37,7 +38,7 @@ from prostate_vq.training.engine import (
 )
 from prostate_vq.training.engine.progress import step_bar
 from prostate_vq.training.engine.run_folder import record_rank_sync
-from prostate_vq.training.vqvae.data import first_batch, load_datasets, make_loader
+from prostate_vq.training.vqvae.data import first_batch, load_datasets, loader_shard
 from prostate_vq.training.vqvae.epoch import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.vqvae.losses import TaskLoss
 from prostate_vq.training.vqvae.resume import announce_resume, kept_max_slices, refuse_other_data
@@ -248,9 +249,9 @@ class VQVAETraining:
         return self.out if self.dist.is_main else None  # under torchrun only rank 0 reports the run
 
     def run_epoch(self, epoch: int, epochs: int, deadline: float | None, steps_before: int) -> EpochResult:
-        loader = make_loader(self.train_ds, self.batch_size, train=True, seed=self.seed, epoch=epoch,
-                             num_workers=self.options.num_workers, dist_ctx=self.dist,
-                             pin_memory=self.device.type == "cuda")
+        loader = make_loader(self.train_ds, self.batch_size, shuffle=True, seed=self.seed, epoch=epoch,
+                             num_workers=self.options.num_workers, shard=loader_shard(self.dist),
+                             pin_memory=self.device.type == "cuda", persistent_workers=False)
         bar = step_bar(self.options.progress and self.dist.is_main, len(loader), epoch, epochs)
         self.settings.deadline, self.settings.steps_before = deadline, steps_before
         if self._rate_from is None:
@@ -262,9 +263,9 @@ class VQVAETraining:
                 bar.close()
         restarted = restarted_codes(self.model)
         t_val = time.monotonic()
-        val_loader = make_loader(self.val_ds, self.batch_size, train=False, seed=self.seed, epoch=epoch,
-                                 num_workers=self.options.num_workers, dist_ctx=self.dist,
-                                 pin_memory=self.device.type == "cuda")
+        val_loader = make_loader(self.val_ds, self.batch_size, shuffle=False, seed=self.seed, epoch=epoch,
+                                 num_workers=self.options.num_workers, shard=loader_shard(self.dist),
+                                 pin_memory=self.device.type == "cuda", persistent_workers=False)
         metrics = validate(self.model, val_loader, self.criterion, self.settings)
         if not math.isfinite(metrics["val_loss"]):
             raise TrainingDiverged(f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
