@@ -233,3 +233,14 @@ def test_the_kinds_cover_every_preset():
     tested = {(get_preset(p)["quantizer"]["kind"], get_preset(p)["model"].get("architecture", "vqvae"))
               for p, _ in KINDS.values()}
     assert used <= tested
+
+
+def test_the_model_card_cites_the_quantizers_own_papers():
+    """The card's method references come from the quantizer class (its `references`), not a per-kind list in
+    export: FSQ cites the FSQ paper, the MONAI EMA kind both EMA and MONAI, an unknown kind the VQ-VAE paper."""
+    from prostate_vq.export.card import method_references
+
+    assert any("Finite Scalar Quantization" in r for r in method_references("fsq"))
+    monai = method_references("monai-ema")
+    assert len(monai) == 2 and any("MONAI" in r for r in monai)
+    assert method_references("no-such-kind") == method_references("vq") and len(method_references("vq")) == 1

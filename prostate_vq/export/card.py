@@ -6,19 +6,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CITATIONS = {
-    "vq": "van den Oord, Vinyals, Kavukcuoglu. Neural Discrete Representation Learning. NeurIPS 2017.",
-    "ema": "van den Oord et al. 2017 (appendix, EMA codebook); Razavi, van den Oord, Vinyals. Generating Diverse "
-           "High-Fidelity Images with VQ-VAE-2. NeurIPS 2019.",
-    "rq": "Lee et al. Autoregressive Image Generation using Residual Quantization. CVPR 2022.",
-    "fsq": "Mentzer et al. Finite Scalar Quantization: VQ-VAE Made Simple. ICLR 2024.",
-    "lfq": "Yu et al. Language Model Beats Diffusion: Tokenizer is Key to Visual Generation. ICLR 2024.",
-    "soft": "van den Oord et al. 2017, with soft (temperature softmax) assignment in training.",
-    "monai-ema": "MONAI Consortium. MONAI: Medical Open Network for AI (monai.networks.nets.VQVAE).",
-}
+from prostate_vq.models.quantizers import QUANTIZERS
+from prostate_vq.reporting.references import bibliography
+
 DATA_CITATION = ("HipMRI (2D prostate MR slices with organ labels) or ProstateX: cite the release you obtained "
                  "and follow its licence, which the weights inherit; neither ships with prostate-vq. The demo "
                  "phantom is synthetic (prostate-vq, MIT).")
+
+
+def method_references(kind: str) -> list[str]:
+    """The quantizer's own papers (its class's `references`, the report's bibliography): a new kind brings them,
+    no per-kind list here to forget."""
+    cls = QUANTIZERS.get(kind)
+    table = bibliography()
+    return [table[key] for key in (cls.references if cls else ("vq",)) if key in table]
 
 
 def _num(value, digits: int = 4) -> str:
@@ -98,7 +99,7 @@ def model_card(payload: dict, config: dict, metrics: dict | None, metrics_path: 
         "", "## Licences and citations", "",
         "* model weights: under the licence of the data they were trained on; prostate-vq is MIT",
         f"* data: {DATA_CITATION}",
-        f"* method: {CITATIONS.get(kind, CITATIONS['vq'])}",
+        *[f"* method: {reference}" for reference in method_references(kind)],
         "* MONAI Consortium. MONAI: Medical Open Network for AI (metrics, networks).", "",
     ]
     return "\n".join(lines)
