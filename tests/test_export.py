@@ -13,7 +13,7 @@ import prostate_vq
 from prostate_vq.cli import main
 from prostate_vq.errors import UserInputError
 from prostate_vq.export import export_checkpoint, from_pretrained
-from prostate_vq.export.graphs import IMAGE_ATOL, ONNX_UNSUPPORTED, DecodeFromIndices, example_input, mismatch
+from prostate_vq.export.graphs import IMAGE_ATOL, DecodeFromIndices, example_input, mismatch, onnx_unsupported
 from prostate_vq.export.onnx_graphs import MISSING
 from prostate_vq.models import apply_overrides, build_model, get_preset
 from prostate_vq.runtime.checkpoints import FORMAT_VERSION, load_model, save_checkpoint
@@ -84,8 +84,8 @@ def test_every_kind_round_trips_through_every_format(kind, tmp_path):
     assert {"encode.ts", "decode.ts"} <= files
     if not onnx_graphs.available():
         assert notes == [MISSING] and not files & {"encode.onnx", "decode.onnx"}
-    elif kind in ONNX_UNSUPPORTED:
-        assert notes == [ONNX_UNSUPPORTED[kind]] and not files & {"encode.onnx", "decode.onnx"}
+    elif onnx_unsupported(kind):
+        assert notes == [onnx_unsupported(kind)] and not files & {"encode.onnx", "decode.onnx"}
     else:
         assert notes == [] and {"encode.onnx", "decode.onnx"} <= files
 
@@ -95,7 +95,7 @@ def test_lfq_says_in_one_line_why_it_has_no_onnx(tmp_path, capsys):
     checkpoint = _checkpoint(tmp_path, "lfq", ["quantizer.codebook_size=32"])
     assert main(["export", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"prostate-vq export: note: {ONNX_UNSUPPORTED['lfq']}"]
+    assert err == [f"prostate-vq export: note: {onnx_unsupported('lfq')}"]
     assert "bitwise AND" in err[0] and "TorchScript" in err[0]
 
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from prostate_vq.data.layout import NUM_CLASSES
+from prostate_vq.models.quantizers import QUANTIZERS
 
 if TYPE_CHECKING:
     from prostate_vq.models import VQVAE
@@ -24,11 +25,11 @@ if TYPE_CHECKING:
 # The checks every format passes against the eager model (the round-trip tests use the same tolerances).
 IMAGE_ATOL = 1e-5
 
-# Kinds whose graph cannot go to ONNX, with the reason (one line each, shown by export and in config.json).
-ONNX_UNSUPPORTED = {
-    "lfq": "lfq: not exported to ONNX: LFQ's code lookup uses a bitwise AND on integer tensors, which torch.onnx "
-           "cannot export (the TorchScript files and the safetensors weights cover this model)",
-}
+def onnx_unsupported(kind: str) -> str | None:
+    """Why a model with quantizer `kind` cannot go to ONNX (the class's `onnx_unsupported`, one line shown by export
+    and written to config.json), or None."""
+    cls = QUANTIZERS.get(kind)
+    return cls.onnx_unsupported if cls else None
 
 
 def quantizer_kind(config: dict) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .graphs import ONNX_UNSUPPORTED, as_tuple, mismatch
+from .graphs import as_tuple, mismatch, onnx_unsupported
 
 MISSING = "ONNX skipped: needs the onnx extra (pip install 'prostate-vq[onnx]')"
 OPSET = 17
@@ -29,7 +29,7 @@ def skip_reason(kind: str) -> str | None:
     """Why ONNX files will not be written for a model with quantizer `kind`, or None."""
     if not available():
         return MISSING
-    return ONNX_UNSUPPORTED.get(kind)
+    return onnx_unsupported(kind)
 
 
 def onnx_bytes(module: nn.Module, example: Tensor, input_name: str, output_names: list[str],

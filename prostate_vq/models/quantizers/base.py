@@ -144,6 +144,7 @@ class Quantizer(nn.Module):
     supports_refit: ClassVar[bool] = False  # one learned codebook ReFiT can re-build (`codebook`, `set_codebook`)
     loss_weights: ClassVar[tuple[str, ...]] = ()  # the options that weight its loss terms (the report names them)
     small_options: ClassVar[dict] = {}  # a tiny instance (a few codes) for tests and examples
+    onnx_unsupported: ClassVar[str | None] = None  # why its graph cannot go to ONNX (export notes it), if it cannot
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -25,6 +25,8 @@ class LFQQuantizer(Quantizer):
     option_limits = {"codebook_size": {**CODEBOOK_SIZE, "minimum": 2, "power_of_two": True}}
     loss_weights = ("beta", "entropy_weight")
     small_options = {"codebook_size": 16}
+    onnx_unsupported = ("lfq: not exported to ONNX: LFQ's code lookup uses a bitwise AND on integer tensors, which "
+                        "torch.onnx cannot export (the TorchScript files and the safetensors weights cover this model)")
 
     def __init__(self, dim: int, codebook_size: int = 512, entropy_weight: float = 0.1,
                  beta: float = 0.25, diversity_gamma: float = 1.0):
