@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.runtime.checkpoints import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from prostate_vq.runtime.run_format import HISTORY_COLUMNS
 from prostate_vq.runtime.seeding import capture_rng_state, restore_rng_state
+from prostate_vq.schema import RunConfig
 from prostate_vq.training import RunRequest, TrainOptions, resolve, train
 from prostate_vq.training.engine.early_stopping import EarlyStopping
 from prostate_vq.training.vqvae.epoch import mask_patches
@@ -159,6 +161,27 @@ def test_a_config_file_given_from_python_sets_the_task_and_seed(options, tmp_pat
     payload = load_checkpoint(run / "best.pt")
     assert (payload["task"], payload["seed"], payload["preset"]) == ("joint", 7, "default")
     assert read_history(run)[0]["val_dice"] != ""  # the joint task was trained (Dice is scored)
+
+
+def test_python_callers_get_the_config_the_command_line_gives(options, tmp_path):
+    """`train(options, RunRequest(...))` and `train(options, resolve(RunRequest(...)))` store the config, preset,
+    task and seed `prostate-vq train` stores for the same options, in best.pt and config.yaml alike; a resolved
+    RunConfig cannot say what a --resume should apply, so it is refused there."""
+    opts, request = options("cli", seed=3, task="joint", monitor="dice", lr=1e-3)
+    argv = [*cli_args((opts, request)), "--seed", "3", "--task", "joint", "--monitor", "dice", "--lr", "0.001"]
+    assert main(argv) == 0
+    config = resolve(request)
+    assert isinstance(config, RunConfig) and (config.task, config.seed, config.training.lr) == ("joint", 3, 1e-3)
+    runs = {"cli": opts.out, "request": train(replace(opts, out=tmp_path / "request"), request),
+            "config": train(replace(opts, out=tmp_path / "config"), config)}
+    stored = {name: load_checkpoint(run / "best.pt") for name, run in runs.items()}
+    for name in ("request", "config"):
+        for key in ("config", "preset", "task", "seed", "spatial_size", "data_root", "max_slices"):
+            assert stored[name][key] == stored["cli"][key], (name, key)
+        assert (runs[name] / "config.yaml").read_text(encoding="utf-8") == \
+            (runs["cli"] / "config.yaml").read_text(encoding="utf-8"), name
+    with pytest.raises(ValueError, match="RunRequest"):
+        train(replace(opts, resume=True), config)
 
 
 def test_masked_training(options):
