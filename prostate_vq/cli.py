@@ -107,18 +107,26 @@ def cmd_summary(args):
 # --- training -------------------------------------------------------------------------------
 
 def _train_options(args):
-    """The parsed options as they are: a --config file is read where the run's config is resolved
-    (training.config.resolve), so `train(TrainOptions(config=...))` from Python follows it the same way."""
+    """How the run runs: the runtime options (data, folder, device, time budget, --resume, workers...)."""
     from prostate_vq.training import TrainOptions
 
     return TrainOptions(
-        data=args.data, out=args.out, preset=args.preset, task=args.task, epochs=args.epochs, config=args.config,
-        max_minutes=args.max_minutes, max_steps=args.max_steps,
+        data=args.data, out=args.out, max_minutes=args.max_minutes, device=args.device, resume=args.resume,
+        max_slices=args.max_slices, num_workers=args.num_workers, compile=args.compile, tensorboard=args.tensorboard,
+        progress=not args.no_progress,
+    )
+
+
+def _run_request(args):
+    """What the run trains, as given: a --config file is read where the run's config is resolved
+    (training.config.resolve), so `train(options, RunRequest(config_file=...))` from Python follows it the same way."""
+    from prostate_vq.training import RunRequest
+
+    return RunRequest(
+        preset=args.preset, config_file=args.config, task=args.task, seed=args.seed, overrides=list(args.set or []),
+        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        monitor=args.monitor, mask_ratio=args.mask_ratio,
         spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, patience=args.patience,
-        monitor=args.monitor, mask_ratio=args.mask_ratio, device=args.device, resume=args.resume,
-        overrides=list(args.set or []), max_slices=args.max_slices, num_workers=args.num_workers,
-        compile=args.compile, tensorboard=args.tensorboard, progress=not args.no_progress,
     )
 
 
@@ -127,7 +135,7 @@ def cmd_train(args):
     from prostate_vq.training import train
 
     try:
-        run = train(_train_options(args))
+        run = train(_train_options(args), _run_request(args))
     except TrainingDiverged as error:
         print(f"prostate-vq train: stopped: {error}", file=sys.stderr)
         return 1
@@ -141,7 +149,8 @@ def cmd_refit(args):
     run = refit(args.checkpoint, out=args.out, codebook_size=args.codebook_size, data=args.data,
                 epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, seed=args.seed,
                 progress=not args.no_progress, tensorboard=args.tensorboard)
-    print(f"ReFiT run written to {run}")
+    if run is not None:  # under torchrun only rank 0 reports the run (as train)
+        print(f"ReFiT run written to {run}")
 
 
 # --- evaluation and reports -----------------------------------------------------------------

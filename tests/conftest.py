@@ -39,11 +39,30 @@ TINY_MODEL_OVERRIDES = ["model.channels=[8,16]", "model.res_channels=8", "model.
                         "quantizer.codebook_size=32", "quantizer.codebook_dim=4"]
 
 
-def _tiny_training_run(root, out, task):
-    from prostate_vq.training import TrainOptions, train
+def split_train_options(**kwargs):
+    """`prostate-vq train`'s options as one set of keywords, as the command line mixes them, split the way `train`
+    takes them: how the run runs (TrainOptions) and what it trains (RunRequest)."""
+    from dataclasses import fields
 
-    return train(TrainOptions(out=out, data=root, task=task, epochs=2, spatial_size=TINY_SPATIAL, batch_size=4,
-                              seed=0, overrides=list(TINY_MODEL_OVERRIDES), device="cpu", progress=False))
+    from prostate_vq.training import RunRequest, TrainOptions
+
+    runtime = {f.name for f in fields(TrainOptions)}
+    return (TrainOptions(**{k: v for k, v in kwargs.items() if k in runtime}),
+            RunRequest(**{k: v for k, v in kwargs.items() if k not in runtime}))
+
+
+@pytest.fixture(scope="session")
+def train_args():
+    """`split_train_options`: `train(*train_args(out=..., epochs=2, device="cpu"))`."""
+    return split_train_options
+
+
+def _tiny_training_run(root, out, task):
+    from prostate_vq.training import RunRequest, TrainOptions, train
+
+    return train(TrainOptions(out=out, data=root, device="cpu", progress=False),
+                 RunRequest(task=task, epochs=2, spatial_size=TINY_SPATIAL, batch_size=4, seed=0,
+                            overrides=list(TINY_MODEL_OVERRIDES)))
 
 
 @pytest.fixture(scope="session")

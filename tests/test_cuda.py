@@ -41,9 +41,9 @@ def test_nearest_code_on_cuda_matches_the_cpu():
 
 def test_train_and_evaluate_on_cuda(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     from prostate_vq.evaluation import evaluate_checkpoint
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
-    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, max_steps=6, spatial_size=tiny_spatial,
-                             batch_size=4, overrides=tiny_model_overrides, device="cuda", progress=False))
+    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cuda", progress=False),
+                RunRequest(max_steps=6, spatial_size=tiny_spatial, batch_size=4, overrides=tiny_model_overrides))
     m = evaluate_checkpoint(run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cuda").to_dict()
     assert m["run_steps"] == 6 and m["ssim_mean"] is not None and m["device"].startswith("cuda")

@@ -11,11 +11,10 @@ import torch
 
 from prostate_vq.errors import TrainingDiverged
 from prostate_vq.runtime.checkpoints import load_checkpoint
-from prostate_vq.training.config import resolve
+from prostate_vq.training.config import RunRequest, resolve
 from prostate_vq.training.engine import Engine, EpochResult, LoopState, restore_training_state
 from prostate_vq.training.engine.early_stopping import EarlyStopping
 from prostate_vq.training.engine.run_folder import RunWriter
-from prostate_vq.training.vqvae import TrainOptions
 
 
 class Scripted:
@@ -94,11 +93,11 @@ def test_spent_budget_stops_after_one_epoch(tmp_path):
     assert engine.run() == "max_minutes" and plugin.seen == [1]
 
 
-def test_explicit_monitor_loss_and_mask_ratio_zero_override_the_config(tmp_path):
+def test_explicit_monitor_loss_and_mask_ratio_zero_override_the_config():
     """`--monitor loss` and `--mask-ratio 0` are values, not 'not given' (they used to be ignored)."""
-    options = TrainOptions(out=tmp_path, overrides=["training.monitor=ssim", "training.mask_ratio=0.5"])
-    assert resolve(options).training.monitor == "ssim"
-    options = TrainOptions(out=tmp_path, overrides=["training.monitor=ssim", "training.mask_ratio=0.5"],
-                           monitor="loss", mask_ratio=0.0)
-    training = resolve(options).training
+    request = RunRequest(overrides=["training.monitor=ssim", "training.mask_ratio=0.5"])
+    assert resolve(request).training.monitor == "ssim"
+    request = RunRequest(overrides=["training.monitor=ssim", "training.mask_ratio=0.5"], monitor="loss",
+                         mask_ratio=0.0)
+    training = resolve(request).training
     assert training.monitor == "loss" and training.mask_ratio == 0.0

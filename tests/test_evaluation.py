@@ -204,10 +204,10 @@ def test_joint_run_reports_dice_per_class_and_overlays(tiny_joint_run, phantom_r
 
 
 def test_mask_task_has_dice_and_no_ssim(phantom_root, tiny_model_overrides, tmp_path):
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
-    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, task="mask", epochs=1, spatial_size=(64, 32),
-                             batch_size=4, overrides=tiny_model_overrides, device="cpu", progress=False))
+    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=False),
+                RunRequest(task="mask", epochs=1, spatial_size=(64, 32), batch_size=4, overrides=tiny_model_overrides))
     result = evaluate_checkpoint(run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu")
     metrics = _strict_json(tmp_path / "eval" / "metrics.json")
     assert metrics["ssim_mean"] is None and metrics["verdict"] == "n/a" and metrics["dice_mean"] is not None

@@ -19,23 +19,26 @@ from prostate_vq.cli import main
 from prostate_vq.errors import UserInputError
 from prostate_vq.files import atomic_open, folder_lock, is_own_temp, staged_files, write_text_atomic
 from prostate_vq.runtime.checkpoints import load_checkpoint
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 
 
 @pytest.fixture
-def options(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
+def options(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides, train_args):
+    """A tiny run's (TrainOptions, RunRequest)."""
     def make(out, **kwargs):
         base = dict(out=out, data=phantom_root, epochs=1, spatial_size=tiny_spatial, batch_size=4,
                     overrides=list(tiny_model_overrides), device="cpu", progress=False)
-        return TrainOptions(**{**base, **kwargs})
+        return train_args(**{**base, **kwargs})
     return make
 
 
-def _train_args(opts: TrainOptions, *extra: str) -> list[str]:
-    h, w = opts.spatial_size
-    return ["train", "--data", str(opts.data), "--out", str(opts.out), "--epochs", str(opts.epochs),
+def _train_args(run: tuple[TrainOptions, RunRequest], *extra: str) -> list[str]:
+    opts, request = run
+    assert request.spatial_size is not None
+    h, w = request.spatial_size
+    return ["train", "--data", str(opts.data), "--out", str(opts.out), "--epochs", str(request.epochs),
             "--spatial-size", str(h), str(w), "--batch-size", "4", "--device", "cpu", "--no-progress",
-            *extra, "--set", *opts.overrides]
+            *extra, "--set", *request.overrides]
 
 
 def _own_temps(folder) -> list[str]:
@@ -120,7 +123,7 @@ def test_train_removes_only_its_own_temporaries(options, tmp_path):
     out.mkdir()
     (out / ".notes.tmp").write_text("the user's own notes")
     (out / ".last.pt.prostate-vq-k3j2h1.tmp").write_bytes(b"half a checkpoint from a kill -9")
-    train(options(out))
+    train(*options(out))
     assert (out / ".notes.tmp").read_text() == "the user's own notes"
     assert not (out / ".last.pt.prostate-vq-k3j2h1.tmp").exists() and _own_temps(out) == []
 
@@ -176,14 +179,14 @@ def test_resume_and_train_prior_are_refused_while_the_folder_is_busy(options, bu
 
 def test_lock_is_released_after_the_run(options, tmp_path):
     out = tmp_path / "run"
-    train(options(out))
+    train(*options(out))
     with folder_lock(out):  # would raise if the run had kept it
         pass
 
 
 def test_disk_full_during_resume_is_one_line_and_keeps_the_checkpoints(options, tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    train(options(out))
+    train(*options(out))
     before = {name: (out / name).read_bytes() for name in ("best.pt", "last.pt", "history.csv")}
     original = torch.save
 

@@ -8,7 +8,7 @@ import itertools
 import json
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import fields, replace
 from types import SimpleNamespace
 
 import nibabel as nib
@@ -34,9 +34,18 @@ def _lrs(run) -> list[float]:
 
 
 @pytest.fixture
-def base(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
-    return TrainOptions(out=tmp_path / "run", data=phantom_root, epochs=2, spatial_size=tiny_spatial, batch_size=4,
-                        device="cpu", progress=False, overrides=list(tiny_model_overrides))
+def base(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides, train_args):
+    """A tiny 2-epoch run's (TrainOptions, RunRequest)."""
+    return train_args(out=tmp_path / "run", data=phantom_root, epochs=2, spatial_size=tiny_spatial, batch_size=4,
+                      device="cpu", progress=False, overrides=list(tiny_model_overrides))
+
+
+def _with(run, **changes):
+    """`run` with some options changed, each in the object that holds it (as the command line would give them)."""
+    options, request = run
+    runtime = {f.name for f in fields(TrainOptions)}
+    return (replace(options, **{k: v for k, v in changes.items() if k in runtime}),
+            replace(request, **{k: v for k, v in changes.items() if k not in runtime}))
 
 
 # --- checkpoints by kind and version -------------------------------------------------------------
@@ -113,16 +122,17 @@ def test_malicious_checkpoint_keeps_its_reason(tmp_path, capsys):
     (["--set", "quantizer.beta=abc"], "beta must be a finite number"),
 ])
 def test_out_of_range_options_are_one_line(base, capsys, extra, message):
-    h, w = base.spatial_size
-    args = ["train", "--data", str(base.data), "--out", str(base.out), "--epochs", "1", "--spatial-size", str(h),
-            str(w), "--device", "cpu", "--no-progress", *extra]
+    options, request = base
+    h, w = request.spatial_size
+    args = ["train", "--data", str(options.data), "--out", str(options.out), "--epochs", "1", "--spatial-size",
+            str(h), str(w), "--device", "cpu", "--no-progress", *extra]
     if "--set" not in extra:
-        args += ["--set", *base.overrides]
+        args += ["--set", *request.overrides]
     else:
-        args += base.overrides
+        args += request.overrides
     assert main(args) == 2
     assert message in _err_line(capsys)
-    assert not (base.out / "last.pt").exists()
+    assert not (options.out / "last.pt").exists()
 
 
 def test_set_values_that_fit_pass_unchanged_in_kind():
@@ -173,9 +183,9 @@ def test_more_epochs_on_resume_continue_down_instead_of_climbing(base):
     """A finished 2-epoch run ends at the cosine's floor. Extended to 6 epochs, the old schedule re-planned the
     cosine from the start (0.002, 0.0001 | 0.0015, 0.00105, ...: back up); now the rate continues from where it is
     down to the floor over the added steps, which for a finished run is the floor itself."""
-    train(base)
-    train(replace(base, epochs=6, resume=True))
-    lrs = _lrs(base.out)
+    train(*base)
+    train(*_with(base, epochs=6, resume=True))
+    lrs = _lrs(base[0].out)
     lr, floor = 2e-3, 2e-3 * 0.05  # the default preset's recipe, min_lr_ratio 0.05
     assert lrs[0] == pytest.approx(lr) and len(lrs) == 6
     assert lrs[2:] == pytest.approx([floor] * 4, rel=1e-6)
@@ -183,22 +193,22 @@ def test_more_epochs_on_resume_continue_down_instead_of_climbing(base):
 
 
 def test_lr_on_resume_applies_and_is_announced(base, caplog):
-    train(base)
+    train(*base)
     caplog.set_level("INFO", logger="prostate_vq")
-    train(replace(base, epochs=3, lr=1e-5, resume=True, task="mask"))
-    assert _lrs(base.out)[2] < 1e-5 + 1e-12
+    train(*_with(base, epochs=3, lr=1e-5, resume=True, task="mask"))
+    assert _lrs(base[0].out)[2] < 1e-5 + 1e-12
     assert "resuming after epoch 2" in caplog.text and "ignored on --resume: --task mask" in caplog.text
 
 
 def test_data_root_is_absolute_and_other_data_is_refused_on_resume(base, phantom_root, tmp_path, monkeypatch):
     monkeypatch.chdir(phantom_root.parent)
-    train(replace(base, data=type(phantom_root)(phantom_root.name)))  # a relative --data
-    stored = load_checkpoint(base.out / "last.pt")["data_root"]
+    train(*_with(base, data=type(phantom_root)(phantom_root.name)))  # a relative --data
+    stored = load_checkpoint(base[0].out / "last.pt")["data_root"]
     assert os.path.isabs(stored) and os.path.samefile(stored, phantom_root)
     other = tmp_path / "other"
     shutil.copytree(phantom_root, other)
     with pytest.raises(UserInputError, match="continues on the data the run was trained on"):
-        train(replace(base, data=other, epochs=3, resume=True))
+        train(*_with(base, data=other, epochs=3, resume=True))
 
 
 # --- files ------------------------------------------------------------------------------------
@@ -319,11 +329,12 @@ def test_command_line_numbers_are_checked_by_the_schema_before_any_work(tmp_path
 def test_config_file_values_are_checked_like_set_values(base, tmp_path, capsys, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(f"base: default\n{text}\n", encoding="utf-8")
-    assert main(["train", "--data", str(base.data), "--out", str(base.out), "--config", str(config), "--epochs", "1",
-                 "--device", "cpu", "--no-progress"]) == 2
+    options, _ = base
+    assert main(["train", "--data", str(options.data), "--out", str(options.out), "--config", str(config), "--epochs",
+                 "1", "--device", "cpu", "--no-progress"]) == 2
     line = _err_line(capsys)
     assert message in line and "bad.yaml" in line
-    assert not (base.out / "last.pt").exists()
+    assert not (options.out / "last.pt").exists()
 
 
 def _foreign_weights(payload):
@@ -553,12 +564,12 @@ def test_config_with_preset_is_refused_and_config_data_root_is_used(tiny_run, ph
     assert main(["train", "--config", str(tiny_run / "config.yaml"), "--preset", "v3-ema", "--out",
                  str(tmp_path / "r")]) == 2
     assert "--preset v3-ema and --config" in _err_line(capsys)
-    from prostate_vq.cli import _train_options, build_parser
+    from prostate_vq.cli import _run_request, build_parser
     from prostate_vq.training.config import resolve
 
-    options = _train_options(build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out",
-                                                        str(tmp_path / "r")]))
-    assert os.path.samefile(resolve(options).data_root, phantom_root)  # the run's data, not the demo phantom
+    request = _run_request(build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out",
+                                                      str(tmp_path / "r")]))
+    assert os.path.samefile(resolve(request).data_root, phantom_root)  # the run's data, not the demo phantom
 
 
 @pytest.mark.parametrize("verb", [["train"], ["evaluate", "--checkpoint", "x.pt"], ["synth"]])

@@ -80,10 +80,10 @@ def test_phantom_blur_equals_scipy_where_installed():
 def test_training_progress_is_one_plain_line_per_epoch_off_a_terminal(phantom_root, tmp_path, capsys,
                                                                        tiny_spatial, tiny_model_overrides):
     """Logs, CI and cluster jobs: no bars, no carriage returns or escape codes (stdout is not a terminal here)."""
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
-    train(TrainOptions(out=tmp_path / "run", data=phantom_root, epochs=3, spatial_size=tiny_spatial, batch_size=4,
-                       overrides=list(tiny_model_overrides), device="cpu", progress=True))
+    train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=True),
+          RunRequest(epochs=3, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)))
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]

@@ -141,7 +141,7 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     """The train command printed in the report, parsed by the real CLI, gives back the run's exact config."""
     import shlex
 
-    from prostate_vq.cli import _train_options, build_parser
+    from prostate_vq.cli import _run_request, build_parser
     from prostate_vq.runtime.checkpoints import load_checkpoint
     from prostate_vq.training.config import resolve
 
@@ -150,9 +150,9 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     command = block.split("prostate-vq train", 1)[1].split("\nprostate-vq ", 1)[0].replace("\\\n", " ")
     argv = ["train", *shlex.split(command)]
     assert "--config" in argv  # the run's own config.yaml carries its preset, overrides, task and seed
-    options = _train_options(build_parser().parse_args(argv))
+    request = _run_request(build_parser().parse_args(argv))
     payload = load_checkpoint(evaluated["joint_run"] / "best.pt")
-    config = resolve(options)
+    config = resolve(request)
     assert config.sections() == payload["config"]
     assert (config.task, config.seed, config.preset) == (payload["task"], payload["seed"], payload["preset"])
 

@@ -48,15 +48,15 @@ def test_set_is_checked_by_the_schema_and_names_the_override():
 
 
 def test_config_file_is_base_preset_plus_sections_and_checked(tmp_path, capsys):
-    from prostate_vq.cli import _train_options, build_parser, main
+    from prostate_vq.cli import _run_request, build_parser, main
     from prostate_vq.training.config import resolve as resolve_run
 
     good = tmp_path / "my.yaml"
     good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 1e-3}\n",
                     encoding="utf-8")
-    options = _train_options(build_parser().parse_args(["train", "--config", str(good), "--out", str(tmp_path / "r"),
-                                                        "--set", "quantizer.codebook_size=64", "--epochs", "2"]))
-    config = resolve_run(options)
+    request = _run_request(build_parser().parse_args(["train", "--config", str(good), "--out", str(tmp_path / "r"),
+                                                      "--set", "quantizer.codebook_size=64", "--epochs", "2"]))
+    config = resolve_run(request)
     cfg = config.sections()
     assert (config.preset, config.task, config.seed) == ("v1-vq", "joint", 3)
     assert cfg["model"]["channels"] == [8, 16] and cfg["model"]["downsample"] == get_preset("v1-vq")["model"]["downsample"]

@@ -10,7 +10,7 @@ pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from prostate_vq.prior import train_prior
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 from prostate_vq.training.refit import refit
 from prostate_vq.workflows import sweep
 
@@ -37,8 +37,8 @@ def _assert_visuals(folder, epochs: int):
 @pytest.fixture(scope="module")
 def tb_run(phantom_root, tmp_path_factory, tiny_spatial, tiny_model_overrides):
     out = tmp_path_factory.mktemp("tb") / "run"
-    return train(TrainOptions(out=out, data=phantom_root, epochs=2, spatial_size=tiny_spatial, batch_size=4,
-                              overrides=list(tiny_model_overrides), device="cpu", progress=False, tensorboard=True))
+    return train(TrainOptions(out=out, data=phantom_root, device="cpu", progress=False, tensorboard=True),
+                 RunRequest(epochs=2, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)))
 
 
 def test_train_logs_grids_histograms_and_hparams(tb_run):

@@ -8,6 +8,7 @@ import math
 import random
 import shutil
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.runtime.checkpoints import FORMAT_VERSION, load_checkpoint, load_model, save_checkpoint
 from prostate_vq.runtime.run_format import HISTORY_COLUMNS
 from prostate_vq.runtime.seeding import capture_rng_state, restore_rng_state
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.schema import RunConfig
+from prostate_vq.training import RunRequest, TrainOptions, resolve, train
 from prostate_vq.training.engine.early_stopping import EarlyStopping
 from prostate_vq.training.vqvae.epoch import mask_patches
 
@@ -34,21 +36,23 @@ def read_history(run):
 
 
 @pytest.fixture
-def options(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
-    """Factory of tiny TrainOptions on the phantom (1 epoch unless told otherwise)."""
+def options(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides, train_args):
+    """Factory of a tiny run on the phantom (1 epoch unless told otherwise): (TrainOptions, RunRequest)."""
     def make(name="run", **kwargs):
         base = dict(out=tmp_path / name, data=phantom_root, epochs=1, spatial_size=tiny_spatial, batch_size=4,
                     overrides=list(tiny_model_overrides), device="cpu", progress=False)
         base["overrides"] += kwargs.pop("extra_overrides", [])
-        return TrainOptions(**{**base, **kwargs})
+        return train_args(**{**base, **kwargs})
     return make
 
 
-def cli_args(options: TrainOptions) -> list[str]:
-    h, w = options.spatial_size
-    return ["train", "--data", str(options.data), "--out", str(options.out), "--epochs", str(options.epochs),
-            "--spatial-size", str(h), str(w), "--batch-size", str(options.batch_size), "--device", "cpu",
-            "--no-progress", "--set", *options.overrides]
+def cli_args(run: tuple[TrainOptions, RunRequest]) -> list[str]:
+    options, request = run
+    assert request.spatial_size is not None
+    h, w = request.spatial_size
+    return ["train", "--data", str(options.data), "--out", str(options.out), "--epochs", str(request.epochs),
+            "--spatial-size", str(h), str(w), "--batch-size", str(request.batch_size), "--device", "cpu",
+            "--no-progress", "--set", *request.overrides]
 
 
 # --- the run folder -------------------------------------------------------------------------
@@ -89,9 +93,9 @@ def test_joint_run_scores_dice(tiny_joint_run):
 
 
 def test_same_seed_same_metrics(options):
-    first = read_history(train(options("a", epochs=2)))
-    second = read_history(train(options("b", epochs=2)))
-    other = read_history(train(options("c", epochs=1, seed=1)))
+    first = read_history(train(*options("a", epochs=2)))
+    second = read_history(train(*options("b", epochs=2)))
+    other = read_history(train(*options("c", epochs=1, seed=1)))
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in first]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in second]
     assert other[0]["train_loss"] != first[0]["train_loss"]
@@ -100,7 +104,7 @@ def test_same_seed_same_metrics(options):
 def test_early_stopping_and_best_checkpoint(options):
     # min_delta 1.0: no epoch after the first can count as an improvement, patience 2 -> stop after 3.
     # (the preset's step-based patience and minimum length are switched off: this tests the epoch count)
-    run = train(options(epochs=20, patience=2, extra_overrides=["training.min_delta=1.0", "training.min_steps=0",
+    run = train(*options(epochs=20, patience=2, extra_overrides=["training.min_delta=1.0", "training.min_steps=0",
                                                                 "training.patience_steps=0"]))
     assert len(read_history(run)) == 3
     last = load_checkpoint(run / "last.pt")
@@ -121,7 +125,7 @@ def test_early_stopping_modes():
 
 
 def test_max_minutes_stops_cleanly_and_keeps_best(options):
-    run = train(options(epochs=500, max_minutes=0.002, batch_size=1))
+    run = train(*options(epochs=500, max_minutes=0.002, batch_size=1))
     rows = read_history(run)
     assert 1 <= len(rows) < 500
     last = load_checkpoint(run / "last.pt")
@@ -136,8 +140,8 @@ def test_time_budget_is_checked_between_batches(options, phantom_root):
     from prostate_vq.training.vqvae.epoch import StepSettings, train_one_epoch
     from prostate_vq.training.vqvae.losses import TaskLoss
 
-    opts = options()
-    model = build_model(resolve(opts).sections(), "image")
+    _, request = options()
+    model = build_model(resolve(request).sections(), "image")
     data = make_dataset(phantom_root, "train", "image", spatial_size=(64, 32))
     loader = make_loader(data, 2, shuffle=True, seed=0, epoch=1)
     settings = StepSettings(device=torch.device("cpu"), deadline=0.0)  # already past
@@ -146,15 +150,36 @@ def test_time_budget_is_checked_between_batches(options, phantom_root):
 
 
 def test_a_config_file_given_from_python_sets_the_task_and_seed(options, tmp_path):
-    """`train(TrainOptions(config=FILE))` follows the file's task and seed as `prostate-vq train --config FILE`
-    does: the file is read in one place, where the config is resolved (the CLI used to read them itself, so a
-    Python caller got the image task and seed 0)."""
+    """`train(options, RunRequest(config_file=FILE))` follows the file's task and seed as `prostate-vq train
+    --config FILE` does: the file is read in one place, where the config is resolved (the CLI used to read them
+    itself, so a Python caller got the image task and seed 0)."""
     config_file = tmp_path / "my.yaml"
     config_file.write_text("base: default\ntask: joint\nseed: 7\n", encoding="utf-8")
-    run = train(options(config=config_file))
+    run = train(*options(config_file=config_file))
     payload = load_checkpoint(run / "best.pt")
     assert (payload["task"], payload["seed"], payload["preset"]) == ("joint", 7, "default")
     assert read_history(run)[0]["val_dice"] != ""  # the joint task was trained (Dice is scored)
+
+
+def test_python_callers_get_the_config_the_command_line_gives(options, tmp_path):
+    """`train(options, RunRequest(...))` and `train(options, resolve(RunRequest(...)))` store the config, preset,
+    task and seed `prostate-vq train` stores for the same options, in best.pt and config.yaml alike; a resolved
+    RunConfig cannot say what a --resume should apply, so it is refused there."""
+    opts, request = options("cli", seed=3, task="joint", monitor="dice", lr=1e-3)
+    argv = [*cli_args((opts, request)), "--seed", "3", "--task", "joint", "--monitor", "dice", "--lr", "0.001"]
+    assert main(argv) == 0
+    config = resolve(request)
+    assert isinstance(config, RunConfig) and (config.task, config.seed, config.training.lr) == ("joint", 3, 1e-3)
+    runs = {"cli": opts.out, "request": train(replace(opts, out=tmp_path / "request"), request),
+            "config": train(replace(opts, out=tmp_path / "config"), config)}
+    stored = {name: load_checkpoint(run / "best.pt") for name, run in runs.items()}
+    for name in ("request", "config"):
+        for key in ("config", "preset", "task", "seed", "spatial_size", "data_root", "max_slices"):
+            assert stored[name][key] == stored["cli"][key], (name, key)
+        assert (runs[name] / "config.yaml").read_text(encoding="utf-8") == \
+            (runs["cli"] / "config.yaml").read_text(encoding="utf-8"), name
+    with pytest.raises(ValueError, match="RunRequest"):
+        train(replace(opts, resume=True), config)
 
 
 def test_masked_training(options):
@@ -167,7 +192,7 @@ def test_masked_training(options):
     assert 0.4 < float((masked == 0).float().mean()) < 0.6
     assert torch.equal(mask_patches(x, 0.0, 8), x)
 
-    run = train(options(mask_ratio=0.5))
+    run = train(*options(mask_ratio=0.5))
     assert load_checkpoint(run / "best.pt")["config"]["training"]["mask_ratio"] == 0.5
     assert math.isfinite(float(read_history(run)[0]["val_loss"]))
 
@@ -187,8 +212,8 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good(options, monkeypatch, 
         return total, parts
 
     monkeypatch.setattr(losses.TaskLoss, "forward", poisoned)
-    opts = options(epochs=3)
-    code = main(cli_args(opts))
+    opts, request = options(epochs=3)
+    code = main(cli_args((opts, request)))
     err = capsys.readouterr().err.strip()
     assert code == 1
     # one error line; the info lines before it ("prostate-vq: learning rate: ...") are the log's
@@ -218,13 +243,13 @@ def test_bad_data_is_exit_2(options, phantom_root, tmp_path, capsys):
 
 def test_bad_options_are_user_errors(options, tiny_run):
     with pytest.raises(UserInputError, match="--monitor dice"):
-        train(options(monitor="dice"))
+        train(*options(monitor="dice"))
     with pytest.raises(UserInputError, match="--resume"):
-        train(options("fresh", resume=True))
+        train(*options("fresh", resume=True))
     with pytest.raises(UserInputError, match="already holds a run"):
-        train(options(out=tiny_run))
+        train(*options(out=tiny_run))
     with pytest.raises(UserInputError, match="unknown preset"):
-        train(options(preset="no-such-preset"))
+        train(*options(preset="no-such-preset"))
 
 
 # --- checkpoints and RNG --------------------------------------------------------------------
@@ -280,14 +305,14 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
 
 
 def test_tensorboard_is_optional(options, capsys):
-    opts = options(tensorboard=True)
+    run_args = options(tensorboard=True)
     try:
         import torch.utils.tensorboard  # noqa: F401
     except ImportError:
-        assert main([*cli_args(opts), "--tensorboard"]) == 2
+        assert main([*cli_args(run_args), "--tensorboard"]) == 2
         assert "pip install 'prostate-vq[tensorboard]'" in capsys.readouterr().err
     else:
-        run = train(opts)
+        run = train(*run_args)
         assert list((run / "tb").glob("events.out.tfevents.*"))
 
 
@@ -296,7 +321,7 @@ def test_no_data_trains_on_the_demo_phantom(options, phantom_root, monkeypatch):
 
     # Generating the real demo phantom is the data layer's (tested) job; here only the wiring counts.
     monkeypatch.setattr(prostate_vq.data, "default_data_root", lambda: phantom_root, raising=False)
-    run = train(options(data=None))
+    run = train(*options(data=None))
     assert load_checkpoint(run / "best.pt")["data_root"] == str(phantom_root)
 
 
@@ -318,5 +343,6 @@ def test_the_training_package_keeps_its_public_names():
 
     for name in ("load_model", "load_checkpoint", "save_checkpoint"):
         assert getattr(training, name) is getattr(runtime, name)
-    for name in ("HISTORY_COLUMNS", "EarlyStopping", "kmeans", "TrainOptions", "train", "fit", "refit"):
+    for name in ("HISTORY_COLUMNS", "EarlyStopping", "kmeans", "TrainOptions", "RunRequest", "resolve", "train",
+                 "fit", "refit"):
         assert name in training.__all__ and hasattr(training, name)

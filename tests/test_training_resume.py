@@ -14,7 +14,7 @@ import pytest
 
 from prostate_vq.errors import UserInputError
 from prostate_vq.runtime.checkpoints import load_checkpoint
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 
 
 def history(run):
@@ -24,13 +24,13 @@ def history(run):
 
 def test_resume_continues_exactly(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     # Plateau scheduler: its state (best, bad epochs) must round-trip too; cosine's T_max depends on --epochs.
-    base = TrainOptions(out=tmp_path / "straight", data=phantom_root, epochs=3, spatial_size=tiny_spatial,
-                        batch_size=4, device="cpu", progress=False,
-                        overrides=[*tiny_model_overrides, "training.scheduler=plateau"])
-    straight = history(train(base))
-    split = replace(base, out=tmp_path / "split", epochs=2)
-    train(split)
-    train(replace(split, epochs=3, resume=True))
+    base = TrainOptions(out=tmp_path / "straight", data=phantom_root, device="cpu", progress=False)
+    request = RunRequest(epochs=3, spatial_size=tiny_spatial, batch_size=4,
+                         overrides=[*tiny_model_overrides, "training.scheduler=plateau"])
+    straight = history(train(base, request))
+    split = replace(base, out=tmp_path / "split")
+    train(split, replace(request, epochs=2))
+    train(replace(split, resume=True), replace(request, epochs=3))
     assert history(split.out) == straight
     assert load_checkpoint(split.out / "last.pt")["epoch"] == 3
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from prostate_vq.models import build_model, get_preset
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 from prostate_vq.training.engine.early_stopping import EarlyStopping
 from prostate_vq.training.vqvae.epoch import StepSettings, validate
 from prostate_vq.training.vqvae.losses import TaskLoss, split_loss
@@ -64,9 +64,9 @@ def test_no_early_stop_before_min_steps():
 
 
 def test_history_logs_quantizer_terms_and_steps(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
-    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, preset="v1-vq", epochs=2,
-                             spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides),
-                             device="cpu", progress=False))
+    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=False),
+                RunRequest(preset="v1-vq", epochs=2, spatial_size=tiny_spatial, batch_size=4,
+                           overrides=list(tiny_model_overrides)))
     with open(run / "history.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     steps = [int(r["step"]) for r in rows]

@@ -49,13 +49,13 @@ def emit(record: dict) -> None:
 def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str, max_slices, seed: int,
           preset: str = "default") -> dict:
     from prostate_vq.evaluation import evaluate_checkpoint
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
     start = time.monotonic()
     # Time-bound like the stock model below: the budget, not the preset's epoch cap or patience, ends training.
-    run = train(TrainOptions(out=out / "run", data=root, preset=preset, task=task, max_minutes=minutes,
-                             epochs=100_000, patience=100_000, spatial_size=spatial, device=device, seed=seed,
-                             max_slices=max_slices, progress=False))
+    run = train(TrainOptions(out=out / "run", data=root, max_minutes=minutes, device=device, max_slices=max_slices,
+                             progress=False),
+                RunRequest(preset=preset, task=task, epochs=100_000, patience=100_000, spatial_size=spatial, seed=seed))
     trained = time.monotonic() - start
     result = evaluate_checkpoint(run / "best.pt", data=root, split="test", out=out / "eval", device=device,
                                  max_slices=max_slices)

@@ -189,15 +189,15 @@ def bench_data(quick: bool) -> list[dict]:
 def bench_evaluation(quick: bool, device: torch.device) -> list[dict]:
     from prostate_vq.data import synthesize
     from prostate_vq.evaluation.evaluate import evaluate_checkpoint
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         root = synthesize(tmp / "data", cases=4 if quick else 12, seed=0, slices_per_volume=6 if quick else 24,
                           weeks=1 if quick else 2)
-        run = train(TrainOptions(data=root, out=tmp / "run", epochs=1, max_slices=8, progress=False,
-                                 device=str(device)))
+        run = train(TrainOptions(data=root, out=tmp / "run", max_slices=8, progress=False, device=str(device)),
+                    RunRequest(epochs=1))
         for figures in (False, True):
             start = time.perf_counter()
             result = evaluate_checkpoint(run / "best.pt", data=root, split="test", out=tmp / f"eval{figures}",

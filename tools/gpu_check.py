@@ -138,7 +138,7 @@ def precision(value: str):
 def bf16_vs_fp32(c: Check) -> dict:
     import csv
 
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
     root = phantom(c)
     steps = 4 if c.dry else 200
@@ -148,9 +148,10 @@ def bf16_vs_fp32(c: Check) -> dict:
         for mode in ("bf16", "fp32"):
             overrides = [o for o in TINY if preset != "fsq" or "codebook_size" not in o] if c.dry else []
             with precision(mode):
-                run_dir = train(TrainOptions(out=c.work / f"amp-{preset}-{mode}", data=root, preset=preset,
-                                             max_steps=steps, epochs=10_000, seed=0, device=c.device, progress=False,
-                                             spatial_size=(64, 32) if c.dry else (128, 128), overrides=overrides))
+                run_dir = train(TrainOptions(out=c.work / f"amp-{preset}-{mode}", data=root, device=c.device,
+                                             progress=False),
+                                RunRequest(preset=preset, max_steps=steps, epochs=10_000, seed=0,
+                                           spatial_size=(64, 32) if c.dry else (128, 128), overrides=overrides))
             with open(run_dir / "history.csv", newline="", encoding="utf-8") as handle:
                 last = list(csv.DictReader(handle))[-1]
             row[mode] = {"train_loss": float(last["train_loss"]), "usage_pct": float(last["codebook_usage_pct"]),
@@ -256,15 +257,16 @@ def early_stop(c: Check) -> dict:
     import csv
 
     from prostate_vq.runtime.checkpoints import load_checkpoint
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
     start = time.monotonic()
     root = hipmri_sized(c)
     synth = time.monotonic() - start
     minutes = max(0.5, (c.left() - 45) / 60) if not c.dry else 0.1
-    run_dir = train(TrainOptions(out=c.work / "early-stop", data=root, preset="default", device=c.device,
-                                 max_minutes=minutes, progress=False, num_workers=0 if c.dry else 4,
-                                 **({"spatial_size": (32, 16), "overrides": TINY, "max_steps": 6} if c.dry else {})))
+    run_dir = train(TrainOptions(out=c.work / "early-stop", data=root, device=c.device, max_minutes=minutes,
+                                 progress=False, num_workers=0 if c.dry else 4),
+                    RunRequest(preset="default",
+                               **({"spatial_size": (32, 16), "overrides": TINY, "max_steps": 6} if c.dry else {})))
     last = load_checkpoint(run_dir / "last.pt", kind="resume")
     with open(run_dir / "history.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

@@ -129,12 +129,13 @@ show_with_masks(train_ds, np.linspace(0, len(train_ds) - 1, 5).round().astype(in
 
 # %%
 from prostate_vq.models import list_presets
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 
 print(dict(list_presets())["default"])
-run = train(TrainOptions(out=RUNS / "default", data=DATA, preset="default", task="image", spatial_size=SPATIAL,
-                         max_slices=MAX_SLICES, epochs=EPOCHS, max_minutes=MINUTES, seed=0, device="cpu",
-                         progress=False))
+# TrainOptions: how the run runs (data, folder, device, budget in minutes); RunRequest: what it trains.
+run = train(TrainOptions(out=RUNS / "default", data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES, device="cpu",
+                         progress=False),
+            RunRequest(preset="default", task="image", spatial_size=SPATIAL, epochs=EPOCHS, seed=0))
 sorted(p.name for p in run.iterdir())
 
 # %% [markdown]

@@ -83,15 +83,16 @@ REFIT_K = 64
 # %%
 import warnings
 
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 
 runs = {}
 for preset in VARIANTS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the collapse warning: collapse is what this notebook shows
-        runs[preset] = train(TrainOptions(out=RUNS / preset, data=DATA, preset=preset, spatial_size=SPATIAL,
-                                          max_slices=MAX_SLICES, max_steps=STEPS, epochs=1000, max_minutes=MINUTES, seed=0,
-                                          device="cpu", overrides=NETWORK, progress=False))
+        runs[preset] = train(TrainOptions(out=RUNS / preset, data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES,
+                                          device="cpu", progress=False),
+                             RunRequest(preset=preset, spatial_size=SPATIAL, max_steps=STEPS, epochs=1000, seed=0,
+                                        overrides=NETWORK))
     last = pd.read_csv(runs[preset] / "history.csv").iloc[-1]
     print(f"{preset:>7}: {int(last.step)} steps ({int(last.epoch)} epochs), val SSIM {last.val_ssim:.3f}, "
           f"codebook usage {last.codebook_usage_pct:.1f}%")
@@ -202,9 +203,10 @@ plt.show()
 pick = table["perplexity"].drop("ReFiT").idxmax()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    joint_run = train(TrainOptions(out=RUNS / f"{pick}-joint", data=DATA, preset=pick, task="joint",
-                                   spatial_size=SPATIAL, max_slices=MAX_SLICES, max_steps=STEPS, epochs=1000,
-                                   max_minutes=MINUTES, seed=0, device="cpu", overrides=NETWORK, progress=False))
+    joint_run = train(TrainOptions(out=RUNS / f"{pick}-joint", data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES,
+                                   device="cpu", progress=False),
+                      RunRequest(preset=pick, task="joint", spatial_size=SPATIAL, max_steps=STEPS, epochs=1000, seed=0,
+                                 overrides=NETWORK))
 joint = evaluate_checkpoint(joint_run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / f"{pick}-joint",
                             device="cpu", max_slices=MAX_SLICES)
 print(joint.summary_table())

@@ -67,13 +67,14 @@ N_SAMPLES = 8 if FAST else 16
 # instead of 2: a coarser code map (32x16 codes for a 128x64 slice) is quicker to model and to sample.
 
 # %%
-from prostate_vq.training import TrainOptions, train
+from prostate_vq.training import RunRequest, TrainOptions, train
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    vq_run = train(TrainOptions(out=RUNS / "vqvae", data=DATA, preset="default", spatial_size=SPATIAL,
-                                max_slices=MAX_SLICES, epochs=40, max_minutes=VQ_MINUTES, seed=0, device="cpu",
-                                overrides=["model.channels=[32, 64]", "model.downsample=4"], progress=False))
+    vq_run = train(TrainOptions(out=RUNS / "vqvae", data=DATA, max_slices=MAX_SLICES, max_minutes=VQ_MINUTES,
+                                device="cpu", progress=False),
+                   RunRequest(preset="default", spatial_size=SPATIAL, epochs=40, seed=0,
+                              overrides=["model.channels=[32, 64]", "model.downsample=4"]))
 print(pd.read_csv(vq_run / "history.csv").iloc[-1][["epoch", "val_ssim", "codebook_usage_pct"]].to_dict())
 
 # %% [markdown]

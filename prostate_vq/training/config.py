@@ -1,10 +1,12 @@
-"""A VQ-VAE run's configuration, resolved once into typed objects (prostate_vq.schema.RunConfig) from a preset or
-a `--config` file, `--set` overrides and explicit options, or taken from last.pt on `--resume`; and its checks."""
+"""A VQ-VAE run's configuration, resolved once into typed objects (prostate_vq.schema.RunConfig) from a
+`RunRequest` (a preset or a `--config` file, `--set` overrides and explicit options), or taken from last.pt on
+`--resume`; and its checks."""
 
 from __future__ import annotations
 
 import copy
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from prostate_vq.errors import UserInputError
@@ -21,6 +23,34 @@ MONITOR_KEYS = {"loss": "val_loss", "ssim": "val_ssim", "dice": "val_dice"}
 # here (the run that reads the file plans its own from its budget).
 CONFIG_FILE_KEYS = ("base", "task", "seed", "data_root", "description", "model", "quantizer", "training", "refit",
                     "schedule")
+
+
+@dataclass
+class RunRequest:
+    """What a run's configuration is made of, as given (None = not given): `prostate-vq train`'s preset,
+    `--config`, `--task`, `--seed`, `--set` and the options that set a training key. `resolve` turns it into the
+    RunConfig a fresh run follows; on `--resume` the checkpoint's config is continued instead, with `epochs`,
+    `max_steps`, `patience` and `lr` applied (`resumed`) and the others, when given and different, named as
+    ignored. Everything a run does not record in its config (data, output folder, device, workers, time budget)
+    is a runtime setting: training.vqvae.TrainOptions.
+
+    `epochs` and `max_steps` are here, not in TrainOptions: they are the recipe's budgets (training.epochs,
+    training.max_steps, written to config.yaml and the checkpoints), so `--config RUN/config.yaml` reproduces
+    them. `--max-minutes` is not recorded in the config and stays a runtime setting."""
+
+    preset: str | None = None  # None: "default", or the --config file's base
+    config_file: Path | None = None  # --config: `base: PRESET` + sections, under `overrides` and the options below
+    task: str | None = None  # None: the --config file's, else "image" (on --resume the run's own)
+    seed: int | None = None  # None: the --config file's, else 0 (on --resume the run's own)
+    overrides: list[str] = field(default_factory=list)  # --set SECTION.KEY=VALUE, in order
+    epochs: int | None = None
+    max_steps: int | None = None  # optimizer-step budget (training.max_steps); the cosine is planned over it
+    batch_size: int | None = None
+    lr: float | None = None
+    patience: int | None = None
+    monitor: str | None = None
+    mask_ratio: float | None = None
+    spatial_size: tuple[int, ...] | None = None  # (H, W): resolve checks it is two sizes, like --set's
 
 
 def read_config_file(path) -> dict:
@@ -41,54 +71,60 @@ def read_config_file(path) -> dict:
     return data
 
 
-def resolve(options) -> RunConfig:
+def resolve(request: RunRequest | None = None) -> RunConfig:
     """The one place a run's configuration is resolved, into typed objects: schema defaults < the preset (or a
     `--config` file: `base: PRESET` plus sections, task, seed and data_root, read here and nowhere else) <
     `--set` overrides < explicit options (None = not given, so `--monitor loss` and `--mask-ratio 0` override).
+    No request: the default preset as it is.
 
     Every check of a resolved config belongs here, before any data loads (per-quantizer option checks too)."""
     from prostate_vq.models import apply_overrides
 
-    file = read_config_file(options.config) if options.config is not None else None
-    if file is not None and options.preset is not None:
-        raise UserInputError(f"--preset {options.preset} and --config: the file names its own preset (base: "
-                             f"{file.get('base', 'default')}); give one of them", options.config)
-    preset = str(file.get("base", "default")) if file is not None else (options.preset or "default")
-    cfg = apply_overrides(_sections(preset, file, options.config), list(options.overrides or []))
+    request = request or RunRequest()
+    path = request.config_file
+    file = read_config_file(path) if path is not None else None
+    if file is not None and request.preset is not None:
+        raise UserInputError(f"--preset {request.preset} and --config: the file names its own preset (base: "
+                             f"{file.get('base', 'default')}); give one of them", path)
+    preset = str(file.get("base", "default")) if file is not None else (request.preset or "default")
+    cfg = apply_overrides(_sections(preset, file, path), list(request.overrides or []))
     training = cfg["training"]
-    explicit = {"epochs": options.epochs, "max_steps": options.max_steps, "batch_size": options.batch_size,
-                "lr": options.lr, "patience": options.patience, "mask_ratio": options.mask_ratio,
-                "monitor": options.monitor, "spatial_size": list(options.spatial_size) if options.spatial_size else None}
+    explicit = {"epochs": request.epochs, "max_steps": request.max_steps, "batch_size": request.batch_size,
+                "lr": request.lr, "patience": request.patience, "mask_ratio": request.mask_ratio,
+                "monitor": request.monitor, "spatial_size": list(request.spatial_size) if request.spatial_size else None}
     training.update({k: v for k, v in explicit.items() if v is not None})
-    if training.get("max_steps") and options.epochs is None:
+    if training.get("max_steps") and request.epochs is None:
         # A step budget is the run's length: a preset's nominal epochs must not end it first on a small training
         # set (19 slices at batch 16 are 2 steps per epoch: 100 epochs would stop a 300-step budget at 200).
         # Every epoch takes at least one step, so max_steps epochs always reach the budget. An explicit --epochs
         # still caps it.
         training["epochs"] = max(int(training["epochs"]), int(training["max_steps"]))
     file = file or {}
-    task = options.task or str(file.get("task") or "image")
+    task = request.task or str(file.get("task") or "image")
     check_training_config(training, task)
-    return RunConfig.from_sections(plain(cfg), preset=preset, task=task, seed=_seed(options, file),
+    return RunConfig.from_sections(plain(cfg), preset=preset, task=task, seed=_seed(request, file),
                                    data_root=str(file["data_root"]) if file.get("data_root") else None)
 
 
-def resumed(options, payload: dict, path: Path) -> RunConfig:
+RESUME_APPLIES = ("epochs", "max_steps", "patience", "lr")  # a resumed run may be extended, more patient, slower
+
+
+def resumed(request: RunRequest, payload: dict, path: Path) -> RunConfig:
     """The configuration a `--resume` continues with: last.pt's, with the options a resumed run follows (--epochs,
     --max-steps, --patience, --lr); a broken stored config is one line naming the checkpoint."""
     from prostate_vq.models.presets import check_model_config
 
     cfg = copy.deepcopy(payload["config"])
-    for key in ("epochs", "max_steps", "patience", "lr"):  # a resumed run may be extended, more patient, slower
-        if getattr(options, key) is not None:
-            cfg["training"][key] = getattr(options, key)
+    for key in RESUME_APPLIES:
+        if getattr(request, key) is not None:
+            cfg["training"][key] = getattr(request, key)
     try:
         check_model_config(cfg)
         check_training_config(cfg["training"], payload["task"])
     except UserInputError as error:
         raise UserInputError(f"--resume: its stored config is broken ({error})", path) from None
     return RunConfig.from_sections(cfg, preset=payload["preset"], task=payload["task"],
-                                   seed=int(payload.get("seed", options.seed or 0)))
+                                   seed=int(payload.get("seed", request.seed or 0)))
 
 
 def _sections(preset: str, file: dict | None, path) -> dict:
@@ -115,16 +151,16 @@ def _sections(preset: str, file: dict | None, path) -> dict:
         raise UserInputError(f"--config: {error}", path) from None
 
 
-def _seed(options, file: dict) -> int:
+def _seed(request: RunRequest, file: dict) -> int:
     """--seed, else the --config file's (by --seed's rule), else 0."""
-    if options.seed is not None:
-        return int(options.seed)
+    if request.seed is not None:
+        return int(request.seed)
     if "seed" not in file:
         return 0
     try:
         return int(check_option("seed", file["seed"], label="seed"))
     except UserInputError as error:
-        raise UserInputError(f"--config: {error}", options.config) from None
+        raise UserInputError(f"--config: {error}", request.config_file) from None
 
 
 def check_training_values(training: dict) -> dict:
@@ -147,7 +183,7 @@ def check_training_config(training: dict, task: str) -> None:
 
 
 def check_options(options) -> None:
-    """Command-line numbers the config does not hold: a wall-clock budget and loader workers."""
+    """Runtime numbers the config does not hold (TrainOptions'): a wall-clock budget and loader workers."""
     minutes = options.max_minutes
     if minutes is not None and not (math.isfinite(float(minutes)) and float(minutes) > 0):
         raise UserInputError(f"--max-minutes must be a positive number of minutes, got {minutes}")

@@ -36,8 +36,9 @@ MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipM
 def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = None,
           max_minutes: float | None = None, device: str = "auto", seed: int = 0, progress: bool = True,
           max_slices: int | None = None, num_workers: int = 0, max_steps: int | None = None,
-          tensorboard: bool = False) -> Path:
-    """ReFiT run folder (best.pt/last.pt/history.csv/refit.json) fine-tuned from `checkpoint`.
+          tensorboard: bool = False) -> Path | None:
+    """ReFiT run folder (best.pt/last.pt/history.csv/refit.json) fine-tuned from `checkpoint` (None on torchrun
+    ranks > 0, as `fit`).
 
     Spatial size, batch size and losses come from the checkpoint's config; the learning rate from its
     `refit.lr` when the preset has one."""
@@ -68,8 +69,8 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
     info = {"base_checkpoint": str(checkpoint.resolve()), "base_epoch": int(base.get("epoch", 0)),
             "codebook_size_before": int(base["config"]["quantizer"]["codebook_size"]),
             "codebook_size_after": int(codebook_size), "kmeans_points_max": MAX_KMEANS_POINTS}
-    options = TrainOptions(out=Path(out), data=Path(data) if data else None, preset=config.preset,
-                           task=config.task, max_minutes=max_minutes, seed=int(seed), device=device,
+    # The configuration is `config` (the base run's, rebuilt for K codes); the options only say how the run runs.
+    options = TrainOptions(out=Path(out), data=Path(data) if data else None, max_minutes=max_minutes, device=device,
                            progress=progress, max_slices=max_slices, num_workers=num_workers, tensorboard=tensorboard)
     root = None if data else Path(base["data_root"])
 

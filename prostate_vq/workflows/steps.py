@@ -22,7 +22,7 @@ def finished(run: Path) -> bool:
 def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_minutes, spatial_size, seed: int,
               device: str, max_slices, progress: bool, overrides=None, max_steps=None, label: str | None = None,
               compile: bool = False, tensorboard: bool = False) -> Path:
-    from prostate_vq.training import TrainOptions, train
+    from prostate_vq.training import RunRequest, TrainOptions, train
 
     label = label or preset
     if finished(run):
@@ -32,11 +32,11 @@ def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_
     budget = (f", {max_steps} steps" if max_steps else "") + (f", at most {max_minutes:g} min" if max_minutes else "")
     say(tag, f"{label}: {'resuming' if resume else 'training'} ({task} task{budget}) -> {run}")
     start = time.monotonic()
-    train(TrainOptions(out=run, data=None if data is None else Path(data), preset=preset, task=task, epochs=epochs,
-                       max_minutes=max_minutes, max_steps=max_steps,
-                       spatial_size=tuple(spatial_size) if spatial_size else None,
-                       seed=seed, device=device, resume=resume, max_slices=max_slices, progress=progress,
-                       overrides=list(overrides or []), compile=compile, tensorboard=tensorboard))
+    train(TrainOptions(out=run, data=None if data is None else Path(data), max_minutes=max_minutes, device=device,
+                       resume=resume, max_slices=max_slices, progress=progress, compile=compile,
+                       tensorboard=tensorboard),
+          RunRequest(preset=preset, task=task, seed=seed, overrides=list(overrides or []), epochs=epochs,
+                     max_steps=max_steps, spatial_size=tuple(spatial_size) if spatial_size else None))
     say(tag, f"{label}: trained in {(time.monotonic() - start) / 60:.1f} min")
     return run
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,7 +25,7 @@ from prostate_vq.runtime.device import configure_cpu_threads
 from prostate_vq.runtime.run_format import HISTORY_COLUMNS
 from prostate_vq.runtime.seeding import restore_rng_state, seed_everything
 from prostate_vq.schema import RunConfig
-from prostate_vq.training.config import MONITOR_KEYS
+from prostate_vq.training.config import MONITOR_KEYS, RunRequest
 from prostate_vq.training.engine import (
     EarlyStopping,
     Engine,
@@ -41,6 +42,7 @@ from prostate_vq.training.engine.run_folder import record_rank_sync
 from prostate_vq.training.vqvae.data import first_batch, load_datasets, loader_shard
 from prostate_vq.training.vqvae.epoch import StepSettings, restarted_codes, train_one_epoch, validate
 from prostate_vq.training.vqvae.losses import TaskLoss
+from prostate_vq.training.vqvae.options import TrainOptions
 from prostate_vq.training.vqvae.resume import announce_resume, kept_max_slices, refuse_other_data
 from prostate_vq.training.vqvae.schedule import (
     PLAN_AFTER_STEPS,
@@ -54,6 +56,9 @@ from prostate_vq.training.vqvae.schedule import (
 )
 from prostate_vq.training.vqvae.validation import warn_if_collapsed
 
+if TYPE_CHECKING:  # annotations only: prostate_vq.data (MONAI) is imported when a run loads its data
+    from prostate_vq.data.dataset import SliceDataset
+
 log = logging.getLogger("prostate_vq")
 
 
@@ -63,8 +68,8 @@ class InitContext:
 
     device: torch.device
     dist: ddp.DistContext
-    train_ds: object
-    val_ds: object
+    train_ds: SliceDataset
+    val_ds: SliceDataset
     batch_size: int
     criterion: TaskLoss
     settings: StepSettings
@@ -74,10 +79,14 @@ class InitContext:
 class VQVAETraining:
     """One VQ-VAE run: its data, model, loss and files; the engine's plug-in."""
 
-    history_columns = HISTORY_COLUMNS
+    history_columns: tuple[str, ...] = HISTORY_COLUMNS
 
-    def __init__(self, options, config: RunConfig, resume, dist_ctx, device, started, extra_payload):
+    def __init__(self, options: TrainOptions, config: RunConfig, resume: dict | None, dist_ctx: ddp.DistContext,
+                 device: torch.device, started: float, extra_payload: dict, *, request: RunRequest | None = None):
+        """`request` is what the command line gave: on --resume the "resuming" line names what it applies and
+        ignores (the run itself follows `config`, resolved from it or from last.pt)."""
         self.options, self.config, self.resume = options, config, resume
+        self.request = request or RunRequest()
         self.cfg = config.sections()  # what the checkpoints and config.yaml hold
         self.training = config.training
         self.task, self.seed = config.task, config.seed
@@ -108,7 +117,7 @@ class VQVAETraining:
         seed_everything(self.seed)
         model = build_model(self.cfg, self.task).to(device)
         if hasattr(model, "code_shape"):  # a spatial size the network cannot divide fails now, as exit 2
-            model.code_shape(tuple(int(s) for s in training.spatial_size))
+            model.code_shape(self._spatial_size())
         self.criterion = TaskLoss(self.task, training.l1_weight, training.dice_weight, training.seg_weight,
                                   training.ssim_weight)
         self.settings = StepSettings(device=device, channels_last=device.type == "cuda",
@@ -123,7 +132,7 @@ class VQVAETraining:
                                   self.settings, self.seed)
             self.extra_payload.update(init(model, context) or {})
         if self.settings.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            _to_channels_last(model)
         optimizer = make_optimizer(model, training)
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ds) / self.dist.world_size) / self.batch_size)
         scheduler = make_step_scheduler(optimizer, training, self.steps_per_epoch)
@@ -132,7 +141,7 @@ class VQVAETraining:
                                 min_steps=int(training.min_steps))
         state = LoopState()
         if self.resume is not None:
-            state = self._restore(model, optimizer, scheduler, stopper)
+            state = self._restore(self.resume, model, optimizer, scheduler, stopper)
         elif self.dist.is_main:
             log_plan(scheduler, float(training.lr))
         if self.resume is None:
@@ -141,13 +150,18 @@ class VQVAETraining:
             example = model.prepare_input(first_batch(self.val_ds, device))
             self.writer.summary(network_summary(copy.deepcopy(model), example))
         self.core = model
+        network: torch.nn.Module = model
         if self.options.compile:
-            model = torch.compile(model)
-        self.model = ddp.wrap_model(model, self.dist, device, bool(training.find_unused_parameters))
+            compiled = torch.compile(model)
+            # Typed as the callable it was given; a Module compiles to an OptimizedModule, itself a Module.
+            assert isinstance(compiled, torch.nn.Module)
+            network = compiled
+        self.model = ddp.wrap_model(network, self.dist, device, bool(training.find_unused_parameters))
         self.optimizer, self.scheduler = optimizer, scheduler
         self.settings.scheduler = scheduler if getattr(scheduler, "per_step", False) else None
         self.settings.max_steps = int(training.max_steps) if training.max_steps else None
-        self._rate_from = None  # (time, step) at the first epoch of this process: the measured step rate
+        # (time, step) at the first epoch of this process: the measured step rate
+        self._rate_from: tuple[float, int] | None = None
         base_payload = {
             "config": self.cfg,
             "preset": self.config.preset,
@@ -218,8 +232,7 @@ class VQVAETraining:
 
         return dict(getattr(self.train_ds, "intensity", None) or INTENSITY_SCALING)
 
-    def _restore(self, model, optimizer, scheduler, stopper) -> LoopState:
-        resume = self.resume
+    def _restore(self, resume: dict, model, optimizer, scheduler, stopper) -> LoopState:
         per_epoch = isinstance(scheduler, StepCosine) and "lr_lambdas" not in (resume.get("scheduler_state") or {})
         state = restore_training_state({**resume, "scheduler_state": None} if per_epoch else resume, model,
                                        optimizer, scheduler, stopper)
@@ -231,7 +244,7 @@ class VQVAETraining:
         if self.dist.is_main and replanned:
             log_plan(scheduler, float(self.training.lr))
         if self.dist.is_main:
-            announce_resume(self.options, resume, self.training, self.root)
+            announce_resume(self.options, self.request, resume, self.training, self.root)
         restore_rng_state(resume["rng_state"])  # last: nothing above may draw from the restored generators
         return state
 
@@ -312,8 +325,20 @@ class VQVAETraining:
 
     def _levels(self, metrics: dict) -> list[dict]:
         """Usage and perplexity per code map (RQ depths, VQ-VAE-2 top and bottom) on the validation split."""
-        spatial = [int(s) for s in self.training.spatial_size]
+        spatial = self._spatial_size()
         return level_health(metrics["code_counts"], self.core.code_levels(spatial), spatial)
+
+    def _spatial_size(self) -> tuple[int, int]:
+        """(H, W) of the training slices (the config holds a checked two-item list)."""
+        h, w = (int(s) for s in self.training.spatial_size)
+        return h, w
+
+
+def _to_channels_last(model: torch.nn.Module) -> None:
+    """`model.to(memory_format=torch.channels_last)`, in place: torch documents the keyword, but its typed overloads
+    of Module.to leave it out, so the call goes through the untyped signature the implementation has."""
+    to: Callable[..., Any] = model.to
+    to(memory_format=torch.channels_last)
 
 
 def final_metrics(history: list[dict]) -> dict:

@@ -60,7 +60,11 @@ class StepCosine(torch.optim.lr_scheduler.LambdaLR):
 
     @property
     def plan(self) -> CosineSegment:
-        return self.lr_lambdas[0]
+        """The segment every parameter group follows (LambdaLR types its lambdas as plain callables)."""
+        plan = self.lr_lambdas[0]
+        if not isinstance(plan, CosineSegment):
+            raise TypeError(f"StepCosine follows a CosineSegment, not {type(plan).__name__}")
+        return plan
 
     def replan(self, horizon: int, source: str, step: int) -> None:
         """Continue from the current factor at `step` down to the floor at `horizon` (all groups alike)."""
