@@ -23,8 +23,14 @@ from prostate_vq.schema import DEFAULT_SPATIAL_SIZE
 
 
 def _spatial(parser: argparse.ArgumentParser, default=None) -> None:
-    parser.add_argument("--spatial-size", nargs=2, type=int, metavar=("H", "W"), default=default,
-                        help="slice size the model sees (default: 256 128, or the checkpoint's)")
+    parser.add_argument(
+        "--spatial-size",
+        nargs=2,
+        type=int,
+        metavar=("H", "W"),
+        default=default,
+        help="slice size the model sees (default: 256 128, or the checkpoint's)",
+    )
 
 
 def _out_path(text: str) -> Path | str:
@@ -34,17 +40,22 @@ def _out_path(text: str) -> Path | str:
 
 
 def _data(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    parser.add_argument("--data", type=Path, required=required, default=None,
-                        help="HipMRI root with keras_slices_* folders (default: the built-in demo phantom)")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        required=required,
+        default=None,
+        help="HipMRI root with keras_slices_* folders (default: the built-in demo phantom)",
+    )
 
 
 # --- data -----------------------------------------------------------------------------------
 
+
 def cmd_synth(args):
     from prostate_vq.data.phantom import synthesize
 
-    root = synthesize(args.out, cases=args.cases, seed=args.seed,
-                      slices_per_volume=args.slices, weeks=args.weeks)
+    root = synthesize(args.out, cases=args.cases, seed=args.seed, slices_per_volume=args.slices, weeks=args.weeks)
     print(f"demo phantom written to {root}")
 
 
@@ -64,12 +75,14 @@ def cmd_import(args):
         return
     if args.case is None or args.split is None:
         raise UserInputError(f"--case and --split are required for one volume ({args.path} holds no {MR_FOLDER}/)")
-    written = import_volume(args.path, args.out, case=args.case, split=args.split, week=args.week,
-                            seg=args.seg, orientation=args.orientation)
+    written = import_volume(
+        args.path, args.out, case=args.case, split=args.split, week=args.week, seg=args.seg, orientation=args.orientation
+    )
     print(f"wrote {len(written)} slices ({written[0].name} ... {written[-1].name}) into {written[0].parent}")
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 def cmd_presets(args):
     from prostate_vq.models.presets import list_presets, preset_bits_per_pixel
@@ -100,19 +113,30 @@ def _show_preset(name: str, overrides) -> None:
 def cmd_summary(args):
     from prostate_vq.models.summary import model_summary
 
-    print(model_summary(args.preset, spatial_size=tuple(args.spatial_size or DEFAULT_SPATIAL_SIZE), task=args.task,
-                        overrides=args.set))
+    print(
+        model_summary(
+            args.preset, spatial_size=tuple(args.spatial_size or DEFAULT_SPATIAL_SIZE), task=args.task, overrides=args.set
+        )
+    )
 
 
 # --- training -------------------------------------------------------------------------------
+
 
 def _train_options(args):
     """How the run runs: the runtime options (data, folder, device, time budget, --resume, workers...)."""
     from prostate_vq.training import TrainOptions
 
     return TrainOptions(
-        data=args.data, out=args.out, max_minutes=args.max_minutes, device=args.device, resume=args.resume,
-        max_slices=args.max_slices, num_workers=args.num_workers, compile=args.compile, tensorboard=args.tensorboard,
+        data=args.data,
+        out=args.out,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        resume=args.resume,
+        max_slices=args.max_slices,
+        num_workers=args.num_workers,
+        compile=args.compile,
+        tensorboard=args.tensorboard,
         progress=not args.no_progress,
     )
 
@@ -123,9 +147,18 @@ def _run_request(args):
     from prostate_vq.training import RunRequest
 
     return RunRequest(
-        preset=args.preset, config_file=args.config, task=args.task, seed=args.seed, overrides=list(args.set or []),
-        epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        monitor=args.monitor, mask_ratio=args.mask_ratio,
+        preset=args.preset,
+        config_file=args.config,
+        task=args.task,
+        seed=args.seed,
+        overrides=list(args.set or []),
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        monitor=args.monitor,
+        mask_ratio=args.mask_ratio,
         spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
     )
 
@@ -146,22 +179,41 @@ def cmd_train(args):
 def cmd_refit(args):
     from prostate_vq.training.refit import refit
 
-    run = refit(args.checkpoint, out=args.out, codebook_size=args.codebook_size, data=args.data,
-                epochs=args.epochs, max_minutes=args.max_minutes, device=args.device, seed=args.seed,
-                progress=not args.no_progress, tensorboard=args.tensorboard)
+    run = refit(
+        args.checkpoint,
+        out=args.out,
+        codebook_size=args.codebook_size,
+        data=args.data,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        seed=args.seed,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
     if run is not None:  # under torchrun only rank 0 reports the run (as train)
         print(f"ReFiT run written to {run}")
 
 
 # --- evaluation and reports -----------------------------------------------------------------
 
+
 def cmd_evaluate(args):
     from prostate_vq.evaluation.evaluate import evaluate_checkpoint
 
-    result = evaluate_checkpoint(args.checkpoint, data=args.data, split=args.split, out=args.out,
-                                 device=args.device, batch_size=args.batch_size, max_slices=args.max_slices,
-                                 codecs=args.codecs, codec_bits_per_pixel=args.codec_bpp,
-                                 lpips_weights=args.lpips_weights, fid_weights=args.fid_weights)
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        data=args.data,
+        split=args.split,
+        out=args.out,
+        device=args.device,
+        batch_size=args.batch_size,
+        max_slices=args.max_slices,
+        codecs=args.codecs,
+        codec_bits_per_pixel=args.codec_bpp,
+        lpips_weights=args.lpips_weights,
+        fid_weights=args.fid_weights,
+    )
     print(result.summary_table())
     print(f"metrics written to {Path(args.out) / 'metrics.json'}")
 
@@ -190,10 +242,19 @@ def cmd_sweep(args):
     for name in ("lpips_weights", "fid_weights"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
-    path = sweep(data=args.data, presets=[p for p in (args.presets or "").split(",") if p], out=args.out,
-                 max_minutes=args.max_minutes, task=args.task, epochs=args.epochs, device=args.device,
-                 seed=args.seed, spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
-                 max_slices=args.max_slices, **kwargs)
+    path = sweep(
+        data=args.data,
+        presets=[p for p in (args.presets or "").split(",") if p],
+        out=args.out,
+        max_minutes=args.max_minutes,
+        task=args.task,
+        epochs=args.epochs,
+        device=args.device,
+        seed=args.seed,
+        spatial_size=tuple(args.spatial_size) if args.spatial_size else None,
+        max_slices=args.max_slices,
+        **kwargs,
+    )
     print(f"sweep report written to {path}")
 
 
@@ -222,21 +283,43 @@ def cmd_export(args):
 
 # --- generative prior -----------------------------------------------------------------------
 
+
 def cmd_train_prior(args):
     from prostate_vq.prior.train import train_prior
 
-    run = train_prior(args.checkpoint, data=args.data, out=args.out, arch=args.arch, epochs=args.epochs,
-                      max_minutes=args.max_minutes, device=args.device, seed=args.seed, resume=args.resume,
-                      batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-                      max_slices=args.max_slices, progress=not args.no_progress, tensorboard=args.tensorboard)
+    run = train_prior(
+        args.checkpoint,
+        data=args.data,
+        out=args.out,
+        arch=args.arch,
+        epochs=args.epochs,
+        max_minutes=args.max_minutes,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        max_slices=args.max_slices,
+        progress=not args.no_progress,
+        tensorboard=args.tensorboard,
+    )
     print(f"prior run written to {run}")
 
 
 def cmd_sample(args):
     from prostate_vq.prior.sample import sample
 
-    out = sample(args.prior, n=args.n, out=args.out, temperature=args.temperature, seed=args.seed,
-                 device=args.device, data=args.data, fid_weights=args.fid_weights)
+    out = sample(
+        args.prior,
+        n=args.n,
+        out=args.out,
+        temperature=args.temperature,
+        seed=args.seed,
+        device=args.device,
+        data=args.data,
+        fid_weights=args.fid_weights,
+    )
     print(f"{args.n} samples written to {out}")
 
 
@@ -245,10 +328,12 @@ def cmd_encode(args):
         from prostate_vq.prior.compress import compress_dataset
 
         rates = compress_dataset(args.checkpoint, args.compress, data=args.data, split=args.split, out=args.out)
-        print(f"codes entropy-coded under the prior written to {args.out}: "
-              f"{rates['coded_bits_per_pixel']:.4f} bits per pixel coded (prior NLL "
-              f"{rates['nll_bits_per_pixel']:.4f}, nominal {rates['nominal_bits_per_pixel']:.4f}, whole file "
-              f"{rates['file_bits_per_pixel']:.4f})")
+        print(
+            f"codes entropy-coded under the prior written to {args.out}: "
+            f"{rates['coded_bits_per_pixel']:.4f} bits per pixel coded (prior NLL "
+            f"{rates['nll_bits_per_pixel']:.4f}, nominal {rates['nominal_bits_per_pixel']:.4f}, whole file "
+            f"{rates['file_bits_per_pixel']:.4f})"
+        )
         print(json.dumps(rates))
         return
     from prostate_vq.prior.codes import encode_dataset
@@ -266,8 +351,8 @@ def cmd_decode(args):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="prostate-vq",
-        description="VQ-VAE variants for 2D prostate MRI slices (HipMRI): train, evaluate, report.")
+        prog="prostate-vq", description="VQ-VAE variants for 2D prostate MRI slices (HipMRI): train, evaluate, report."
+    )
     parser.add_argument("--version", action="version", version=f"prostate-vq {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -283,27 +368,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--out", type=_out_path, default=None, help="CSV to write")
     p.add_argument("--check", action="store_true", help="exit 2 on leakage, missing masks, bad shapes or labels")
-    p.add_argument("--resplit", nargs=3, type=float, metavar=("TRAIN", "VAL", "TEST"), default=None,
-                   help="re-assign splits by patient with these fractions (written to the manifest only)")
+    p.add_argument(
+        "--resplit",
+        nargs=3,
+        type=float,
+        metavar=("TRAIN", "VAL", "TEST"),
+        default=None,
+        help="re-assign splits by patient with these fractions (written to the manifest only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("import", help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder), or the whole HipMRI "
-                                      "3D release (a folder with semantic_MRs/ and semantic_labels_only/), as slices")
+    p = sub.add_parser(
+        "import",
+        help="import a 3D volume (NIfTI, MHA/MHD, NRRD, DICOM folder), or the whole HipMRI "
+        "3D release (a folder with semantic_MRs/ and semantic_labels_only/), as slices",
+    )
     p.add_argument("path", type=Path)
     p.add_argument("--out", type=_out_path, required=True, help="HipMRI root to write into")
     p.add_argument("--case", default=None, help="case id (one volume)")
     p.add_argument("--split", choices=("train", "validate", "test"), default=None, help="split (one volume)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="3D release: seed of the patient split for cases the slice release does not place")
+    p.add_argument(
+        "--seed", type=int, default=0, help="3D release: seed of the patient split for cases the slice release does not place"
+    )
     p.add_argument("--week", type=int, default=0)
     p.add_argument("--seg", type=Path, default=None, help="label volume on the same grid")
     p.add_argument("--orientation", default="RAS", help="reorient to this axis code before slicing (default RAS)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("presets", help="list the model presets, or show one resolved")
-    p.add_argument("--show", metavar="NAME", default=None,
-                   help="print preset NAME's full configuration (defaults filled in) with its bits per pixel")
+    p.add_argument(
+        "--show",
+        metavar="NAME",
+        default=None,
+        help="print preset NAME's full configuration (defaults filled in) with its bits per pixel",
+    )
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides applied before --show")
     p.set_defaults(func=cmd_presets)
 
@@ -318,33 +417,52 @@ def build_parser() -> argparse.ArgumentParser:
     _data(p)
     p.add_argument("--out", type=_out_path, required=True, help="run folder")
     p.add_argument("--preset", default=None, help="model preset (default: default); not with --config")
-    p.add_argument("--config", type=Path, default=None,
-                   help="a config file: base: PRESET plus model/quantizer/training/refit sections (a run's "
-                        "config.yaml reproduces it, its data_root too unless --data is given); instead of --preset, "
-                        "under --set and the options below")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="a config file: base: PRESET plus model/quantizer/training/refit sections (a run's "
+        "config.yaml reproduces it, its data_root too unless --data is given); instead of --preset, "
+        "under --set and the options below",
+    )
     p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--max-minutes", type=float, default=None, help="stop cleanly after this wall-clock budget")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="optimizer-step budget (training.max_steps): the run ends there and the cosine is planned "
-                        "over it; compare variants at equal steps, not minutes")
+    p.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="optimizer-step budget (training.max_steps): the run ends there and the cosine is planned "
+        "over it; compare variants at equal steps, not minutes",
+    )
     _spatial(p)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="default: 0 (or the --config file's)")
     p.add_argument("--patience", type=int, default=None, help="early-stopping patience in epochs")
-    p.add_argument("--monitor", choices=("loss", "ssim", "dice"), default=None,
-                   help="validation metric for best.pt and early stopping (default: the preset's, else loss)")
-    p.add_argument("--mask-ratio", type=float, default=None,
-                   help="share of input patches masked (masked training; default: the preset's, else 0)")
+    p.add_argument(
+        "--monitor",
+        choices=("loss", "ssim", "dice"),
+        default=None,
+        help="validation metric for best.pt and early stopping (default: the preset's, else loss)",
+    )
+    p.add_argument(
+        "--mask-ratio",
+        type=float,
+        default=None,
+        help="share of input patches masked (masked training; default: the preset's, else 0)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--resume", action="store_true", help="continue from RUN/last.pt")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override preset fields")
     p.add_argument("--max-slices", type=int, default=None, help="use at most this many slices per split")
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also log to TensorBoard in RUN/tb: scalars, reconstruction grids, code usage, hparams")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to TensorBoard in RUN/tb: scalars, reconstruction grids, code usage, hparams",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
 
@@ -358,8 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--tensorboard", action="store_true",
-                   help="also log to TensorBoard in OUT/tb: scalars, reconstruction grids, code usage, hparams")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also log to TensorBoard in OUT/tb: scalars, reconstruction grids, code usage, hparams",
+    )
     p.set_defaults(func=cmd_refit)
 
     p = sub.add_parser("evaluate", help="evaluate a checkpoint: metrics.json, per_slice.csv, figures")
@@ -370,16 +491,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-slices", type=int, default=None)
-    p.add_argument("--codecs", default=None, metavar="LIST",
-                   help="also code the same slices at the model's bits per pixel with these codecs and score them "
-                        "alike: webp,avif,jpeg2000,jpeg (Pillow), jpegxl (imagecodecs)")
-    p.add_argument("--codec-bpp", type=float, default=None, metavar="BPP",
-                   help="the codecs' budget in bits per pixel instead of the model's nominal rate (e.g. the coded "
-                        "rate `encode --compress` prints)")
-    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
-                   help="state dict of lpips.LPIPS(net='alex') (safetensors or torch.save): adds LPIPS; never downloaded")
-    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
-                   help="TorchScript feature network ([B, 3, H, W] in [0, 1] -> features): adds rFID; never downloaded")
+    p.add_argument(
+        "--codecs",
+        default=None,
+        metavar="LIST",
+        help="also code the same slices at the model's bits per pixel with these codecs and score them "
+        "alike: webp,avif,jpeg2000,jpeg (Pillow), jpegxl (imagecodecs)",
+    )
+    p.add_argument(
+        "--codec-bpp",
+        type=float,
+        default=None,
+        metavar="BPP",
+        help="the codecs' budget in bits per pixel instead of the model's nominal rate (e.g. the coded "
+        "rate `encode --compress` prints)",
+    )
+    p.add_argument(
+        "--lpips-weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="state dict of lpips.LPIPS(net='alex') (safetensors or torch.save): adds LPIPS; never downloaded",
+    )
+    p.add_argument(
+        "--fid-weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TorchScript feature network ([B, 3, H, W] in [0, 1] -> features): adds rFID; never downloaded",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="write one Markdown report from run and evaluation folders")
@@ -388,41 +528,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--title", default="prostate-vq report")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("export", help="export a checkpoint for others: safetensors + config.json + model card, "
-                                      "TorchScript and ONNX of encode/decode, or a MONAI Bundle")
+    p = sub.add_parser(
+        "export",
+        help="export a checkpoint for others: safetensors + config.json + model card, "
+        "TorchScript and ONNX of encode/decode, or a MONAI Bundle",
+    )
     p.add_argument("--checkpoint", type=Path, required=True, help="a run's best.pt")
     p.add_argument("--out", type=Path, required=True, help="new (or empty) folder to write")
-    p.add_argument("--format", choices=("pretrained", "monai-bundle"), default="pretrained",
-                   help="pretrained: model.safetensors, config.json, README.md, encode/decode .ts and .onnx; "
-                        "monai-bundle: configs/, models/, docs/ as monai.bundle expects")
-    p.add_argument("--metrics", type=Path, default=None,
-                   help="metrics.json of prostate-vq evaluate for the model card (default: a sweep job's "
-                        "eval/metrics.json beside the run, if any)")
+    p.add_argument(
+        "--format",
+        choices=("pretrained", "monai-bundle"),
+        default="pretrained",
+        help="pretrained: model.safetensors, config.json, README.md, encode/decode .ts and .onnx; "
+        "monai-bundle: configs/, models/, docs/ as monai.bundle expects",
+    )
+    p.add_argument(
+        "--metrics",
+        type=Path,
+        default=None,
+        help="metrics.json of prostate-vq evaluate for the model card (default: a sweep job's "
+        "eval/metrics.json beside the run, if any)",
+    )
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("sweep", help="train and evaluate presets x grid x seeds at equal steps, then one "
-                                     "comparison report (mean ± sd over seeds, paired intervals)")
+    p = sub.add_parser(
+        "sweep",
+        help="train and evaluate presets x grid x seeds at equal steps, then one "
+        "comparison report (mean ± sd over seeds, paired intervals)",
+    )
     _data(p)
     p.add_argument("--presets", default=None, help="comma-separated preset names (or --study)")
-    p.add_argument("--out", type=_out_path, required=True, help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, "
-                                                            "sweep.json, results.json, report.md")
-    p.add_argument("--max-steps", type=int, default=None,
-                   help="optimizer steps of every job (compare at equal steps, not minutes)")
+    p.add_argument(
+        "--out",
+        type=_out_path,
+        required=True,
+        help="sweep folder: OUT/<cell>/seed<k>/{run,eval}, sweep.json, results.json, report.md",
+    )
+    p.add_argument(
+        "--max-steps", type=int, default=None, help="optimizer steps of every job (compare at equal steps, not minutes)"
+    )
     p.add_argument("--seeds", default=None, help="comma-separated seeds, e.g. 0,1,2 (default: --seed)")
-    p.add_argument("--grid", action="append", default=[], metavar="SECTION.KEY=V1,V2",
-                   help="a grid axis over every preset (cartesian; repeat for more axes), e.g. "
-                        "quantizer.codebook_dim=4,8,16")
-    p.add_argument("--reference", default=None, metavar="PRESET_OR_CELL",
-                   help="paired differences against this preset (its cell with the same grid values) or cell")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=V1,V2",
+        help="a grid axis over every preset (cartesian; repeat for more axes), e.g. quantizer.codebook_dim=4,8,16",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="PRESET_OR_CELL",
+        help="paired differences against this preset (its cell with the same grid values) or cell",
+    )
     p.add_argument("--study", default=None, help="run a reference-table study (prostate-vq studies lists them)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every cell")
-    p.add_argument("--shard", default=None, metavar="I/N",
-                   help="run only share I of N (0 <= I < N) of the (cell, seed) jobs, e.g. a SLURM array task")
-    p.add_argument("--collect", action="store_true",
-                   help="train nothing: write the report from the finished jobs, naming the missing ones")
-    p.add_argument("--codecs", default=None, metavar="LIST",
-                   help="evaluate every job beside these codecs at its rate (webp,avif,jpeg2000,jpeg): "
-                        "the table adds ours minus the best codec with its interval")
+    p.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="run only share I of N (0 <= I < N) of the (cell, seed) jobs, e.g. a SLURM array task",
+    )
+    p.add_argument(
+        "--collect", action="store_true", help="train nothing: write the report from the finished jobs, naming the missing ones"
+    )
+    p.add_argument(
+        "--codecs",
+        default=None,
+        metavar="LIST",
+        help="evaluate every job beside these codecs at its rate (webp,avif,jpeg2000,jpeg): "
+        "the table adds ours minus the best codec with its interval",
+    )
     p.add_argument("--max-minutes", type=float, default=None, help="a wall-clock cap per job (steps stay the budget)")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--task", choices=TASKS, default=None, help="image, mask or joint (default: image, or the study's)")
@@ -430,12 +606,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0, help="the one seed when --seeds is not given")
     p.add_argument("--max-slices", type=int, default=None)
-    p.add_argument("--tensorboard", action="store_true",
-                   help="log every job to OUT/<cell>/seed<k>/run/tb: tensorboard --logdir OUT compares the cells")
-    p.add_argument("--lpips-weights", type=Path, default=None, metavar="FILE",
-                   help="as evaluate --lpips-weights, for every job's evaluation")
-    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
-                   help="as evaluate --fid-weights, for every job's evaluation")
+    p.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="log every job to OUT/<cell>/seed<k>/run/tb: tensorboard --logdir OUT compares the cells",
+    )
+    p.add_argument(
+        "--lpips-weights", type=Path, default=None, metavar="FILE", help="as evaluate --lpips-weights, for every job's evaluation"
+    )
+    p.add_argument(
+        "--fid-weights", type=Path, default=None, metavar="FILE", help="as evaluate --fid-weights, for every job's evaluation"
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("studies", help="list the reference-table studies (run one with sweep --study NAME)")
@@ -475,8 +656,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     _data(p)
-    p.add_argument("--fid-weights", type=Path, default=None, metavar="FILE",
-                   help="TorchScript feature network: adds FID of the samples against validation slices; never downloaded")
+    p.add_argument(
+        "--fid-weights",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="TorchScript feature network: adds FID of the samples against validation slices; never downloaded",
+    )
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser("encode", help="export the code map of every slice to an .npz")
@@ -485,9 +671,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=("train", "validate", "test"), default="train")
     p.add_argument("--out", type=_out_path, required=True)
     p.add_argument("--device", default="auto")
-    p.add_argument("--compress", type=Path, default=None, metavar="PRIOR",
-                   help="entropy-code the codes under this prior checkpoint (train-prior's best.pt; on the CPU) and "
-                        "print the coded, prior-NLL and nominal bits per pixel; `decode` restores the codes exactly")
+    p.add_argument(
+        "--compress",
+        type=Path,
+        default=None,
+        metavar="PRIOR",
+        help="entropy-code the codes under this prior checkpoint (train-prior's best.pt; on the CPU) and "
+        "print the coded, prior-NLL and nominal bits per pixel; `decode` restores the codes exactly",
+    )
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("decode", help="restore the codes of an `encode --compress` file exactly (a plain codes .npz)")
@@ -503,8 +694,18 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"prostate-vq: warning: {message}\n"
 
 
-_USER_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.ENOSPC,
-                errno.EEXIST, errno.ELOOP, errno.ENAMETOOLONG}
+_USER_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOENT,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EEXIST,
+    errno.ELOOP,
+    errno.ENAMETOOLONG,
+}
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -598,8 +799,10 @@ def _run(args) -> int:
     except (MemoryError, RuntimeError) as error:  # the allocator's refusal of a size the user asked for
         loop = _symlink_loop(error)
         if loop is not None:
-            _say(args.command, f"error: {loop}: a loop of symbolic links (it leads back to itself); point it at "
-                               "a real folder or file")
+            _say(
+                args.command,
+                f"error: {loop}: a loop of symbolic links (it leads back to itself); point it at a real folder or file",
+            )
             return 2
         if not isinstance(error, MemoryError) and not _is_out_of_memory(error):
             raise

@@ -28,8 +28,17 @@ TEMP_TAG = ".prostate-vq-"
 _OWN_TEMP = re.compile(r"^\..+\.prostate-vq-[A-Za-z0-9_]+\.tmp$")
 LOCK_NAME = ".lock"
 # errno values that mean "this file cannot be written here", not a bug: shown as one line, exit 2.
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG,
-                 errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+_WRITE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EFBIG,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.ENAMETOOLONG,
+}
 _TORCH_WRITE_FAILURES = ("unexpected pos", "PytorchStreamWriter", "file write failed")
 
 
@@ -77,8 +86,7 @@ def write_error(error: BaseException, path: str | Path) -> UserInputError | None
             return UserInputError(f"cannot write ({reason}); nothing was changed here", path)
         chain, seen = chain.__cause__ or chain.__context__, seen + 1
     if isinstance(error, RuntimeError) and any(text in str(error) for text in _TORCH_WRITE_FAILURES):
-        return UserInputError("cannot write (the write failed midway, e.g. disk full); nothing was changed here",
-                              path)
+        return UserInputError("cannot write (the write failed midway, e.g. disk full); nothing was changed here", path)
     return None
 
 
@@ -250,6 +258,7 @@ _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 def _relocate(error: BaseException, stage: Path, out: Path) -> UserInputError | None:
     """The error of a write into the staging folder, naming the file where it was going to appear; a full
     disk met by a writer that is not ours (nibabel) becomes one line too."""
+
     def outside(name) -> str | None:
         if name is None:
             return None
@@ -268,8 +277,10 @@ def _relocate(error: BaseException, stage: Path, out: Path) -> UserInputError | 
 
 
 def _publish(stage: Path, out: Path, last: str | None, new_files_only: bool) -> None:
-    files = sorted((p for p in stage.rglob("*") if p.is_file() and not is_own_temp(p)),
-                   key=lambda p: (p.relative_to(stage).as_posix() == last, str(p)))
+    files = sorted(
+        (p for p in stage.rglob("*") if p.is_file() and not is_own_temp(p)),
+        key=lambda p: (p.relative_to(stage).as_posix() == last, str(p)),
+    )
     moved: list[Path] = []
     target = out
     try:
@@ -310,8 +321,7 @@ def folder_lock(folder: str | Path, active: bool = True, create: bool = True):
     ensure_dir(folder)
     lock = folder / LOCK_NAME
     if lock.is_symlink():  # writing the pid through it would change a file outside the folder
-        raise UserInputError("is a symbolic link; prostate-vq writes its lock only as a file of its own: "
-                             "remove the link", lock)
+        raise UserInputError("is a symbolic link; prostate-vq writes its lock only as a file of its own: remove the link", lock)
     try:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as error:
@@ -320,8 +330,9 @@ def folder_lock(folder: str | Path, active: bool = True, create: bool = True):
         raise (write_error(error, lock) or error) from None
     try:
         if not _try_flock(fcntl, fd):
-            raise UserInputError("another prostate-vq process is working in this folder; wait for it to finish "
-                                 "or choose another --out", folder)
+            raise UserInputError(
+                "another prostate-vq process is working in this folder; wait for it to finish or choose another --out", folder
+            )
         try:
             os.ftruncate(fd, 0)
             os.write(fd, f"{os.getpid()}\n".encode())

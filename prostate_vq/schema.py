@@ -19,12 +19,32 @@ from prostate_vq.errors import UserInputError
 DEFAULT_SPATIAL_SIZE = (256, 128)
 
 
-def option_rules(default, *, minimum=None, above=None, below=None, maximum=None, choices=None, kind=None,
-                 item_minimum=None, length=None, power_of_two=False) -> dict:
+def option_rules(
+    default,
+    *,
+    minimum=None,
+    above=None,
+    below=None,
+    maximum=None,
+    choices=None,
+    kind=None,
+    item_minimum=None,
+    length=None,
+    power_of_two=False,
+) -> dict:
     """What a value must be (`kind` when the default is None): the rules `check` applies."""
-    return {"minimum": minimum, "above": above, "below": below, "maximum": maximum, "choices": choices,
-            "kind": kind or type(default), "item_minimum": item_minimum, "length": length,
-            "nullable": default is None, "power_of_two": power_of_two}
+    return {
+        "minimum": minimum,
+        "above": above,
+        "below": below,
+        "maximum": maximum,
+        "choices": choices,
+        "kind": kind or type(default),
+        "item_minimum": item_minimum,
+        "length": length,
+        "nullable": default is None,
+        "power_of_two": power_of_two,
+    }
 
 
 def option(default, **limits):
@@ -128,14 +148,22 @@ class RunConfig:
     data_root: str | None = None
 
     @classmethod
-    def from_sections(cls, cfg: dict, *, preset: str = "default", task: str = "image", seed: int = 0,
-                      data_root: str | None = None) -> RunConfig:
+    def from_sections(
+        cls, cfg: dict, *, preset: str = "default", task: str = "image", seed: int = 0, data_root: str | None = None
+    ) -> RunConfig:
         """From a resolved (or stored) config dict whose sections hold every key of their schema."""
         refit = cfg.get("refit")
-        return cls(model=ModelConfig(**cfg["model"]), quantizer=QuantizerConfig.from_section(cfg["quantizer"]),
-                   training=TrainingConfig(**cfg["training"]), refit=RefitConfig(**refit) if refit else None,
-                   description=cfg.get("description"), preset=str(preset), task=str(task), seed=int(seed),
-                   data_root=data_root)
+        return cls(
+            model=ModelConfig(**cfg["model"]),
+            quantizer=QuantizerConfig.from_section(cfg["quantizer"]),
+            training=TrainingConfig(**cfg["training"]),
+            refit=RefitConfig(**refit) if refit else None,
+            description=cfg.get("description"),
+            preset=str(preset),
+            task=str(task),
+            seed=int(seed),
+            data_root=data_root,
+        )
 
     def sections(self) -> dict:
         """The checkpoint's `config` and the body of config.yaml: description, model, quantizer, training, refit."""
@@ -166,9 +194,16 @@ COMMAND_LINE = {
     "week": option_rules(0, minimum=0),
 }
 # Command-line options that set a config key of the same name: checked by that key's rules.
-FLAG_SECTIONS = {"epochs": "training", "max_steps": "training", "batch_size": "training", "lr": "training",
-                 "patience": "training", "spatial_size": "training", "mask_ratio": "training",
-                 "codebook_size": "refit"}
+FLAG_SECTIONS = {
+    "epochs": "training",
+    "max_steps": "training",
+    "batch_size": "training",
+    "lr": "training",
+    "patience": "training",
+    "spatial_size": "training",
+    "mask_ratio": "training",
+    "codebook_size": "refit",
+}
 # The prior's networks and recipe per architecture (its own config, stored in its checkpoint).
 PRIOR_ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "pixelcnn": {"dim": 64, "layers": 8, "kernel": 3, "first_kernel": 7},
@@ -178,8 +213,15 @@ PRIOR_TRAINING_DEFAULTS = {
     "pixelcnn": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "patience": 8},
     "transformer": {"epochs": 60, "batch_size": 32, "lr": 5e-4, "patience": 8},
 }
-PRIOR_COMMON_TRAINING = {"optimizer": "adamw", "weight_decay": 0.0, "scheduler": "cosine", "min_lr_ratio": 0.05,
-                         "monitor": "loss", "grad_clip": 1.0, "min_delta": 0.0}
+PRIOR_COMMON_TRAINING = {
+    "optimizer": "adamw",
+    "weight_decay": 0.0,
+    "scheduler": "cosine",
+    "min_lr_ratio": 0.05,
+    "monitor": "loss",
+    "grad_clip": 1.0,
+    "min_delta": 0.0,
+}
 
 
 def defaults(section: str) -> dict:
@@ -216,6 +258,7 @@ def check_section(section: str, values: dict, label=None) -> dict:
 
 def check(label: str, value: Any, rules, show_value: bool = True) -> Any:
     """One value against its field's rules; the message names `label` and says what the value must be."""
+
     def bad(expected: str):
         raise UserInputError(f"{label} must be {expected}" + (f", got {value!r}" if show_value else ""))
 

@@ -35,8 +35,13 @@ def phantom_root(tmp_path_factory):
 # --- training fixtures (training helper): tiny trained runs for evaluation / prior / report tests ---
 
 # A model small enough to train in about a second on one CPU thread (64x32 slices).
-TINY_MODEL_OVERRIDES = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=16",
-                        "quantizer.codebook_size=32", "quantizer.codebook_dim=4"]
+TINY_MODEL_OVERRIDES = [
+    "model.channels=[8,16]",
+    "model.res_channels=8",
+    "model.embedding_dim=16",
+    "quantizer.codebook_size=32",
+    "quantizer.codebook_dim=4",
+]
 
 
 def split_train_options(**kwargs):
@@ -47,8 +52,10 @@ def split_train_options(**kwargs):
     from prostate_vq.training import RunRequest, TrainOptions
 
     runtime = {f.name for f in fields(TrainOptions)}
-    return (TrainOptions(**{k: v for k, v in kwargs.items() if k in runtime}),
-            RunRequest(**{k: v for k, v in kwargs.items() if k not in runtime}))
+    return (
+        TrainOptions(**{k: v for k, v in kwargs.items() if k in runtime}),
+        RunRequest(**{k: v for k, v in kwargs.items() if k not in runtime}),
+    )
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +67,10 @@ def train_args():
 def _tiny_training_run(root, out, task):
     from prostate_vq.training import RunRequest, TrainOptions, train
 
-    return train(TrainOptions(out=out, data=root, device="cpu", progress=False),
-                 RunRequest(task=task, epochs=2, spatial_size=TINY_SPATIAL, batch_size=4, seed=0,
-                            overrides=list(TINY_MODEL_OVERRIDES)))
+    return train(
+        TrainOptions(out=out, data=root, device="cpu", progress=False),
+        RunRequest(task=task, epochs=2, spatial_size=TINY_SPATIAL, batch_size=4, seed=0, overrides=list(TINY_MODEL_OVERRIDES)),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -9,8 +9,23 @@ import pytest
 from prostate_vq.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
-VERBS = {"synth", "manifest", "import", "presets", "summary", "train", "refit", "evaluate", "report",
-         "sweep", "demo", "train-prior", "sample", "encode", "export"}
+VERBS = {
+    "synth",
+    "manifest",
+    "import",
+    "presets",
+    "summary",
+    "train",
+    "refit",
+    "evaluate",
+    "report",
+    "sweep",
+    "demo",
+    "train-prior",
+    "sample",
+    "encode",
+    "export",
+}
 
 
 def test_every_verb_is_registered():
@@ -20,16 +35,29 @@ def test_every_verb_is_registered():
 
 
 def test_cli_reference_is_up_to_date():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_cli_docs.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_cli_docs.py"), "--check"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
 
 def test_cli_reference_mentions_every_option_of_train():
     doc = (ROOT / "docs" / "cli.md").read_text(encoding="utf-8")
-    for option in ("--data", "--out", "--preset", "--task", "--epochs", "--max-minutes", "--spatial-size",
-                   "--batch-size", "--lr", "--seed", "--patience", "--mask-ratio", "--device", "--resume",
-                   "--set"):
+    for option in (
+        "--data",
+        "--out",
+        "--preset",
+        "--task",
+        "--epochs",
+        "--max-minutes",
+        "--spatial-size",
+        "--batch-size",
+        "--lr",
+        "--seed",
+        "--patience",
+        "--mask-ratio",
+        "--device",
+        "--resume",
+        "--set",
+    ):
         assert option in doc
 
 

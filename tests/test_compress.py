@@ -28,8 +28,9 @@ def small_prior(arch, vocab_sizes, grid):
     return build_prior(config).eval()
 
 
-@pytest.mark.parametrize("arch,vocab_sizes", [("pixelcnn", [13]), ("pixelcnn", [8, 8, 8]),
-                                              ("transformer", [13]), ("transformer", [6, 4])])
+@pytest.mark.parametrize(
+    "arch,vocab_sizes", [("pixelcnn", [13]), ("pixelcnn", [8, 8, 8]), ("transformer", [13]), ("transformer", [6, 4])]
+)
 def test_round_trip_is_exact_and_costs_about_the_nll(arch, vocab_sizes):
     grid = (6, 5)
     prior = small_prior(arch, vocab_sizes, grid)
@@ -38,7 +39,7 @@ def test_round_trip_is_exact_and_costs_about_the_nll(arch, vocab_sizes):
     streams = compress_codes(prior, codes)
     assert len(streams) == 19 and all(s.dtype == np.uint32 for s in streams)
     assert torch.equal(decompress_codes(prior, streams, grid), codes)
-        # A range coder spends the information content plus a few bits of termination per stream (32-bit words).
+    # A range coder spends the information content plus a few bits of termination per stream (32-bit words).
     with torch.no_grad():
         nll_bits = float(prior.nll(codes, reduction="none").sum()) * codes[0].numel()
         coded_bits = 32 * sum(len(s) for s in streams)
@@ -58,16 +59,41 @@ def test_a_stream_under_another_prior_does_not_decode_to_the_codes():
 @pytest.fixture(scope="module")
 def image_prior(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("compress") / "prior"
-    return train_prior(tiny_run / "best.pt", out=out, arch="pixelcnn", epochs=3, batch_size=4, lr=3e-3,
-                       device="cpu", progress=False, arch_options=SMALL["pixelcnn"])
+    return train_prior(
+        tiny_run / "best.pt",
+        out=out,
+        arch="pixelcnn",
+        epochs=3,
+        batch_size=4,
+        lr=3e-3,
+        device="cpu",
+        progress=False,
+        arch_options=SMALL["pixelcnn"],
+    )
 
 
 def test_cli_compress_decode_restores_the_plain_codes_in_fewer_bits(tiny_run, image_prior, tmp_path, capsys):
     checkpoint = str(tiny_run / "best.pt")
-    assert main(["encode", "--checkpoint", checkpoint, "--split", "test", "--out", str(tmp_path / "plain.npz"),
-                 "--device", "cpu"]) == 0
-    assert main(["encode", "--checkpoint", checkpoint, "--split", "test", "--out", str(tmp_path / "coded.npz"),
-                 "--compress", str(image_prior / "best.pt")]) == 0
+    assert (
+        main(["encode", "--checkpoint", checkpoint, "--split", "test", "--out", str(tmp_path / "plain.npz"), "--device", "cpu"])
+        == 0
+    )
+    assert (
+        main(
+            [
+                "encode",
+                "--checkpoint",
+                checkpoint,
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "coded.npz"),
+                "--compress",
+                str(image_prior / "best.pt"),
+            ]
+        )
+        == 0
+    )
     rates = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     # The phantom's codes are far from uniform: the prior's stream is well below log2 K per code.
     assert rates["coded_bits_per_pixel"] < 0.8 * rates["nominal_bits_per_pixel"]
@@ -75,8 +101,20 @@ def test_cli_compress_decode_restores_the_plain_codes_in_fewer_bits(tiny_run, im
     assert math.isclose(rates["nominal_bits_per_pixel"], math.log2(32) / 16)  # K=32 at /4
     with pytest.raises(Exception, match="entropy-coded"):
         read_codes(tmp_path / "coded.npz")
-    assert main(["decode", "--codes", str(tmp_path / "coded.npz"), "--prior", str(image_prior / "best.pt"),
-                 "--out", str(tmp_path / "decoded.npz")]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                "--codes",
+                str(tmp_path / "coded.npz"),
+                "--prior",
+                str(image_prior / "best.pt"),
+                "--out",
+                str(tmp_path / "decoded.npz"),
+            ]
+        )
+        == 0
+    )
     plain, plain_meta = read_codes(tmp_path / "plain.npz")
     decoded, decoded_meta = read_codes(tmp_path / "decoded.npz")
     assert np.array_equal(plain, decoded)
@@ -88,14 +126,40 @@ def test_cli_compress_decode_restores_the_plain_codes_in_fewer_bits(tiny_run, im
 def test_cli_refuses_a_prior_of_other_weights_in_one_line(tiny_run, image_prior, tmp_path, capsys):
     from prostate_vq.runtime.checkpoints import load_checkpoint, save_checkpoint
 
-    assert main(["encode", "--checkpoint", str(tiny_run / "best.pt"), "--split", "test",
-                 "--out", str(tmp_path / "coded.npz"), "--compress", str(image_prior / "best.pt")]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--split",
+                "test",
+                "--out",
+                str(tmp_path / "coded.npz"),
+                "--compress",
+                str(image_prior / "best.pt"),
+            ]
+        )
+        == 0
+    )
     payload = load_checkpoint(image_prior / "best.pt", kind="prior")
     payload["model_state"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in payload["model_state"].items()}
     save_checkpoint(tmp_path / "other.pt", payload)
     capsys.readouterr()
-    assert main(["decode", "--codes", str(tmp_path / "coded.npz"), "--prior", str(tmp_path / "other.pt"),
-                 "--out", str(tmp_path / "decoded.npz")]) == 2
+    assert (
+        main(
+            [
+                "decode",
+                "--codes",
+                str(tmp_path / "coded.npz"),
+                "--prior",
+                str(tmp_path / "other.pt"),
+                "--out",
+                str(tmp_path / "decoded.npz"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "another prior" in err and "other.pt" in err
     assert not (tmp_path / "decoded.npz").exists()

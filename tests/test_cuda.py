@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-pytestmark = [pytest.mark.cuda,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
 
 @pytest.mark.parametrize("preset", ["default", "fsq", "v3-ema", "v4-rq", "vqvae2", "monai-stock"])
@@ -43,7 +42,9 @@ def test_train_and_evaluate_on_cuda(phantom_root, tmp_path, tiny_spatial, tiny_m
     from prostate_vq.evaluation import evaluate_checkpoint
     from prostate_vq.training import RunRequest, TrainOptions, train
 
-    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cuda", progress=False),
-                RunRequest(max_steps=6, spatial_size=tiny_spatial, batch_size=4, overrides=tiny_model_overrides))
+    run = train(
+        TrainOptions(out=tmp_path / "run", data=phantom_root, device="cuda", progress=False),
+        RunRequest(max_steps=6, spatial_size=tiny_spatial, batch_size=4, overrides=tiny_model_overrides),
+    )
     m = evaluate_checkpoint(run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cuda").to_dict()
     assert m["run_steps"] == 6 and m["ssim_mean"] is not None and m["device"].startswith("cuda")

@@ -30,16 +30,21 @@ def test_items_follow_the_contract(phantom_root):
 
 def test_wide_volume_and_trailing_dim_become_the_requested_size(phantom_root):
     transform = slice_transforms((256, 128), with_label=True)
-    wide = {"image": image_dir(phantom_root, "train") / "case_001_week_0_slice_3.nii.gz",
-            "label": phantom_root / "keras_slices_seg_train" / "seg_001_week_0_slice_3.nii.gz"}
+    wide = {
+        "image": image_dir(phantom_root, "train") / "case_001_week_0_slice_3.nii.gz",
+        "label": phantom_root / "keras_slices_seg_train" / "seg_001_week_0_slice_3.nii.gz",
+    }
     out = transform(wide)
     assert out["image"].shape == (1, 256, 128) and out["label"].shape == (1, 256, 128)
     # Centre crop keeps the pixel spacing: the 8 columns cut on each side are background only.
     from prostate_vq.data import load_slice
+
     raw_mask = load_slice(wide["label"], "mask")
     np.testing.assert_array_equal(out["label"][0].numpy(), raw_mask[:, 8:136])
-    trailing = {"image": image_dir(phantom_root, "train") / "case_002_week_0_slice_0.nii.gz",
-                "label": phantom_root / "keras_slices_seg_train" / "seg_002_week_0_slice_0.nii.gz"}
+    trailing = {
+        "image": image_dir(phantom_root, "train") / "case_002_week_0_slice_0.nii.gz",
+        "label": phantom_root / "keras_slices_seg_train" / "seg_002_week_0_slice_0.nii.gz",
+    }
     assert transform(trailing)["image"].shape == (1, 256, 128)
 
 

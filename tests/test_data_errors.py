@@ -74,12 +74,17 @@ def _complex(root):
     return IMAGE
 
 
-BREAKERS = {"truncated": (_truncate, "truncated or corrupt"), "empty": (_empty, "empty file"),
-            "complex": (_complex, "complex-valued voxels (complex64)"),
-            "unreadable": (_garbage, "NIfTI"), "image without mask": (_no_mask, "no mask"),
-            "shape mismatch": (_shape_mismatch, "256x128 but its mask"),
-            "labels outside 0..5": (_labels_outside, "labels outside 0..5: 7"),
-            "nan": (_nan, "NaN or Inf"), "inf": (_inf, "NaN or Inf")}
+BREAKERS = {
+    "truncated": (_truncate, "truncated or corrupt"),
+    "empty": (_empty, "empty file"),
+    "complex": (_complex, "complex-valued voxels (complex64)"),
+    "unreadable": (_garbage, "NIfTI"),
+    "image without mask": (_no_mask, "no mask"),
+    "shape mismatch": (_shape_mismatch, "256x128 but its mask"),
+    "labels outside 0..5": (_labels_outside, "labels outside 0..5: 7"),
+    "nan": (_nan, "NaN or Inf"),
+    "inf": (_inf, "NaN or Inf"),
+}
 
 
 @pytest.fixture
@@ -176,4 +181,3 @@ def test_entries_that_are_not_slices_are_skipped_with_a_word(broken_copy):
     warning = str(caught[0].message)
     assert "keras_slices_train: skipped 3 entries that are not slice files" in warning
     assert "1 folders" in warning and "1 broken or looping links" in warning and "1 files that are not NIfTI" in warning
-

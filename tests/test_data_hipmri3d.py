@@ -39,9 +39,12 @@ def release(tmp_path):
     root = tmp_path / "HipMRI_Study_open"
     (root / "semantic_MRs").mkdir(parents=True)
     (root / "semantic_labels_only").mkdir()
-    for mr, lab in (("Case_004_Week0_LFOV", "Case_004_Week0_SEMANTIC_LFOV"),
-                    ("Case_004_Week1_LFOV", "Case_004_Week1_SEMANTIC_LFOV"),
-                    ("B006_Week0_LFOV", "B006_Week0_SEMANTIC"), ("Case_010_Week0_LFOV", "Case_010_Week0_SEMANTIC_LFOV")):
+    for mr, lab in (
+        ("Case_004_Week0_LFOV", "Case_004_Week0_SEMANTIC_LFOV"),
+        ("Case_004_Week1_LFOV", "Case_004_Week1_SEMANTIC_LFOV"),
+        ("B006_Week0_LFOV", "B006_Week0_SEMANTIC"),
+        ("Case_010_Week0_LFOV", "Case_010_Week0_SEMANTIC_LFOV"),
+    ):
         _volume(root / "semantic_MRs" / f"{mr}.nii.gz")
         _volume(root / "semantic_labels_only" / f"{lab}.nii.gz", labels=True)
     return root
@@ -70,8 +73,7 @@ def test_import_the_3d_release_in_one_command(release, tmp_path):
     assert plan[("004", "0")]["split"] == plan[("004", "1")]["split"] == "validate"
     assert plan[("004", "0")]["split_source"] == "slice release"
     assert "seeded" in plan[("B006", "0")]["split_source"]
-    found = discover(out, [s for s in ("train", "validate", "test") if (out / f"keras_slices_{s}").is_dir()],
-                     require_masks=True)
+    found = discover(out, [s for s in ("train", "validate", "test") if (out / f"keras_slices_{s}").is_dir()], require_masks=True)
     records = [r for rs in found.values() for r in rs]
     assert len(records) == 4 * 3 and all(r.mask is not None for r in records)
     cases = {}

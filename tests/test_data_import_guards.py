@@ -26,8 +26,7 @@ def _import(capsys, source, out, *extra) -> tuple[int, str]:
 
 
 def _left_behind(out) -> list[str]:
-    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or is_own_temp(p)) \
-        if out.exists() else []
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() or is_own_temp(p)) if out.exists() else []
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii"])
@@ -35,7 +34,7 @@ def test_nifti_cut_in_half_is_refused(tmp_path, capsys, suffix):
     volume = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(6, 40, 30)).astype(np.float32))
     sitk.WriteImage(volume, str(tmp_path / f"vol{suffix}"))
     data = (tmp_path / f"vol{suffix}").read_bytes()
-    (tmp_path / f"cut{suffix}").write_bytes(data[:len(data) // 2])  # SimpleITK reads it: 3 slices of zeros
+    (tmp_path / f"cut{suffix}").write_bytes(data[: len(data) // 2])  # SimpleITK reads it: 3 slices of zeros
     code, err = _import(capsys, tmp_path / f"cut{suffix}", tmp_path / "out")
     assert code == 2 and f"cut{suffix}" in err and "truncated" in err
     assert _left_behind(tmp_path / "out") == []
@@ -114,8 +113,7 @@ def test_segmentation_that_does_not_overlap_the_image_is_refused(tmp_path, capsy
 def test_partly_overlapping_segmentation_is_still_imported(tmp_path):
     sitk.WriteImage(_volume(), str(tmp_path / "vol.nii.gz"))
     sitk.WriteImage(_shifted_labels(0.7 * X / 2), str(tmp_path / "half.nii.gz"))
-    written = import_volume(tmp_path / "vol.nii.gz", tmp_path / "out", case="1", split="train",
-                            seg=tmp_path / "half.nii.gz")
+    written = import_volume(tmp_path / "vol.nii.gz", tmp_path / "out", case="1", split="train", seg=tmp_path / "half.nii.gz")
     assert len(written) == Z
 
 

@@ -45,9 +45,13 @@ def _write_dicom_series(image: sitk.Image, folder: Path) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     d = image.GetDirection()
-    tags = {"0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.1.42", "0008|103e": "test t2",
-            "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
-            "0018|0050": str(image.GetSpacing()[2])}
+    tags = {
+        "0008|0060": "MR",
+        "0020|000e": "1.2.826.0.1.3680043.2.1125.1.42",
+        "0008|103e": "test t2",
+        "0020|0037": "\\".join(str(v) for v in (d[0], d[3], d[6], d[1], d[4], d[7])),
+        "0018|0050": str(image.GetSpacing()[2]),
+    }
     for k in range(image.GetDepth()):
         piece = image[:, :, k]
         for tag, value in tags.items():
@@ -63,8 +67,7 @@ def test_file_formats_become_ras_slices_with_masks(tmp_path, suffix):
     sitk.WriteImage(_volume(), str(tmp_path / f"vol{suffix}"))
     sitk.WriteImage(_labels(), str(tmp_path / f"seg{suffix}"))
     out = tmp_path / "hipmri"
-    written = import_volume(tmp_path / f"vol{suffix}", out, case="7", split="train", week=2,
-                            seg=tmp_path / f"seg{suffix}")
+    written = import_volume(tmp_path / f"vol{suffix}", out, case="7", split="train", week=2, seg=tmp_path / f"seg{suffix}")
     assert [p.name for p in written] == [f"case_007_week_2_slice_{k}.nii.gz" for k in range(Z)]
     for k, path in enumerate(written):
         np.testing.assert_array_equal(load_slice(path), _expected_ras(k))
@@ -97,8 +100,17 @@ def test_reversed_storage_gives_the_same_slices(tmp_path):
 
 def test_mask_on_another_grid_is_resampled_nearest(tmp_path):
     sitk.WriteImage(_volume(), str(tmp_path / "vol.nii.gz"))
-    coarse = sitk.Resample(_labels(), [X // 2, Y // 2, Z], sitk.Transform(), sitk.sitkNearestNeighbor,
-                           _volume().GetOrigin(), (1.4, 1.6, 3.0), _volume().GetDirection(), 0, sitk.sitkUInt8)
+    coarse = sitk.Resample(
+        _labels(),
+        [X // 2, Y // 2, Z],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        _volume().GetOrigin(),
+        (1.4, 1.6, 3.0),
+        _volume().GetDirection(),
+        0,
+        sitk.sitkUInt8,
+    )
     sitk.WriteImage(coarse, str(tmp_path / "coarse.nii.gz"))
     import_volume(tmp_path / "vol.nii.gz", tmp_path / "out", case="9", split="train", seg=tmp_path / "coarse.nii.gz")
     mask = load_slice(tmp_path / "out" / "keras_slices_seg_train" / "seg_009_week_0_slice_0.nii.gz", "mask")
@@ -158,8 +170,7 @@ def test_real_prostate_masks_import_onto_their_slices(tmp_path):
     image grid, as the seg_ twin of each image slice; the dataset pairs them."""
     from prostate_vq.data import make_dataset
 
-    written = import_volume(PROSTATEX / "ProstateX-0000" / "t2-tra", tmp_path / "out", case="0000", split="train",
-                            seg=MASKS)
+    written = import_volume(PROSTATEX / "ProstateX-0000" / "t2-tra", tmp_path / "out", case="0000", split="train", seg=MASKS)
     records = discover(tmp_path / "out", ("train",))["train"]
     assert len(records) == 19 and all(r.mask is not None for r in records)
     by_slice = sorted(records, key=lambda r: r.slice)
@@ -185,6 +196,5 @@ def test_reslicing_across_the_acquired_planes_warns(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        written = import_volume(tmp_path / "sag.nii.gz", tmp_path / "out", case="1", split="train", week=1,
-                                orientation="ASR")
+        written = import_volume(tmp_path / "sag.nii.gz", tmp_path / "out", case="1", split="train", week=1, orientation="ASR")
     assert len(written) == sagittal.GetDepth()

@@ -47,8 +47,25 @@ def test_resplit_is_by_patient_and_reproducible(phantom_root, tmp_path):
     with pytest.raises(UserInputError, match="sum to 1"):
         resplit_by_case(df, (0.5, 0.5, 0.5))
     out = tmp_path / "resplit.csv"
-    assert main(["manifest", "--data", str(phantom_root), "--out", str(out), "--resplit", "0.5", "0.25", "0.25",
-                 "--seed", "1", "--check"]) == 0
+    assert (
+        main(
+            [
+                "manifest",
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(out),
+                "--resplit",
+                "0.5",
+                "0.25",
+                "0.25",
+                "--seed",
+                "1",
+                "--check",
+            ]
+        )
+        == 0
+    )
     assert pd.read_csv(out, dtype={"case": str})["split"].tolist() == a["split"].tolist()
 
 

@@ -48,8 +48,8 @@ def test_masks_match_the_image():
     image = image.astype(float)
     mean = {k: image[labels == k].mean() for k in range(6) if (labels == k).any()}
     assert set(mean) == {0, 1, 2, 3, 4, 5}
-    assert mean[0] < 0.15 * mean[1]          # air is dark
-    assert mean[3] > 1.5 * mean[1]           # urine is the brightest (T2)
+    assert mean[0] < 0.15 * mean[1]  # air is dark
+    assert mean[3] > 1.5 * mean[1]  # urine is the brightest (T2)
     assert mean[4] < mean[3] and mean[2] < mean[3]
     # Organs appear where they should along the volume: bladder superior, prostate inferior.
     bladder, prostate = (labels == 3).sum(axis=(1, 2)), (labels == 5).sum(axis=(1, 2))

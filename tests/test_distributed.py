@@ -28,9 +28,30 @@ def torchrun() -> list[str]:
 
 def test_two_process_run_keeps_ranks_identical(phantom_root, tmp_path, tiny_model_overrides):
     out = tmp_path / "ddp"
-    cmd = [*torchrun(), "--standalone", "--nproc_per_node=2", "-m", "prostate_vq", "train",
-           "--data", str(phantom_root), "--out", str(out), "--epochs", "1", "--spatial-size", "64", "32",
-           "--batch-size", "2", "--device", "cpu", "--no-progress", "--set", *tiny_model_overrides]
+    cmd = [
+        *torchrun(),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "prostate_vq",
+        "train",
+        "--data",
+        str(phantom_root),
+        "--out",
+        str(out),
+        "--epochs",
+        "1",
+        "--spatial-size",
+        "64",
+        "32",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        *tiny_model_overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr[-3000:]

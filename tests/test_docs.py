@@ -62,8 +62,7 @@ def test_relative_links_resolve(path):
 
 def test_link_parser_finds_links(tmp_path):
     page = tmp_path / "page.md"
-    page.write_text("[a](a.md) ![b](img/b.png \"t\") [c](https://x.org) [d](#top) [e](e.md#part)\n"
-                    "```\n[f](not-a-link.md)\n```\n")
+    page.write_text('[a](a.md) ![b](img/b.png "t") [c](https://x.org) [d](#top) [e](e.md#part)\n```\n[f](not-a-link.md)\n```\n')
     assert _relative_links(page) == ["a.md", "img/b.png", "e.md"]
 
 
@@ -79,8 +78,9 @@ def test_quantizer_table_is_generated_from_the_registry():
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "gen_quantizer_docs.py"), "--check"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "gen_quantizer_docs.py"), "--check"], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
     sys.path.insert(0, str(ROOT / "tools"))
     try:

@@ -51,8 +51,18 @@ def _engine(out, values, epochs=10, patience=2, payload=None):
     if payload is not None:
         state = restore_training_state(payload, module, optimizer, None, stopper)
     plugin = Scripted(module, optimizer, values)
-    engine = Engine(plugin, module, optimizer, None, stopper, RunWriter(out, True, False), {"config": {}, "kind_note": "test"},
-                    epochs=epochs, state=state, progress=False)
+    engine = Engine(
+        plugin,
+        module,
+        optimizer,
+        None,
+        stopper,
+        RunWriter(out, True, False),
+        {"config": {}, "kind_note": "test"},
+        epochs=epochs,
+        state=state,
+        progress=False,
+    )
     return engine, plugin
 
 
@@ -97,7 +107,6 @@ def test_explicit_monitor_loss_and_mask_ratio_zero_override_the_config():
     """`--monitor loss` and `--mask-ratio 0` are values, not 'not given' (they used to be ignored)."""
     request = RunRequest(overrides=["training.monitor=ssim", "training.mask_ratio=0.5"])
     assert resolve(request).training.monitor == "ssim"
-    request = RunRequest(overrides=["training.monitor=ssim", "training.mask_ratio=0.5"], monitor="loss",
-                         mask_ratio=0.0)
+    request = RunRequest(overrides=["training.monitor=ssim", "training.mask_ratio=0.5"], monitor="loss", mask_ratio=0.0)
     training = resolve(request).training
     assert training.monitor == "loss" and training.mask_ratio == 0.0

@@ -26,6 +26,7 @@ def _summary(recon, image):
 
 # --- metrics --------------------------------------------------------------------------------
 
+
 def test_identical_images_give_ssim_one_and_infinite_psnr_as_null():
     image = torch.rand(3, 1, 24, 20, generator=torch.Generator().manual_seed(0))
     values = reconstruction_per_slice(image, image)
@@ -66,8 +67,9 @@ def test_reported_ssim_is_monai_ssim_metric_with_the_one_set_of_constants():
     g = torch.Generator().manual_seed(1)
     image = torch.rand(4, 1, 40, 24, generator=g)
     recon = 0.8 * image + 0.3 * torch.rand(4, 1, 40, 24, generator=g)  # partly above 1: clamped before scoring
-    monai = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=11, kernel_sigma=1.5,
-                       reduction="none")(recon.clamp(0, 1), image).reshape(-1)
+    monai = SSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", win_size=11, kernel_sigma=1.5, reduction="none")(
+        recon.clamp(0, 1), image
+    ).reshape(-1)
     assert (ss.SSIM_WINDOW, ss.SSIM_SIGMA, ss.SSIM_DATA_RANGE) == (11, 1.5, 1.0)
     assert torch.equal(ss.ssim_per_slice(recon, image), monai)
     assert torch.equal(reconstruction_per_slice(recon, image)["ssim"], monai)
@@ -75,8 +77,9 @@ def test_reported_ssim_is_monai_ssim_metric_with_the_one_set_of_constants():
 
 
 def test_ssim_pass_rate_and_verdict_follow_the_point_six_bar():
-    summary = summarize_reconstruction({"ssim": np.array([0.9, 0.7, 0.6, 0.1]), "psnr": np.array([30.0] * 4),
-                                        "mse": np.zeros(4), "mae": np.zeros(4)})
+    summary = summarize_reconstruction(
+        {"ssim": np.array([0.9, 0.7, 0.6, 0.1]), "psnr": np.array([30.0] * 4), "mse": np.zeros(4), "mae": np.zeros(4)}
+    )
     assert summary.ssim_pass_rate == 0.5  # 0.6 itself does not pass (strictly greater)
     assert summary.ssim_mean == pytest.approx(0.575) and summary.verdict == "fail"
 
@@ -118,9 +121,24 @@ from prostate_vq.cli import main  # noqa: E402
 from prostate_vq.errors import DataError, UserInputError  # noqa: E402
 from prostate_vq.evaluation import evaluate_checkpoint  # noqa: E402
 
-REQUIRED_KEYS = {"ssim_mean", "ssim_std", "ssim_pass_rate", "psnr_mean", "mse_mean", "mae_mean", "codes_used",
-                 "codebook_size", "codebook_usage_pct", "perplexity", "n_slices", "split", "checkpoint",
-                 "preset", "task", "verdict"}
+REQUIRED_KEYS = {
+    "ssim_mean",
+    "ssim_std",
+    "ssim_pass_rate",
+    "psnr_mean",
+    "mse_mean",
+    "mae_mean",
+    "codes_used",
+    "codebook_size",
+    "codebook_usage_pct",
+    "perplexity",
+    "n_slices",
+    "split",
+    "checkpoint",
+    "preset",
+    "task",
+    "verdict",
+}
 
 
 def _strict_json(path):
@@ -169,8 +187,9 @@ def test_evaluation_matches_the_training_validation_metrics(tiny_run, phantom_ro
     from prostate_vq.runtime.checkpoints import load_checkpoint
 
     logged = load_checkpoint(tiny_run / "best.pt")["metrics"]
-    result = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, split="validate", out=tmp_path,
-                                 device="cpu", batch_size=1, figures=False)
+    result = evaluate_checkpoint(
+        tiny_run / "best.pt", data=phantom_root, split="validate", out=tmp_path, device="cpu", batch_size=1, figures=False
+    )
     assert result.reconstruction.ssim_mean == pytest.approx(logged["val_ssim"], abs=1e-4)
     assert result.codebook.codebook_usage_pct == pytest.approx(logged["codebook_usage_pct"], abs=1e-6)
     assert not (tmp_path / "figures").exists()
@@ -182,8 +201,9 @@ def test_image_task_needs_no_masks(tiny_run, phantom_root, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(phantom_root, data)
     shutil.rmtree(data / "keras_slices_seg_test")
-    result = evaluate_checkpoint(tiny_run / "best.pt", data=data, out=tmp_path / "eval", device="cpu",
-                                 max_slices=3, figures=False)
+    result = evaluate_checkpoint(
+        tiny_run / "best.pt", data=data, out=tmp_path / "eval", device="cpu", max_slices=3, figures=False
+    )
     assert result.n_slices == 3 and result.segmentation is None
     assert _strict_json(tmp_path / "eval" / "metrics.json")["n_slices"] == 3
 
@@ -206,8 +226,10 @@ def test_joint_run_reports_dice_per_class_and_overlays(tiny_joint_run, phantom_r
 def test_mask_task_has_dice_and_no_ssim(phantom_root, tiny_model_overrides, tmp_path):
     from prostate_vq.training import RunRequest, TrainOptions, train
 
-    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=False),
-                RunRequest(task="mask", epochs=1, spatial_size=(64, 32), batch_size=4, overrides=tiny_model_overrides))
+    run = train(
+        TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=False),
+        RunRequest(task="mask", epochs=1, spatial_size=(64, 32), batch_size=4, overrides=tiny_model_overrides),
+    )
     result = evaluate_checkpoint(run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu")
     metrics = _strict_json(tmp_path / "eval" / "metrics.json")
     assert metrics["ssim_mean"] is None and metrics["verdict"] == "n/a" and metrics["dice_mean"] is not None
@@ -216,10 +238,12 @@ def test_mask_task_has_dice_and_no_ssim(phantom_root, tiny_model_overrides, tmp_
 
 
 def test_batch_size_does_not_change_the_numbers(tiny_run, phantom_root, tmp_path):
-    one = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "a", device="cpu",
-                              batch_size=1, figures=False).to_dict()
-    many = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "b", device="cpu",
-                               batch_size=5, figures=False).to_dict()
+    one = evaluate_checkpoint(
+        tiny_run / "best.pt", data=phantom_root, out=tmp_path / "a", device="cpu", batch_size=1, figures=False
+    ).to_dict()
+    many = evaluate_checkpoint(
+        tiny_run / "best.pt", data=phantom_root, out=tmp_path / "b", device="cpu", batch_size=5, figures=False
+    ).to_dict()
     for key in ("ssim_mean", "psnr_mean", "mse_mean", "codes_used", "perplexity"):
         assert one[key] == pytest.approx(many[key], rel=1e-5), key
 
@@ -238,8 +262,21 @@ def test_bad_inputs_are_user_errors(tiny_run, phantom_root, tmp_path):
 
 
 def test_cli_evaluate(tiny_run, phantom_root, tmp_path, capsys):
-    code = main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root),
-                 "--out", str(tmp_path), "--device", "cpu", "--max-slices", "4"])
+    code = main(
+        [
+            "evaluate",
+            "--checkpoint",
+            str(tiny_run / "best.pt"),
+            "--data",
+            str(phantom_root),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--max-slices",
+            "4",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0 and "SSIM" in captured.out and "metrics.json" in captured.out
     assert _strict_json(tmp_path / "metrics.json")["n_slices"] == 4
@@ -249,11 +286,12 @@ def test_cli_evaluate(tiny_run, phantom_root, tmp_path, capsys):
 
 # --- codec baselines at the model's rate ---------------------------------------------------------
 
+
 def _textured(seed: int = 0, size=(64, 64)):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:size[0], 0:size[1]] / size[0]
+    y, x = np.mgrid[0 : size[0], 0 : size[1]] / size[0]
     return (0.5 + 0.3 * np.sin(9 * x) * np.cos(7 * y) + 0.05 * rng.normal(size=size)).clip(0, 1).astype("float32")
 
 
@@ -269,7 +307,7 @@ def test_codec_search_takes_the_best_quality_that_fits(name):
     assert decoded is not None and decoded.shape == image.shape and bits <= budget
     sizes = [8 * len(codec.encode(to_pixels(image), q)) for q in codec.qualities]
     chosen = max(i for i, s in enumerate(sizes) if s == bits)
-    assert all(s > budget for s in sizes[chosen + 1:chosen + 4])  # a better setting does not fit
+    assert all(s > budget for s in sizes[chosen + 1 : chosen + 4])  # a better setting does not fit
     assert code_at_budget(codec, image, 64) == (None, None)  # 8 bytes: not even a header
 
 
@@ -292,15 +330,15 @@ def test_codec_baselines_section_pairs_ours_with_the_best_codec():
     assert diff["unit"] == "patients" and diff["n_units"] == 2
 
 
-def test_evaluate_with_codecs_writes_baselines_and_a_missing_codec_is_one_line(tiny_run, phantom_root, tmp_path,
-                                                                               monkeypatch):
+def test_evaluate_with_codecs_writes_baselines_and_a_missing_codec_is_one_line(tiny_run, phantom_root, tmp_path, monkeypatch):
     import json
 
     from prostate_vq.errors import UserInputError
     from prostate_vq.evaluation import codecs
 
-    result = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu",
-                                 figures=False, codecs="webp,jpeg")
+    result = evaluate_checkpoint(
+        tiny_run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu", figures=False, codecs="webp,jpeg"
+    )
     m = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert set(m["baselines"]["codecs"]) == {"webp", "jpeg"}
     assert m["baselines"]["bits_per_pixel"] == pytest.approx(m["bits_per_pixel"])
@@ -326,19 +364,52 @@ def test_codec_bpp_gives_the_codecs_another_budget_and_the_report_says_so(tiny_r
     from prostate_vq.reporting.markdown import write_report
 
     out = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root), "--out",
-                 str(out), "--device", "cpu", "--codecs", "jpeg2000", "--codec-bpp", "4"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+                "--codecs",
+                "jpeg2000",
+                "--codec-bpp",
+                "4",
+            ]
+        )
+        == 0
+    )
     m = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert m["baselines"]["bits_per_pixel"] == 4.0 != m["bits_per_pixel"]
     assert m["baselines"]["codecs"]["jpeg2000"]["bpp_mean"] <= 4.0
     report = write_report([tiny_run, out], tmp_path / "report.md").read_text(encoding="utf-8")
     assert "Codecs at the --codec-bpp budget (not the model's nominal rate), 4 bits per pixel" in report
-    for bad, why in ((["--codecs", "jpeg", "--codec-bpp", "0"], "--codec-bpp must be a positive"),
-                     (["--codecs", "jpeg", "--codec-bpp", "nan"], "--codec-bpp must be a positive"),
-                     (["--codec-bpp", "0.5"], "name them with --codecs")):
+    for bad, why in (
+        (["--codecs", "jpeg", "--codec-bpp", "0"], "--codec-bpp must be a positive"),
+        (["--codecs", "jpeg", "--codec-bpp", "nan"], "--codec-bpp must be a positive"),
+        (["--codec-bpp", "0.5"], "name them with --codecs"),
+    ):
         capsys.readouterr()
-        assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root), "--out",
-                     str(tmp_path / "e2"), *bad]) == 2
+        assert (
+            main(
+                [
+                    "evaluate",
+                    "--checkpoint",
+                    str(tiny_run / "best.pt"),
+                    "--data",
+                    str(phantom_root),
+                    "--out",
+                    str(tmp_path / "e2"),
+                    *bad,
+                ]
+            )
+            == 2
+        )
         assert why in capsys.readouterr().err
 
 

@@ -26,10 +26,10 @@ def _sparse_prostate_case():
     ref = torch.ones(3, 1, 4, 4, dtype=torch.long)  # body everywhere
     pred = ref.clone()
     ref[0, 0, :2, :2] = PROSTATE
-    pred[0, 0, :2, :2] = PROSTATE           # Dice 1
-    pred[1, 0, 0, :2] = PROSTATE            # reference has none: per-slice 0, MONAI not scored
+    pred[0, 0, :2, :2] = PROSTATE  # Dice 1
+    pred[1, 0, 0, :2] = PROSTATE  # reference has none: per-slice 0, MONAI not scored
     ref[2, 0, 3, :2] = PROSTATE
-    pred[2, 0, 3, 0] = PROSTATE             # 2 x 1 / (1 + 2)
+    pred[2, 0, 3, 0] = PROSTATE  # 2 x 1 / (1 + 2)
     return pred, ref
 
 
@@ -84,8 +84,14 @@ def test_metrics_json_names_its_conventions(tiny_joint_run, phantom_root, tmp_pa
     evaluate_checkpoint(tiny_joint_run / "best.pt", data=phantom_root, out=tmp_path / "e", device="cpu")
     m = json.loads((tmp_path / "e" / "metrics.json").read_text(encoding="utf-8"))
     assert set(m["dice_conventions"]) == {"per_slice", "monai", "case3d"}
-    for key in ("dice_prostate_per_slice", "dice_prostate_monai", "dice_prostate_case3d", "dice_mean_monai",
-                "dice_mean_case3d", "ssim_region_mean"):
+    for key in (
+        "dice_prostate_per_slice",
+        "dice_prostate_monai",
+        "dice_prostate_case3d",
+        "dice_mean_monai",
+        "dice_mean_case3d",
+        "ssim_region_mean",
+    ):
         assert key in m, key
     assert m["ssim_region"].startswith("body")
     assert m["per_patient"]["n_patients"] == 1 and m["per_patient"]["ssim"]["ci95"] is None
@@ -98,12 +104,21 @@ def test_report_tables_show_conventions_patients_and_levels():
     def typed(metrics: dict) -> EvaluationResult:  # the tables read metrics.json typed, as the report does
         return EvaluationResult.from_json({"n_slices": 2, "codebook_size": 384, "codes_used": 129, **metrics})
 
-    m = {"dice_per_class": {"body": 0.9, "prostate": 5 / 9}, "dice_per_class_monai": {"body": 0.9, "prostate": 5 / 6},
-         "dice_per_class_case3d": {"body": 0.9, "prostate": 10 / 13}, "dice_mean": 5 / 9,
-         "per_patient": {"n_patients": 2, "cases": {"004": {"ssim": 0.8}, "005": {"ssim": 0.6}},
-                         "ssim": {"mean": 0.7, "ci95": [0.6, 0.8]}},
-         "levels": [{"name": "top", "codebook_size": 256, "codes_used": 1, "codebook_usage_pct": 0.39},
-                    {"name": "bottom", "codebook_size": 128, "codes_used": 128, "codebook_usage_pct": 100.0}]}
+    m = {
+        "dice_per_class": {"body": 0.9, "prostate": 5 / 9},
+        "dice_per_class_monai": {"body": 0.9, "prostate": 5 / 6},
+        "dice_per_class_case3d": {"body": 0.9, "prostate": 10 / 13},
+        "dice_mean": 5 / 9,
+        "per_patient": {
+            "n_patients": 2,
+            "cases": {"004": {"ssim": 0.8}, "005": {"ssim": 0.6}},
+            "ssim": {"mean": 0.7, "ci95": [0.6, 0.8]},
+        },
+        "levels": [
+            {"name": "top", "codebook_size": 256, "codes_used": 1, "codebook_usage_pct": 0.39},
+            {"name": "bottom", "codebook_size": 128, "codes_used": 128, "codebook_usage_pct": 100.0},
+        ],
+    }
     dice = dice_table(typed(m))
     assert "| prostate | 55.56 | 83.33 | 76.92 |" in dice
     assert "| **mean over patients [95% CI]** | 0.7000 [0.6000, 0.8000] |" in per_patient_table(typed(m))

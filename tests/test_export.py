@@ -37,9 +37,19 @@ def _checkpoint(tmp_path, preset: str, overrides: list[str], task: str = "image"
     torch.manual_seed(0)
     cfg = apply_overrides(get_preset(preset), SMALL + overrides)
     model = build_model(cfg, task)
-    payload = {"format_version": FORMAT_VERSION, "config": cfg, "preset": preset, "task": task,
-               "spatial_size": list(size), "intensity": {"lower": 0.5, "upper": 99.5}, "seed": 0,
-               "data_root": "phantom", "epoch": 1, "metrics": {"step": 3}, "model_state": model.state_dict()}
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg,
+        "preset": preset,
+        "task": task,
+        "spatial_size": list(size),
+        "intensity": {"lower": 0.5, "upper": 99.5},
+        "seed": 0,
+        "data_root": "phantom",
+        "epoch": 1,
+        "metrics": {"step": 3},
+        "model_state": model.state_dict(),
+    }
     return save_checkpoint(tmp_path / f"{preset}.pt", payload)
 
 
@@ -126,8 +136,14 @@ def test_trained_run_export_card_and_config(tiny_run, tmp_path, capsys):
     assert config["spatial_size"] == [64, 32] and config["bits_per_pixel"] > 0 and config["intensity"]
     assert config["config"]["quantizer"]["kind"] == "vq" and len(config["source_checkpoint"]["sha256"]) == 64
     card = (out / "README.md").read_text(encoding="utf-8")
-    for heading in ("## Data and splits", "## Input and rate", "## Training budget", "## Metrics",
-                    "## Intended use and limits", "## Licences and citations"):
+    for heading in (
+        "## Data and splits",
+        "## Input and rate",
+        "## Training budget",
+        "## Metrics",
+        "## Intended use and limits",
+        "## Licences and citations",
+    ):
         assert heading in card
     assert "van den Oord" in card and "not for diagnosis" in card
     assert "run total: - steps" not in card  # read from the run's last.pt
@@ -135,8 +151,14 @@ def test_trained_run_export_card_and_config(tiny_run, tmp_path, capsys):
 
 
 def test_card_shows_metrics_with_intervals(tiny_run, tmp_path):
-    metrics = {"split": "test", "n_slices": 6, "ssim_mean": 0.5, "psnr_mean": 20.0, "codebook_usage_pct": 40.0,
-               "per_patient": {"n_patients": 2, "ssim": {"mean": 0.5, "ci95": [0.4, 0.6]}}}
+    metrics = {
+        "split": "test",
+        "n_slices": 6,
+        "ssim_mean": 0.5,
+        "psnr_mean": 20.0,
+        "codebook_usage_pct": 40.0,
+        "per_patient": {"n_patients": 2, "ssim": {"mean": 0.5, "ci95": [0.4, 0.6]}},
+    }
     path = tmp_path / "metrics.json"
     path.write_text(json.dumps(metrics), encoding="utf-8")
     folder, _ = export_checkpoint(tiny_run / "best.pt", tmp_path / "export", metrics=path)
@@ -150,8 +172,15 @@ def test_monai_bundle_layout_loads_and_verifies(tiny_run, tmp_path):
 
     out = tmp_path / "bundle"
     export_checkpoint(tiny_run / "best.pt", out, fmt="monai-bundle")
-    for name in ("configs/metadata.json", "configs/inference.json", "models/model.ts", "models/model.pt",
-                 "docs/README.md", "models/model.safetensors", "models/config.json"):
+    for name in (
+        "configs/metadata.json",
+        "configs/inference.json",
+        "models/model.ts",
+        "models/model.pt",
+        "docs/README.md",
+        "models/model.safetensors",
+        "models/config.json",
+    ):
         assert (out / name).is_file(), name
     net, meta, extra = load_net_with_metadata(str(out / "models" / "model.ts"), more_extra_files=("inference.json",))
     assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 1 and "inference.json" in extra
@@ -163,8 +192,14 @@ def test_monai_bundle_layout_loads_and_verifies(tiny_run, tmp_path):
     state = torch.load(out / "models" / "model.pt", weights_only=True)
     assert set(state) == set(reference.state_dict())
     assert torch.equal(from_pretrained(out / "models").encode(x), reference.encode(x))
-    verify_net_in_out(net_id="network_def", meta_file=str(out / "configs/metadata.json"),
-                      config_file=str(out / "configs/inference.json"), device="cpu", bundle_root=str(out), n=2)
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(out / "configs/metadata.json"),
+        config_file=str(out / "configs/inference.json"),
+        device="cpu",
+        bundle_root=str(out),
+        n=2,
+    )
     if importlib.util.find_spec("jsonschema"):  # the bundle extra
         from importlib import resources
 
@@ -196,8 +231,20 @@ def test_existing_folder_is_refused_in_one_line(tiny_run, tmp_path, capsys):
 
 def test_missing_inputs_are_one_line(tiny_run, tmp_path, capsys):
     assert main(["export", "--checkpoint", str(tmp_path / "none.pt"), "--out", str(tmp_path / "a")]) == 2
-    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "b"),
-                 "--metrics", str(tmp_path / "nope.json")]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(tmp_path / "b"),
+                "--metrics",
+                str(tmp_path / "nope.json"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "none.pt" in err[0] and "nope.json" in err[1]
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
@@ -228,10 +275,13 @@ def test_the_kinds_cover_every_preset():
     """Each (quantizer kind, architecture) the presets use has a round-trip case above."""
     from prostate_vq.models.presets import list_presets
 
-    used = {(get_preset(name)["quantizer"]["kind"], get_preset(name)["model"].get("architecture", "vqvae"))
-            for name, _ in list_presets()}
-    tested = {(get_preset(p)["quantizer"]["kind"], get_preset(p)["model"].get("architecture", "vqvae"))
-              for p, _ in KINDS.values()}
+    used = {
+        (get_preset(name)["quantizer"]["kind"], get_preset(name)["model"].get("architecture", "vqvae"))
+        for name, _ in list_presets()
+    }
+    tested = {
+        (get_preset(p)["quantizer"]["kind"], get_preset(p)["model"].get("architecture", "vqvae")) for p, _ in KINDS.values()
+    }
     assert used <= tested
 
 

@@ -25,10 +25,20 @@ from prostate_vq.training import RunRequest, TrainOptions, train
 @pytest.fixture
 def options(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides, train_args):
     """A tiny run's (TrainOptions, RunRequest)."""
+
     def make(out, **kwargs):
-        base = dict(out=out, data=phantom_root, epochs=1, spatial_size=tiny_spatial, batch_size=4,
-                    overrides=list(tiny_model_overrides), device="cpu", progress=False)
+        base = dict(
+            out=out,
+            data=phantom_root,
+            epochs=1,
+            spatial_size=tiny_spatial,
+            batch_size=4,
+            overrides=list(tiny_model_overrides),
+            device="cpu",
+            progress=False,
+        )
         return train_args(**{**base, **kwargs})
+
     return make
 
 
@@ -36,9 +46,26 @@ def _train_args(run: tuple[TrainOptions, RunRequest], *extra: str) -> list[str]:
     opts, request = run
     assert request.spatial_size is not None
     h, w = request.spatial_size
-    return ["train", "--data", str(opts.data), "--out", str(opts.out), "--epochs", str(request.epochs),
-            "--spatial-size", str(h), str(w), "--batch-size", "4", "--device", "cpu", "--no-progress",
-            *extra, "--set", *request.overrides]
+    return [
+        "train",
+        "--data",
+        str(opts.data),
+        "--out",
+        str(opts.out),
+        "--epochs",
+        str(request.epochs),
+        "--spatial-size",
+        str(h),
+        str(w),
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+        "--set",
+        *request.overrides,
+    ]
 
 
 def _own_temps(folder) -> list[str]:
@@ -54,6 +81,7 @@ def _one_line(capsys) -> str:
 
 # --- the atomic writer ----------------------------------------------------------------------
 
+
 def test_disk_full_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path):
     target = tmp_path / "metrics.json"
     write_text_atomic(target, "old")
@@ -61,8 +89,10 @@ def test_disk_full_is_one_line_naming_the_file_and_keeps_the_old_one(tmp_path):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    with pytest.raises(UserInputError, match="metrics.json.*No space left") as caught, \
-            atomic_open(target, "w", encoding="utf-8") as handle:
+    with (
+        pytest.raises(UserInputError, match="metrics.json.*No space left") as caught,
+        atomic_open(target, "w", encoding="utf-8") as handle,
+    ):
         handle.write("new, half")
         full()
     assert str(target) in str(caught.value)
@@ -89,6 +119,7 @@ def test_torch_save_on_a_full_disk_is_one_line_not_unexpected_pos(tmp_path, monk
 
             def flush(self):
                 handle.flush()
+
         return original(obj, Full(), *args, **kwargs)
 
     original = torch.save
@@ -117,6 +148,7 @@ def test_staged_files_appear_together_or_not_at_all(tmp_path):
 
 
 # --- the run folder -------------------------------------------------------------------------
+
 
 def test_train_removes_only_its_own_temporaries(options, tmp_path):
     out = tmp_path / "run"
@@ -192,8 +224,9 @@ def test_disk_full_during_resume_is_one_line_and_keeps_the_checkpoints(options, 
 
     def save_to_full_disk(obj, handle, *args, **kwargs):
         handle.write(b"a few bytes")
-        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") \
-            from OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598") from OSError(
+            errno.ENOSPC, "No space left on device"
+        )
 
     monkeypatch.setattr(torch, "save", save_to_full_disk)
     assert main(_train_args(options(out, epochs=2), "--resume")) == 2
@@ -222,12 +255,12 @@ def test_unwritable_out_is_one_line(options, tmp_path, capsys):
 
 # --- evaluation folders ---------------------------------------------------------------------
 
+
 def _evaluate_args(checkpoint, data, out) -> list[str]:
     return ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(out), "--device", "cpu"]
 
 
-def test_a_failing_write_mid_evaluate_leaves_the_previous_evaluation(tiny_run, phantom_root, tmp_path,
-                                                                     monkeypatch, capsys):
+def test_a_failing_write_mid_evaluate_leaves_the_previous_evaluation(tiny_run, phantom_root, tmp_path, monkeypatch, capsys):
     from matplotlib.figure import Figure
 
     out = tmp_path / "eval"
@@ -278,6 +311,7 @@ def test_report_refuses_an_evaluation_folder_mixing_two_runs(tiny_run, phantom_r
 
 # --- every other output ---------------------------------------------------------------------
 
+
 @pytest.fixture
 def full_disk(monkeypatch):
     """From now on writes fail as on a full disk when they are made durable (fsync): every write, or only
@@ -289,7 +323,9 @@ def full_disk(monkeypatch):
             if only is None or only in os.readlink(f"/proc/self/fd/{fd}"):
                 raise OSError(errno.ENOSPC, "No space left on device")
             return original(fd)
+
         monkeypatch.setattr(os, "fsync", fsync)
+
     return fill
 
 
@@ -319,11 +355,17 @@ def test_report_is_atomic(tiny_run, tmp_path, capsys, full_disk):
 def test_samples_and_codes_are_atomic(tiny_run, tmp_path, capsys, full_disk):
     from prostate_vq.prior.train import train_prior
 
-    prior = train_prior(tiny_run / "best.pt", out=tmp_path / "prior", epochs=1, batch_size=4, device="cpu",
-                        progress=False, arch_options={"dim": 16, "layers": 2})
+    prior = train_prior(
+        tiny_run / "best.pt",
+        out=tmp_path / "prior",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        arch_options={"dim": 16, "layers": 2},
+    )
     samples = ["sample", "--prior", str(prior / "best.pt"), "--n", "2", "--out", str(tmp_path / "s"), "--device", "cpu"]
-    encode = ["encode", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "codes.npz"),
-              "--device", "cpu"]
+    encode = ["encode", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "codes.npz"), "--device", "cpu"]
     assert main(samples) == 0 and main(encode) == 0
     slices = sorted((tmp_path / "s" / "slices").iterdir())
     assert slices and all(p.read_bytes()[:2] == b"\x1f\x8b" for p in slices)  # still gzipped NIfTI

@@ -18,8 +18,14 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     import sys
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run(["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
-                          capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
+    proc = subprocess.run(
+        ["bash", str(ROOT / "tools" / "gpu_check.sh"), "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((tmp_path / "gpu_check.json").read_text(encoding="utf-8"))
     assert results["dry_run"] is True and results["environment"]["torch"]

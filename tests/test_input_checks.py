@@ -36,19 +36,30 @@ def _lrs(run) -> list[float]:
 @pytest.fixture
 def base(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides, train_args):
     """A tiny 2-epoch run's (TrainOptions, RunRequest)."""
-    return train_args(out=tmp_path / "run", data=phantom_root, epochs=2, spatial_size=tiny_spatial, batch_size=4,
-                      device="cpu", progress=False, overrides=list(tiny_model_overrides))
+    return train_args(
+        out=tmp_path / "run",
+        data=phantom_root,
+        epochs=2,
+        spatial_size=tiny_spatial,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        overrides=list(tiny_model_overrides),
+    )
 
 
 def _with(run, **changes):
     """`run` with some options changed, each in the object that holds it (as the command line would give them)."""
     options, request = run
     runtime = {f.name for f in fields(TrainOptions)}
-    return (replace(options, **{k: v for k, v in changes.items() if k in runtime}),
-            replace(request, **{k: v for k, v in changes.items() if k not in runtime}))
+    return (
+        replace(options, **{k: v for k, v in changes.items() if k in runtime}),
+        replace(request, **{k: v for k, v in changes.items() if k not in runtime}),
+    )
 
 
 # --- checkpoints by kind and version -------------------------------------------------------------
+
 
 @pytest.mark.parametrize("version", [99, 0, "2.0", None, True])
 def test_other_format_versions_are_refused(tiny_run, version):
@@ -58,19 +69,35 @@ def test_other_format_versions_are_refused(tiny_run, version):
         check_payload(payload, "model", "x.pt")
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda p: p.pop("task"), "no 'task'"),
-    (lambda p: p.update(spatial_size=[64]), "spatial_size"),
-    (lambda p: p.update(task="audio"), "task 'audio'"),
-    (lambda p: p["config"].update(model=3), "no model section"),
-])
-def test_a_model_checkpoint_lacking_what_evaluation_needs_is_one_line(tiny_run, phantom_root, tmp_path, capsys,
-                                                                       change, message):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda p: p.pop("task"), "no 'task'"),
+        (lambda p: p.update(spatial_size=[64]), "spatial_size"),
+        (lambda p: p.update(task="audio"), "task 'audio'"),
+        (lambda p: p["config"].update(model=3), "no model section"),
+    ],
+)
+def test_a_model_checkpoint_lacking_what_evaluation_needs_is_one_line(tiny_run, phantom_root, tmp_path, capsys, change, message):
     payload = load_checkpoint(tiny_run / "best.pt")
     change(payload)
     torch.save(payload, tmp_path / "broken.pt")
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "broken.pt"), "--data", str(phantom_root),
-                 "--out", str(tmp_path / "e"), "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "broken.pt"),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(tmp_path / "e"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     line = _err_line(capsys)
     assert message in line and "broken.pt" in line
 
@@ -105,27 +132,45 @@ def test_malicious_checkpoint_keeps_its_reason(tmp_path, capsys):
 
 # --- option ranges ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, message", [
-    (["--set", "training.grad_clip=-1"], "grad_clip"),
-    (["--max-minutes", "0"], "--max-minutes"),
-    (["--max-minutes", "nan"], "--max-minutes"),
-    (["--patience", "-1"], "patience"),
-    (["--num-workers", "-1"], "--num-workers"),
-    # --set values are checked against the type and range of the value they replace (issue 14's tracebacks)
-    (["--set", "model.channels=abc"], "channels must be a non-empty list"),
-    (["--set", "model.channels=[]"], "channels must be a non-empty list"),
-    (["--set", "model.channels=[-4]"], "channels must be a list of positive integers"),
-    (["--set", "training.lr=abc"], "lr must be a finite number"),
-    (["--set", "training.epochs=[1]"], "epochs must be a finite number"),
-    (["--set", "quantizer.codebook_size=0"], "codebook_size must be at least 1"),
-    (["--set", "quantizer.codebook_size=-5"], "codebook_size must be at least 1"),
-    (["--set", "quantizer.beta=abc"], "beta must be a finite number"),
-])
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--set", "training.grad_clip=-1"], "grad_clip"),
+        (["--max-minutes", "0"], "--max-minutes"),
+        (["--max-minutes", "nan"], "--max-minutes"),
+        (["--patience", "-1"], "patience"),
+        (["--num-workers", "-1"], "--num-workers"),
+        # --set values are checked against the type and range of the value they replace (issue 14's tracebacks)
+        (["--set", "model.channels=abc"], "channels must be a non-empty list"),
+        (["--set", "model.channels=[]"], "channels must be a non-empty list"),
+        (["--set", "model.channels=[-4]"], "channels must be a list of positive integers"),
+        (["--set", "training.lr=abc"], "lr must be a finite number"),
+        (["--set", "training.epochs=[1]"], "epochs must be a finite number"),
+        (["--set", "quantizer.codebook_size=0"], "codebook_size must be at least 1"),
+        (["--set", "quantizer.codebook_size=-5"], "codebook_size must be at least 1"),
+        (["--set", "quantizer.beta=abc"], "beta must be a finite number"),
+    ],
+)
 def test_out_of_range_options_are_one_line(base, capsys, extra, message):
     options, request = base
     h, w = request.spatial_size
-    args = ["train", "--data", str(options.data), "--out", str(options.out), "--epochs", "1", "--spatial-size",
-            str(h), str(w), "--device", "cpu", "--no-progress", *extra]
+    args = [
+        "train",
+        "--data",
+        str(options.data),
+        "--out",
+        str(options.out),
+        "--epochs",
+        "1",
+        "--spatial-size",
+        str(h),
+        str(w),
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
     if "--set" not in extra:
         args += ["--set", *request.overrides]
     else:
@@ -138,9 +183,17 @@ def test_out_of_range_options_are_one_line(base, capsys, extra, message):
 def test_set_values_that_fit_pass_unchanged_in_kind():
     from prostate_vq.models.presets import apply_overrides, get_preset
 
-    cfg = apply_overrides(get_preset("v1-vq"), ["quantizer.beta=0", "training.lr=1e-3", "model.res_layers=0",
-                                                "training.augment=true",
-                                                "training.grad_clip=null", "quantizer.codebook_size=256.0"])
+    cfg = apply_overrides(
+        get_preset("v1-vq"),
+        [
+            "quantizer.beta=0",
+            "training.lr=1e-3",
+            "model.res_layers=0",
+            "training.augment=true",
+            "training.grad_clip=null",
+            "quantizer.codebook_size=256.0",
+        ],
+    )
     assert cfg["quantizer"]["beta"] == 0 and cfg["training"]["lr"] == 1e-3 and cfg["model"]["res_layers"] == 0
     assert cfg["training"]["augment"] is True and cfg["training"]["grad_clip"] is None
     assert cfg["quantizer"]["codebook_size"] == 256 and type(cfg["quantizer"]["codebook_size"]) is int
@@ -152,8 +205,24 @@ def test_resume_with_negative_epochs_and_refit_with_negative_epochs(tiny_run, tm
     shutil.copytree(tiny_run, run)
     assert main(["train", "--out", str(run), "--resume", "--epochs", "-5", "--device", "cpu", "--no-progress"]) == 2
     assert "--epochs must be at least 1" in _err_line(capsys)
-    assert main(["refit", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "r"),
-                 "--codebook-size", "8", "--epochs", "-1", "--device", "cpu"]) == 2
+    assert (
+        main(
+            [
+                "refit",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(tmp_path / "r"),
+                "--codebook-size",
+                "8",
+                "--epochs",
+                "-1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 2
+    )
     assert "--epochs must be at least 1" in _err_line(capsys)
 
 
@@ -178,6 +247,7 @@ def test_train_warns_of_patients_in_train_and_validate(caplog):
 
 
 # --- resume -----------------------------------------------------------------------------------
+
 
 def test_more_epochs_on_resume_continue_down_instead_of_climbing(base):
     """A finished 2-epoch run ends at the cosine's floor. Extended to 6 epochs, the old schedule re-planned the
@@ -212,6 +282,7 @@ def test_data_root_is_absolute_and_other_data_is_refused_on_resume(base, phantom
 
 
 # --- files ------------------------------------------------------------------------------------
+
 
 def _lying_header(path, shape=(32767, 32767)):
     header = nib.Nifti1Header()
@@ -268,8 +339,10 @@ def test_a_size_the_allocator_refuses_is_one_line(monkeypatch, capsys):
     import prostate_vq.models.summary as summary
 
     def refuse(*args, **kwargs):
-        raise RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
-                           "you tried to allocate 1099511627776 bytes.")
+        raise RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: not enough memory: "
+            "you tried to allocate 1099511627776 bytes."
+        )
 
     monkeypatch.setattr(summary, "model_summary", refuse)
     assert main(["summary", "--preset", "default", "--spatial-size", "524288", "524288"]) == 2
@@ -286,52 +359,92 @@ def test_a_size_the_allocator_refuses_is_one_line(monkeypatch, capsys):
 
 # --- issue 24: one line, exit 2, whatever way an option arrives ------------------------------------
 
-@pytest.mark.parametrize("argv, message", [
-    (["synth", "--out", "{tmp}/x", "--seed", "-1"], "--seed must be 0 or more"),
-    (["train", "--out", "{tmp}/r", "--seed", "99999999999999999999999"], "--seed must be at most"),
-    (["train-prior", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p", "--max-minutes", "0"], "--max-minutes"),
-    (["train-prior", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p", "--max-minutes", "nan"],
-     "--max-minutes must be a finite number"),
-    (["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--epochs", "0"],
-     "--epochs must be at least 1"),
-    (["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--max-minutes", "-1"],
-     "--max-minutes must be above 0"),
-    (["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--max-minutes", "nan"],
-     "--max-minutes must be a finite number"),
-    (["sample", "--prior", "{tmp}/none.pt", "--out", "{tmp}/s", "--temperature", "inf"],
-     "--temperature must be a finite number"),
-    (["demo", "--out", "{tmp}/d", "--minutes", "nan"], "--minutes must be a finite number"),
-    (["summary", "--spatial-size", "0", "0"], "--spatial-size must be a list of integers of at least 16"),
-    (["summary", "--spatial-size", "63", "64"], "divisible by 4 and at least 8 for this model (downsample 4): the "
-                                                "nearest that works is --spatial-size 64 64"),
-    (["summary", "--preset", "vqvae2", "--set", "model.downsample=16", "--spatial-size", "16", "16"],
-     "the nearest that works is --spatial-size 64 64"),
-    (["summary", "--preset", "vqvae2", "--set", "model.downsample=16", "--spatial-size", "32", "32"],  # a 1x1 top map
-     "at least 64 for this model (downsample 32)"),
-    (["summary", "--set", "quantizer.codebook_dim=1000000"], "codebook_dim must be at most 4096"),
-    (["summary", "--set", "model.channels=[100000]"], "channels must be a list of integers of at most 4096"),
-])
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["synth", "--out", "{tmp}/x", "--seed", "-1"], "--seed must be 0 or more"),
+        (["train", "--out", "{tmp}/r", "--seed", "99999999999999999999999"], "--seed must be at most"),
+        (["train-prior", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p", "--max-minutes", "0"], "--max-minutes"),
+        (
+            ["train-prior", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/p", "--max-minutes", "nan"],
+            "--max-minutes must be a finite number",
+        ),
+        (
+            ["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--epochs", "0"],
+            "--epochs must be at least 1",
+        ),
+        (
+            ["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--max-minutes", "-1"],
+            "--max-minutes must be above 0",
+        ),
+        (
+            ["refit", "--checkpoint", "{tmp}/none.pt", "--out", "{tmp}/r", "--codebook-size", "8", "--max-minutes", "nan"],
+            "--max-minutes must be a finite number",
+        ),
+        (
+            ["sample", "--prior", "{tmp}/none.pt", "--out", "{tmp}/s", "--temperature", "inf"],
+            "--temperature must be a finite number",
+        ),
+        (["demo", "--out", "{tmp}/d", "--minutes", "nan"], "--minutes must be a finite number"),
+        (["summary", "--spatial-size", "0", "0"], "--spatial-size must be a list of integers of at least 16"),
+        (
+            ["summary", "--spatial-size", "63", "64"],
+            "divisible by 4 and at least 8 for this model (downsample 4): the nearest that works is --spatial-size 64 64",
+        ),
+        (
+            ["summary", "--preset", "vqvae2", "--set", "model.downsample=16", "--spatial-size", "16", "16"],
+            "the nearest that works is --spatial-size 64 64",
+        ),
+        (
+            ["summary", "--preset", "vqvae2", "--set", "model.downsample=16", "--spatial-size", "32", "32"],  # a 1x1 top map
+            "at least 64 for this model (downsample 32)",
+        ),
+        (["summary", "--set", "quantizer.codebook_dim=1000000"], "codebook_dim must be at most 4096"),
+        (["summary", "--set", "model.channels=[100000]"], "channels must be a list of integers of at most 4096"),
+    ],
+)
 def test_command_line_numbers_are_checked_by_the_schema_before_any_work(tmp_path, capsys, argv, message):
     assert main([a.replace("{tmp}", str(tmp_path)) for a in argv]) == 2
     assert message in _err_line(capsys)
     assert not any(tmp_path.iterdir())  # refused before anything was written
 
 
-@pytest.mark.parametrize("text, message", [
-    ("quantizer: {codebook_size: abc}", "quantizer.codebook_size must be a finite number"),
-    ("quantizer: {codebook_size: -5}", "quantizer.codebook_size must be at least 1"),
-    ("quantizer: {beta: [1]}", "quantizer.beta must be a finite number"),
-    ("seed: abc", "seed must be a finite number"),
-    ("seed: [1]", "seed must be a finite number"),
-    ("seed: 1.5", "seed must be a whole number"),
-    ("seed: -3", "seed must be 0 or more"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("quantizer: {codebook_size: abc}", "quantizer.codebook_size must be a finite number"),
+        ("quantizer: {codebook_size: -5}", "quantizer.codebook_size must be at least 1"),
+        ("quantizer: {beta: [1]}", "quantizer.beta must be a finite number"),
+        ("seed: abc", "seed must be a finite number"),
+        ("seed: [1]", "seed must be a finite number"),
+        ("seed: 1.5", "seed must be a whole number"),
+        ("seed: -3", "seed must be 0 or more"),
+    ],
+)
 def test_config_file_values_are_checked_like_set_values(base, tmp_path, capsys, text, message):
     config = tmp_path / "bad.yaml"
     config.write_text(f"base: default\n{text}\n", encoding="utf-8")
     options, _ = base
-    assert main(["train", "--data", str(options.data), "--out", str(options.out), "--config", str(config), "--epochs",
-                 "1", "--device", "cpu", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(options.data),
+                "--out",
+                str(options.out),
+                "--config",
+                str(config),
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     line = _err_line(capsys)
     assert message in line and "bad.yaml" in line
     assert not (options.out / "last.pt").exists()
@@ -347,16 +460,31 @@ def _nan_weights(payload):
 
 
 @pytest.mark.parametrize("verb", ["refit", "evaluate", "train-prior", "encode"])
-@pytest.mark.parametrize("change, message", [(_foreign_weights, "do not match its own config"),
-                                             (_nan_weights, "non-finite (NaN or Inf) weights")])
-def test_a_checkpoint_inconsistent_with_itself_is_one_line(tiny_run, phantom_root, tmp_path, capsys, verb, change,
-                                                           message):
+@pytest.mark.parametrize(
+    "change, message", [(_foreign_weights, "do not match its own config"), (_nan_weights, "non-finite (NaN or Inf) weights")]
+)
+def test_a_checkpoint_inconsistent_with_itself_is_one_line(tiny_run, phantom_root, tmp_path, capsys, verb, change, message):
     payload = load_checkpoint(tiny_run / "best.pt")
     change(payload)
     torch.save(payload, tmp_path / "odd.pt")
     extra = {"refit": ["--codebook-size", "8"], "evaluate": [], "train-prior": [], "encode": []}[verb]
-    assert main([verb, "--checkpoint", str(tmp_path / "odd.pt"), "--data", str(phantom_root), "--out",
-                 str(tmp_path / ("o.npz" if verb == "encode" else "o")), "--device", "cpu", *extra]) == 2
+    assert (
+        main(
+            [
+                verb,
+                "--checkpoint",
+                str(tmp_path / "odd.pt"),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(tmp_path / ("o.npz" if verb == "encode" else "o")),
+                "--device",
+                "cpu",
+                *extra,
+            ]
+        )
+        == 2
+    )
     line = _err_line(capsys)
     assert "inconsistent" in line and message in line and "odd.pt" in line
 
@@ -376,21 +504,39 @@ def _edit_json(path, change):
     path.write_text(json.dumps(change(value)), encoding="utf-8")
 
 
-@pytest.mark.parametrize("folder, edit, message", [
-    ("eval", lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "ssim_mean": "abc"}),
-     "metrics.json: ssim_mean must be a number"),
-    ("eval", lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "levels": [3]}),
-     "metrics.json: levels[0] must be a mapping"),
-    ("eval", lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "per_patient": {"cases": {"004": 1}}}),
-     "metrics.json: per_patient.cases.004 must be a mapping"),
-    ("run", lambda f: (f / "history.csv").write_text(
-        (f / "history.csv").read_text(encoding="utf-8").replace("\n1,", "\nx,", 1), encoding="utf-8"),
-     "history.csv: column epoch must hold numbers"),
-    ("samples", lambda f: (f / "samples.json").write_text('{"n": 4, "summary": 3}', encoding="utf-8"),
-     "samples.json: summary must be a mapping"),
-    ("samples", lambda f: (f / "samples.json").write_text('"abc"', encoding="utf-8"),
-     "samples.json: must be a mapping"),
-])
+@pytest.mark.parametrize(
+    "folder, edit, message",
+    [
+        (
+            "eval",
+            lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "ssim_mean": "abc"}),
+            "metrics.json: ssim_mean must be a number",
+        ),
+        (
+            "eval",
+            lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "levels": [3]}),
+            "metrics.json: levels[0] must be a mapping",
+        ),
+        (
+            "eval",
+            lambda f: _edit_json(f / "metrics.json", lambda m: {**m, "per_patient": {"cases": {"004": 1}}}),
+            "metrics.json: per_patient.cases.004 must be a mapping",
+        ),
+        (
+            "run",
+            lambda f: (f / "history.csv").write_text(
+                (f / "history.csv").read_text(encoding="utf-8").replace("\n1,", "\nx,", 1), encoding="utf-8"
+            ),
+            "history.csv: column epoch must hold numbers",
+        ),
+        (
+            "samples",
+            lambda f: (f / "samples.json").write_text('{"n": 4, "summary": 3}', encoding="utf-8"),
+            "samples.json: summary must be a mapping",
+        ),
+        ("samples", lambda f: (f / "samples.json").write_text('"abc"', encoding="utf-8"), "samples.json: must be a mapping"),
+    ],
+)
 def test_report_on_malformed_inputs_is_one_line(tiny_run, tiny_eval, tmp_path, capsys, folder, edit, message):
     given = tmp_path / folder
     if folder == "samples":
@@ -406,8 +552,23 @@ def test_report_on_malformed_inputs_is_one_line(tiny_run, tiny_eval, tmp_path, c
 def test_a_symlink_loop_and_an_undecodable_out_are_one_line(tiny_run, tmp_path, capsys):
     (tmp_path / "a").symlink_to(tmp_path / "b")
     (tmp_path / "b").symlink_to(tmp_path / "a")
-    assert main(["train", "--data", str(tmp_path / "a"), "--out", str(tmp_path / "r"), "--epochs", "1",
-                 "--device", "cpu", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(tmp_path / "a"),
+                "--out",
+                str(tmp_path / "r"),
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "a loop of symbolic links" in _err_line(capsys)
     out = os.fsdecode(bytes(tmp_path) + b"/r\xff.md")
     assert main(["report", str(tiny_run), "--out", out]) == 2
@@ -433,15 +594,15 @@ def test_sigterm_says_so_like_ctrl_c(monkeypatch, capsys):
 
 # --- written where it must not be -----------------------------------------------------------------
 
+
 @pytest.mark.parametrize("verb", ["train", "train-prior"])
-def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(tiny_run, phantom_root, tmp_path, capsys,
-                                                                         verb):
+def test_a_lock_planted_as_a_symlink_is_refused_and_its_target_untouched(tiny_run, phantom_root, tmp_path, capsys, verb):
     outside = tmp_path / "outside.txt"
     outside.write_text("keep me\n", encoding="utf-8")
     run = tmp_path / "run"
     run.mkdir()
     (run / ".lock").symlink_to(outside)
-    argv = (["train", "--epochs", "1"] if verb == "train" else ["train-prior", "--checkpoint", str(tiny_run / "best.pt")])
+    argv = ["train", "--epochs", "1"] if verb == "train" else ["train-prior", "--checkpoint", str(tiny_run / "best.pt")]
     assert main([*argv, "--data", str(phantom_root), "--out", str(run), "--device", "cpu", "--no-progress"]) == 2
     assert ".lock: is a symbolic link" in _err_line(capsys)
     assert outside.read_text(encoding="utf-8") == "keep me\n"
@@ -481,8 +642,15 @@ def test_folder_names_never_reach_markdown_raw(tiny_run, tiny_eval, tmp_path, na
 def tiny_prior(tiny_run, tmp_path_factory):
     from prostate_vq.prior.train import train_prior
 
-    return train_prior(tiny_run / "best.pt", out=tmp_path_factory.mktemp("tiny_prior") / "prior", epochs=1,
-                       batch_size=4, device="cpu", progress=False, arch_options={"dim": 16, "layers": 2})
+    return train_prior(
+        tiny_run / "best.pt",
+        out=tmp_path_factory.mktemp("tiny_prior") / "prior",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        arch_options={"dim": 16, "layers": 2},
+    )
 
 
 def _sample(prior, out, n):
@@ -522,18 +690,22 @@ def test_a_full_disk_during_sample_leaves_no_slices_without_samples_json(tiny_pr
 
 # --- resume: every option given is applied or named as ignored ------------------------------------
 
+
 def _resume(run, *extra):
     return ["train", "--out", str(run), "--resume", "--device", "cpu", "--no-progress", *extra]
 
 
-@pytest.mark.parametrize("extra, named", [
-    (["--monitor", "ssim"], "ignored on --resume: --monitor ssim"),
-    (["--mask-ratio", "0.3"], "ignored on --resume: --mask-ratio 0.3"),
-    (["--seed", "7"], "ignored on --resume: --seed 7"),
-    (["--max-slices", "2"], "ignored on --resume: --max-slices 2"),
-    (["--config", "{tmp}/other.yaml"], "ignored on --resume: --config"),
-    (["--lr", "1e-3"], "applied: --epochs 3, --lr 0.001"),
-])
+@pytest.mark.parametrize(
+    "extra, named",
+    [
+        (["--monitor", "ssim"], "ignored on --resume: --monitor ssim"),
+        (["--mask-ratio", "0.3"], "ignored on --resume: --mask-ratio 0.3"),
+        (["--seed", "7"], "ignored on --resume: --seed 7"),
+        (["--max-slices", "2"], "ignored on --resume: --max-slices 2"),
+        (["--config", "{tmp}/other.yaml"], "ignored on --resume: --config"),
+        (["--lr", "1e-3"], "applied: --epochs 3, --lr 0.001"),
+    ],
+)
 def test_resume_names_every_option_it_ignores_or_applies(tiny_run, tmp_path, capsys, extra, named):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -547,10 +719,13 @@ def test_resume_names_every_option_it_ignores_or_applies(tiny_run, tmp_path, cap
     assert payload["seed"] == 0 and payload["max_slices"] is None and payload["config"]["training"]["monitor"] == "loss"
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--epochs", "1"], "--epochs 1: the run has already done 2 epochs"),
-    (["--max-steps", "2"], "--max-steps 2: the run has already done 6 optimizer steps"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--epochs", "1"], "--epochs 1: the run has already done 2 epochs"),
+        (["--max-steps", "2"], "--max-steps 2: the run has already done 6 optimizer steps"),
+    ],
+)
 def test_resume_with_a_budget_below_what_is_done_is_refused(tiny_run, tmp_path, capsys, extra, message):
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
@@ -561,14 +736,14 @@ def test_resume_with_a_budget_below_what_is_done_is_refused(tiny_run, tmp_path, 
 
 
 def test_config_with_preset_is_refused_and_config_data_root_is_used(tiny_run, phantom_root, tmp_path, capsys):
-    assert main(["train", "--config", str(tiny_run / "config.yaml"), "--preset", "v3-ema", "--out",
-                 str(tmp_path / "r")]) == 2
+    assert main(["train", "--config", str(tiny_run / "config.yaml"), "--preset", "v3-ema", "--out", str(tmp_path / "r")]) == 2
     assert "--preset v3-ema and --config" in _err_line(capsys)
     from prostate_vq.cli import _run_request, build_parser
     from prostate_vq.training.config import resolve
 
-    request = _run_request(build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out",
-                                                      str(tmp_path / "r")]))
+    request = _run_request(
+        build_parser().parse_args(["train", "--config", str(tiny_run / "config.yaml"), "--out", str(tmp_path / "r")])
+    )
     assert os.path.samefile(resolve(request).data_root, phantom_root)  # the run's data, not the demo phantom
 
 
@@ -608,15 +783,27 @@ def test_a_checkpoint_with_a_broken_config_is_named(tiny_run, phantom_root, tmp_
         payload = torch.load(run / name, weights_only=True)
         payload["config"][section][key] = "abc"
         torch.save(payload, run / name)
-    argv = (["encode", "--checkpoint", str(run / "best.pt"), "--data", str(phantom_root), "--out",
-             str(tmp_path / "c.npz"), "--device", "cpu"] if verb == "encode" else _resume(run, "--epochs", "3"))
+    argv = (
+        [
+            "encode",
+            "--checkpoint",
+            str(run / "best.pt"),
+            "--data",
+            str(phantom_root),
+            "--out",
+            str(tmp_path / "c.npz"),
+            "--device",
+            "cpu",
+        ]
+        if verb == "encode"
+        else _resume(run, "--epochs", "3")
+    )
     assert main(argv) == 2
     line = _err_line(capsys)
     assert ("best.pt" if verb == "encode" else "last.pt") in line and f"{section}.{key} must be" in line
 
 
-def test_evaluate_removes_the_staging_folder_of_an_evaluation_killed_earlier(tiny_run, tiny_eval, phantom_root,
-                                                                              tmp_path):
+def test_evaluate_removes_the_staging_folder_of_an_evaluation_killed_earlier(tiny_run, tiny_eval, phantom_root, tmp_path):
     from prostate_vq.evaluation import evaluate_checkpoint
 
     out = tmp_path / "eval"

@@ -11,9 +11,15 @@ import torch
 from prostate_vq.models import apply_overrides, build_model, get_preset
 from prostate_vq.models.quantizers import QUANTIZERS, build_quantizer
 
-KINDS = {"vq": {"codebook_size": 64}, "ema": {"codebook_size": 64}, "rq": {"codebook_size": 16, "depth": 3},
-         "fsq": {"levels": [8, 5, 5]}, "lfq": {"codebook_size": 64}, "soft": {"codebook_size": 64},
-         "monai-ema": {"codebook_size": 64}}
+KINDS = {
+    "vq": {"codebook_size": 64},
+    "ema": {"codebook_size": 64},
+    "rq": {"codebook_size": 16, "depth": 3},
+    "fsq": {"levels": [8, 5, 5]},
+    "lfq": {"codebook_size": 64},
+    "soft": {"codebook_size": 64},
+    "monai-ema": {"codebook_size": 64},
+}
 
 
 def _bf16():
@@ -73,8 +79,10 @@ def test_codes_match_fp32_under_cuda_bf16_autocast(kind):
 
 def test_bf16_model_keeps_its_dtype_through_the_quantizer():
     """A model cast to bf16 (no autocast): the quantizer computes in fp32 and hands the decoder bf16."""
-    cfg = apply_overrides(get_preset("v1-vq"), ["model.channels=[8,16]", "model.res_channels=8",
-                                                "model.embedding_dim=16", "quantizer.codebook_size=32"])
+    cfg = apply_overrides(
+        get_preset("v1-vq"),
+        ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=16", "quantizer.codebook_size=32"],
+    )
     model = build_model(cfg).eval().to(torch.bfloat16)
     with torch.no_grad():
         out = model(torch.rand(2, 1, 32, 16, dtype=torch.bfloat16))

@@ -12,8 +12,20 @@ from prostate_vq.models.networks import DLCRHead
 from prostate_vq.models.summary import model_summary
 
 TINY = ["model.channels=[8, 16]", "model.res_channels=8", "model.embedding_dim=8"]
-REQUIRED = {"default", "v1-vq", "v2-refit", "v3-ema", "v4-rq", "fsq", "lfq", "l2-codes", "entropy", "soft",
-            "vqvae2", *(f"model{n}" for n in range(100, 106))}
+REQUIRED = {
+    "default",
+    "v1-vq",
+    "v2-refit",
+    "v3-ema",
+    "v4-rq",
+    "fsq",
+    "lfq",
+    "l2-codes",
+    "entropy",
+    "soft",
+    "vqvae2",
+    *(f"model{n}" for n in range(100, 106)),
+}
 
 
 def _batch(h=32, w=32, b=2):
@@ -62,13 +74,22 @@ def test_every_preset_trains_a_step_for_every_task(name):
 
 def test_reference_grid_matches_the_table():
     table = {  # model: (epochs, D, K, downsample, beta)
-        "model100": (100, 64, 512, 4, 0.25), "model101": (200, 64, 512, 4, 0.25),
-        "model102": (100, 32, 256, 4, 0.25), "model103": (100, 64, 512, 4, 1.0),
-        "model104": (100, 64, 256, 4, 0.25), "model105": (100, 64, 512, 8, 0.25)}
+        "model100": (100, 64, 512, 4, 0.25),
+        "model101": (200, 64, 512, 4, 0.25),
+        "model102": (100, 32, 256, 4, 0.25),
+        "model103": (100, 64, 512, 4, 1.0),
+        "model104": (100, 64, 256, 4, 0.25),
+        "model105": (100, 64, 512, 8, 0.25),
+    }
     for name, (epochs, d, k, down, beta) in table.items():
         cfg = get_preset(name)
-        got = (cfg["training"]["epochs"], cfg["model"]["embedding_dim"], cfg["quantizer"]["codebook_size"],
-               cfg["model"]["downsample"], cfg["quantizer"]["beta"])
+        got = (
+            cfg["training"]["epochs"],
+            cfg["model"]["embedding_dim"],
+            cfg["quantizer"]["codebook_size"],
+            cfg["model"]["downsample"],
+            cfg["quantizer"]["beta"],
+        )
         assert got == (epochs, d, k, down, beta), name
         assert cfg["quantizer"]["kind"] == "vq"
     v1, v2 = get_preset("v1-vq"), get_preset("v2-refit")
@@ -90,8 +111,10 @@ def test_get_preset_is_a_deep_copy_and_unknown_names_fail():
 
 
 def test_overrides():
-    cfg = apply_overrides(get_preset("v1-vq"), ["quantizer.codebook_size=256", "model.channels=[16, 32]",
-                                                "quantizer.l2_normalize=true", "training.lr=1e-3"])
+    cfg = apply_overrides(
+        get_preset("v1-vq"),
+        ["quantizer.codebook_size=256", "model.channels=[16, 32]", "quantizer.l2_normalize=true", "training.lr=1e-3"],
+    )
     assert cfg["quantizer"]["codebook_size"] == 256 and cfg["model"]["channels"] == [16, 32]
     assert cfg["quantizer"]["l2_normalize"] is True and cfg["training"]["lr"] == pytest.approx(1e-3)
     switched = apply_overrides(get_preset("v1-vq"), ["quantizer.kind=rq", "quantizer.depth=2"])
@@ -154,8 +177,9 @@ def test_refit_flow_resizes_and_reloads():
 
 
 def test_vqvae2_counts_both_levels():
-    model = build_model(apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=16",
-                                                                      "model.top_codebook_size=16"]), "image")
+    model = build_model(
+        apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=16", "model.top_codebook_size=16"]), "image"
+    )
     indices = model.encode(_batch()["image"])
     assert indices.shape == (2, 2, 8, 8)
     assert torch.equal(indices[:, 0, ::2, ::2].repeat_interleave(2, 1).repeat_interleave(2, 2), indices[:, 0])
@@ -215,8 +239,9 @@ def test_summary_reports_parameters():
 
 
 def test_vqvae2_top_level_has_its_own_codebook_size():
-    model = build_model(apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=8",
-                                                                      "model.top_codebook_size=32"]), "image")
+    model = build_model(
+        apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=8", "model.top_codebook_size=32"]), "image"
+    )
     assert (model.quantizer_top.codebook_size, model.quantizer.codebook_size, model.num_codes) == (32, 8, 40)
 
 
@@ -264,9 +289,18 @@ def test_monai_stock_preset_is_monais_vqvae_as_shipped():
 
     torch.manual_seed(0)
     ours = build_model(get_preset("monai-stock")).eval()
-    stock = MonaiNet(spatial_dims=2, in_channels=1, out_channels=1, channels=(64, 128), num_res_layers=2,
-                     num_res_channels=(64, 128), downsample_parameters=((2, 4, 1, 1),) * 2,
-                     upsample_parameters=((2, 4, 1, 1, 0),) * 2, num_embeddings=512, embedding_dim=64).eval()
+    stock = MonaiNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=1,
+        channels=(64, 128),
+        num_res_layers=2,
+        num_res_channels=(64, 128),
+        downsample_parameters=((2, 4, 1, 1),) * 2,
+        upsample_parameters=((2, 4, 1, 1, 0),) * 2,
+        num_embeddings=512,
+        embedding_dim=64,
+    ).eval()
     state = {k.replace("quantizer.quantizer.", "quantizer.ema."): v for k, v in stock.state_dict().items()}
     ours.load_state_dict(state)  # strict: every tensor has its counterpart
     x = torch.rand(2, 1, 32, 32)

@@ -37,10 +37,20 @@ def evaluated_128(phantom_root, tmp_path_factory):
     """An untrained small model at 128x128, evaluated on 4 test slices."""
     tmp = tmp_path_factory.mktemp("ms_ssim")
     torch.manual_seed(0)
-    cfg = apply_overrides(get_preset("v1-vq"), ["model.channels=[8,16]", "model.res_channels=8",
-                                                "model.embedding_dim=16", "quantizer.codebook_size=32"])
-    payload = {"format_version": FORMAT_VERSION, "config": cfg, "preset": "v1-vq", "task": "image",
-               "spatial_size": [128, 128], "seed": 0, "epoch": 1, "model_state": build_model(cfg).state_dict()}
+    cfg = apply_overrides(
+        get_preset("v1-vq"),
+        ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=16", "quantizer.codebook_size=32"],
+    )
+    payload = {
+        "format_version": FORMAT_VERSION,
+        "config": cfg,
+        "preset": "v1-vq",
+        "task": "image",
+        "spatial_size": [128, 128],
+        "seed": 0,
+        "epoch": 1,
+        "model_state": build_model(cfg).state_dict(),
+    }
     checkpoint = save_checkpoint(tmp / "best.pt", payload)
     evaluate_checkpoint(checkpoint, data=phantom_root, out=tmp / "eval", device="cpu", max_slices=4, figures=False)
     return tmp / "eval"

@@ -48,8 +48,7 @@ def test_notebooks_match_their_jupytext_source(name):
     assert source.is_file(), f"{name} has no jupytext source {source.relative_to(DOCS.parent)}"
     expected = [(c.cell_type, c.source) for c in jupytext.read(source).cells]
     committed = [(c.cell_type, c.source) for c in _read(name).cells]
-    assert committed == expected, (
-        f"docs/{name} differs from {source.relative_to(DOCS.parent)}: edit the .py, then run {SYNC}")
+    assert committed == expected, f"docs/{name} differs from {source.relative_to(DOCS.parent)}: edit the .py, then run {SYNC}"
 
 
 def test_every_jupytext_source_has_its_notebook():
@@ -75,9 +74,16 @@ def _kernel_spec(folder: Path) -> str:
     system `python3` spec cannot pick another Python."""
     spec = folder / "kernels" / KERNEL
     spec.mkdir(parents=True)
-    (spec / "kernel.json").write_text(json.dumps({
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "prostate-vq tests", "language": "python"}), encoding="utf-8")
+    (spec / "kernel.json").write_text(
+        json.dumps(
+            {
+                "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+                "display_name": "prostate-vq tests",
+                "language": "python",
+            }
+        ),
+        encoding="utf-8",
+    )
     return str(folder)
 
 
@@ -90,8 +96,7 @@ def _final_value(nb) -> dict:
 
 
 def _errors(nb) -> list[str]:
-    return [f"{o.ename}: {o.evalue}" for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if o.output_type == "error"]
+    return [f"{o.ename}: {o.evalue}" for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
 
 
 @pytest.fixture(scope="module")
@@ -108,13 +113,22 @@ def executed(tmp_path_factory):
         if name not in cache:
             nb = _read(name)
             work = tmp_path_factory.mktemp(name.split(".")[0])
-            env = {"PROSTATE_VQ_FAST": "1", "PROSTATE_VQ_RUNS": str(work / "runs"), "CUDA_VISIBLE_DEVICES": "",
-                   "JUPYTER_PATH": os.pathsep.join(p for p in (jupyter_path, os.environ.get("JUPYTER_PATH")) if p)}
+            env = {
+                "PROSTATE_VQ_FAST": "1",
+                "PROSTATE_VQ_RUNS": str(work / "runs"),
+                "CUDA_VISIBLE_DEVICES": "",
+                "JUPYTER_PATH": os.pathsep.join(p for p in (jupyter_path, os.environ.get("JUPYTER_PATH")) if p),
+            }
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)  # the kernel inherits this process's environment
             try:
-                NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL, allow_errors=False,
-                               resources={"metadata": {"path": str(work)}}).execute()
+                NotebookClient(
+                    nb,
+                    timeout=CELL_TIMEOUT_S,
+                    kernel_name=KERNEL,
+                    allow_errors=False,
+                    resources={"metadata": {"path": str(work)}},
+                ).execute()
             finally:
                 for key, value in saved.items():
                     if value is None:

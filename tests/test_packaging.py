@@ -18,8 +18,12 @@ except ImportError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"yaml": "pyyaml", "PIL": "pillow", "sklearn": "scikit-learn", "vector_quantize_pytorch":
-                 "vector-quantize-pytorch"}
+DISTRIBUTIONS = {
+    "yaml": "pyyaml",
+    "PIL": "pillow",
+    "sklearn": "scikit-learn",
+    "vector_quantize_pytorch": "vector-quantize-pytorch",
+}
 
 
 def _normalise(name: str) -> str:
@@ -56,8 +60,11 @@ def test_every_package_import_is_declared():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     extras = [name for name in config.get("optional-dependencies", {}) if name != "dev"]
     declared = _declared().union(*(_declared(extra) for extra in extras))
-    missing = {name: where for name, where in _imports(ROOT / "prostate_vq").items()
-               if _normalise(DISTRIBUTIONS.get(name, name)) not in declared}
+    missing = {
+        name: where
+        for name, where in _imports(ROOT / "prostate_vq").items()
+        if _normalise(DISTRIBUTIONS.get(name, name)) not in declared
+    }
     assert not missing, f"imported but not in pyproject.toml dependencies: {missing}"
 
 
@@ -77,13 +84,16 @@ def test_phantom_blur_equals_scipy_where_installed():
         assert np.abs(gaussian_filter(x, sigma, mode) - expected).max() < 1e-6
 
 
-def test_training_progress_is_one_plain_line_per_epoch_off_a_terminal(phantom_root, tmp_path, capsys,
-                                                                       tiny_spatial, tiny_model_overrides):
+def test_training_progress_is_one_plain_line_per_epoch_off_a_terminal(
+    phantom_root, tmp_path, capsys, tiny_spatial, tiny_model_overrides
+):
     """Logs, CI and cluster jobs: no bars, no carriage returns or escape codes (stdout is not a terminal here)."""
     from prostate_vq.training import RunRequest, TrainOptions, train
 
-    train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=True),
-          RunRequest(epochs=3, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)))
+    train(
+        TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=True),
+        RunRequest(epochs=3, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)),
+    )
     captured = capsys.readouterr()
     lines = [line for line in captured.out.splitlines() if line.startswith("epoch ")]
     assert [line.split()[1] for line in lines] == ["1/3", "2/3", "3/3"]
@@ -100,7 +110,7 @@ def test_labels_are_resized_at_pixel_centres():
     from prostate_vq.data.transforms import FitSized
 
     yy, xx = torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij")
-    disc = ((yy - 127.5) ** 2 + (xx - 127.5) ** 2 < 60 ** 2).float()
+    disc = ((yy - 127.5) ** 2 + (xx - 127.5) ** 2 < 60**2).float()
     out = FitSized(["image", "label"], (64, 64))({"image": disc[None], "label": disc[None].long()})
 
     def centre(t):

@@ -16,9 +16,12 @@ from prostate_vq.evaluation import evaluate_checkpoint
 from prostate_vq.evaluation.perceptual import LPIPS, features, frechet_distance, load_feature_net, load_lpips
 from prostate_vq.reporting.markdown import write_report
 
-LPIPS_KEYS = {"scaling_layer.shift", "scaling_layer.scale",
-              *(f"net.slice{i}.{k}.{p}" for i, k in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10)) for p in ("weight", "bias")),
-              *(f"lin{i}.model.1.weight" for i in range(5))}
+LPIPS_KEYS = {
+    "scaling_layer.shift",
+    "scaling_layer.scale",
+    *(f"net.slice{i}.{k}.{p}" for i, k in ((1, 0), (2, 3), (3, 6), (4, 8), (5, 10)) for p in ("weight", "bias")),
+    *(f"lin{i}.model.1.weight" for i in range(5)),
+}
 
 
 class _Features(torch.nn.Module):
@@ -89,8 +92,21 @@ def test_missing_or_foreign_weights_are_one_line(tiny_run, phantom_root, tmp_pat
     with pytest.raises(UserInputError, match="not a TorchScript feature network"):
         load_feature_net(tmp_path / "junk.pt")
     for option in ("--lpips-weights", "--fid-weights"):
-        code = main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root),
-                     "--out", str(tmp_path / "eval"), "--device", "cpu", option, str(tmp_path / "missing.bin")])
+        code = main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+                option,
+                str(tmp_path / "missing.bin"),
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and "missing.bin" in err[0] and option in err[0]
     assert not (tmp_path / "eval" / "metrics.json").exists()
@@ -98,8 +114,15 @@ def test_missing_or_foreign_weights_are_one_line(tiny_run, phantom_root, tmp_pat
 
 def test_evaluation_and_report_with_weights(tiny_run, phantom_root, weights, tmp_path):
     out = tmp_path / "eval"
-    result = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=out, device="cpu", figures=False,
-                                 lpips_weights=weights[0], fid_weights=weights[1])
+    result = evaluate_checkpoint(
+        tiny_run / "best.pt",
+        data=phantom_root,
+        out=out,
+        device="cpu",
+        figures=False,
+        lpips_weights=weights[0],
+        fid_weights=weights[1],
+    )
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["lpips_mean"] > 0 and metrics["fid"] >= 0 and metrics["fid_n"] == metrics["n_slices"]
     assert metrics["lpips_weights"]["file"] == "lpips_alex.safetensors" and len(metrics["fid_weights"]["sha256"]) == 64
@@ -120,13 +143,20 @@ def test_without_weights_the_metrics_are_absent(tiny_run, phantom_root, tmp_path
 
 
 @pytest.mark.slow  # ~4 s: a sweep scored with feature weights
-def test_sweep_scores_every_job_with_the_weights(phantom_root, weights, tmp_path, tiny_spatial, tiny_model_overrides,
-                                                 capsys):
+def test_sweep_scores_every_job_with_the_weights(phantom_root, weights, tmp_path, tiny_spatial, tiny_model_overrides, capsys):
     from prostate_vq.workflows import sweep
 
     out = tmp_path / "sweep"
-    common = dict(presets=["v1-vq"], out=out, max_steps=2, spatial_size=tiny_spatial, device="cpu",
-                  overrides=list(tiny_model_overrides), progress=False, max_slices=4)
+    common = dict(
+        presets=["v1-vq"],
+        out=out,
+        max_steps=2,
+        spatial_size=tiny_spatial,
+        device="cpu",
+        overrides=list(tiny_model_overrides),
+        progress=False,
+        max_slices=4,
+    )
     report = sweep(phantom_root, lpips_weights=weights[0], **common)
     metrics = json.loads((out / "v1-vq" / "seed0" / "eval" / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["lpips_mean"] > 0 and "fid" not in metrics

@@ -32,6 +32,7 @@ def small_prior(arch: str, vocab_sizes, code_shape=(5, 6)):
 
 # --- networks ---------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("arch", ["pixelcnn", "transformer"])
 @pytest.mark.parametrize("vocab_sizes", [[7], [7, 5]])
 def test_output_depends_only_on_earlier_positions(arch, vocab_sizes):
@@ -88,9 +89,9 @@ def test_pixelcnn_receptive_rows_is_exact():
         full = prior(codes)
         for i in range(14):  # cropping to the receptive rows changes nothing...
             top = max(0, i - prior.receptive_rows)
-            torch.testing.assert_close(prior(codes[:, top:i + 1])[:, :, i - top], full[:, :, i])
+            torch.testing.assert_close(prior(codes[:, top : i + 1])[:, :, i - top], full[:, :, i])
         top, i = 2, 2 + prior.receptive_rows - 1  # ...one row fewer does
-        assert not torch.allclose(prior(codes[:, top:i + 1])[:, :, i - top], full[:, :, i])
+        assert not torch.allclose(prior(codes[:, top : i + 1])[:, :, i - top], full[:, :, i])
 
 
 def _structured_codes(n: int, k: int = 8, shape=(6, 4), seed: int = 0) -> torch.Tensor:
@@ -131,6 +132,7 @@ def test_nll_falls_and_samples_follow_the_learned_structure(arch):
 def test_sampling_is_reproducible_and_in_range(arch):
     torch.manual_seed(0)
     prior = small_prior(arch, [7, 5], (5, 6))
+
     def draw(seed, t=1.0):
         return prior.sample(3, (5, 6), temperature=t, generator=torch.Generator().manual_seed(seed))
 
@@ -149,8 +151,9 @@ def test_sampling_is_reproducible_and_in_range(arch):
 TINY = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=8", "model.res_layers=1"]
 
 
-@pytest.mark.parametrize("preset,kind,depth", [("v1-vq", "single", 1), ("fsq", "single", 1),
-                                                ("v4-rq", "residual", 3), ("vqvae2", "hierarchy", 5)])
+@pytest.mark.parametrize(
+    "preset,kind,depth", [("v1-vq", "single", 1), ("fsq", "single", 1), ("v4-rq", "residual", 3), ("vqvae2", "hierarchy", 5)]
+)
 def test_layout_round_trip_and_decode(preset, kind, depth):
     from prostate_vq.models import apply_overrides, build_model, get_preset
 
@@ -178,8 +181,24 @@ def test_encode_writes_codes_that_decode_to_the_reconstruction(tiny_run, phantom
     from prostate_vq.runtime.checkpoints import load_model
 
     out = tmp_path / "codes.npz"
-    assert main(["encode", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root),
-                 "--split", "validate", "--out", str(out), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(phantom_root),
+                "--split",
+                "validate",
+                "--out",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     codes, meta = read_codes(out)
     model, payload = load_model(tiny_run / "best.pt", "cpu")
     dataset = make_dataset(phantom_root, "validate", "image", spatial_size=payload["spatial_size"])
@@ -197,11 +216,21 @@ def test_encode_writes_codes_that_decode_to_the_reconstruction(tiny_run, phantom
 
 # --- train-prior and sample ---------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def joint_prior(tiny_joint_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("prior") / "prior"
-    return train_prior(tiny_joint_run / "best.pt", out=out, arch="pixelcnn", epochs=4, batch_size=4, lr=3e-3,
-                       device="cpu", progress=False, arch_options=SMALL["pixelcnn"])
+    return train_prior(
+        tiny_joint_run / "best.pt",
+        out=out,
+        arch="pixelcnn",
+        epochs=4,
+        batch_size=4,
+        lr=3e-3,
+        device="cpu",
+        progress=False,
+        arch_options=SMALL["pixelcnn"],
+    )
 
 
 def test_train_prior_writes_a_run_and_its_likelihood_falls(joint_prior, tiny_joint_run):
@@ -213,8 +242,14 @@ def test_train_prior_writes_a_run_and_its_likelihood_falls(joint_prior, tiny_joi
     train_bits = [float(r["train_nll_bits"]) for r in rows]
     assert train_bits[-1] < train_bits[0]
     metrics = json.loads((joint_prior / "metrics.json").read_text(encoding="utf-8"))
-    for key in ("val_nll_bits_per_code", "test_nll_bits_per_code", "uniform_bits_per_code",
-                "unigram_val_bits_per_code", "codes_per_slice", "best_epoch"):
+    for key in (
+        "val_nll_bits_per_code",
+        "test_nll_bits_per_code",
+        "uniform_bits_per_code",
+        "unigram_val_bits_per_code",
+        "codes_per_slice",
+        "best_epoch",
+    ):
         assert key in metrics
     assert 0 < metrics["test_nll_bits_per_code"] < metrics["uniform_bits_per_code"]
     assert 0 < metrics["test_nll_bits_per_pixel"] < metrics["nominal_bits_per_pixel"]
@@ -227,8 +262,19 @@ def test_train_prior_writes_a_run_and_its_likelihood_falls(joint_prior, tiny_joi
 def test_sample_writes_slices_grid_and_checks_reproducibly(joint_prior, tmp_path):
     a = sample(joint_prior / "best.pt", n=3, out=tmp_path / "a", seed=7, device="cpu")
     info = json.loads((a / "samples.json").read_text(encoding="utf-8"))
-    assert {"n", "arch", "temperature", "seed", "prior", "checkpoint", "summary", "samples", "reference",
-            "similarity", "distribution_distance"} <= set(info)
+    assert {
+        "n",
+        "arch",
+        "temperature",
+        "seed",
+        "prior",
+        "checkpoint",
+        "summary",
+        "samples",
+        "reference",
+        "similarity",
+        "distribution_distance",
+    } <= set(info)
     assert info["n"] == 3 and len(info["samples"]) == 3 and (a / "samples_grid.png").stat().st_size > 1000
     for record in info["samples"]:
         image = nib.load(a / record["file"]).get_fdata()
@@ -247,8 +293,7 @@ def test_sample_writes_slices_grid_and_checks_reproducibly(joint_prior, tmp_path
 
 def test_resume_continues_the_prior_run(tiny_run, tmp_path):
     out = tmp_path / "prior"
-    kwargs = dict(out=out, arch="transformer", batch_size=4, device="cpu", progress=False,
-                  arch_options=SMALL["transformer"])
+    kwargs = dict(out=out, arch="transformer", batch_size=4, device="cpu", progress=False, arch_options=SMALL["transformer"])
     train_prior(tiny_run / "best.pt", epochs=2, **kwargs)
     with pytest.raises(UserInputError, match="--resume"):
         train_prior(tiny_run / "best.pt", epochs=2, **kwargs)
@@ -259,8 +304,16 @@ def test_resume_continues_the_prior_run(tiny_run, tmp_path):
 
 
 def test_time_budget_stops_after_the_first_step_with_a_best_checkpoint(tiny_run, tmp_path):
-    out = train_prior(tiny_run / "best.pt", out=tmp_path / "prior", epochs=50, max_minutes=1e-6, batch_size=4,
-                      device="cpu", progress=False, arch_options=SMALL["pixelcnn"])
+    out = train_prior(
+        tiny_run / "best.pt",
+        out=tmp_path / "prior",
+        epochs=50,
+        max_minutes=1e-6,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        arch_options=SMALL["pixelcnn"],
+    )
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["stop_reason"] == "max_minutes" and metrics["epochs_run"] == 1
     assert (out / "best.pt").is_file()
@@ -268,11 +321,44 @@ def test_time_budget_stops_after_the_first_step_with_a_best_checkpoint(tiny_run,
 
 def test_cli_train_prior_and_sample(tiny_run, tmp_path, capsys):
     prior = tmp_path / "prior"
-    assert main(["train-prior", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(prior), "--arch",
-                 "transformer", "--epochs", "1", "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train-prior",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--out",
+                str(prior),
+                "--arch",
+                "transformer",
+                "--epochs",
+                "1",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     samples = tmp_path / "samples"
-    assert main(["sample", "--prior", str(prior / "best.pt"), "--n", "2", "--out", str(samples),
-                 "--temperature", "0.8", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--prior",
+                str(prior / "best.pt"),
+                "--n",
+                "2",
+                "--out",
+                str(samples),
+                "--temperature",
+                "0.8",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     info = json.loads((samples / "samples.json").read_text(encoding="utf-8"))
     assert info["arch"] == "transformer" and info["temperature"] == 0.8 and info["task"] == "image"
     assert all("seg_file" not in record for record in info["samples"])  # image task: no segmentation
@@ -283,11 +369,11 @@ def test_cli_bad_input_exits_2(tiny_run, joint_prior, tmp_path, capsys):
     # A VQ-VAE checkpoint is not a prior, and a prior is not a VQ-VAE.
     assert main(["sample", "--prior", str(tiny_run / "best.pt"), "--out", str(tmp_path / "s")]) == 2
     assert "not a prior checkpoint" in capsys.readouterr().err
-    assert main(["train-prior", "--checkpoint", str(joint_prior / "best.pt"), "--out", str(tmp_path / "p"),
-                 "--device", "cpu"]) == 2
+    assert (
+        main(["train-prior", "--checkpoint", str(joint_prior / "best.pt"), "--out", str(tmp_path / "p"), "--device", "cpu"]) == 2
+    )
     assert "prior checkpoint" in capsys.readouterr().err
-    assert main(["sample", "--prior", str(joint_prior / "best.pt"), "--out", str(tmp_path / "s"),
-                 "--temperature", "0"]) == 2
+    assert main(["sample", "--prior", str(joint_prior / "best.pt"), "--out", str(tmp_path / "s"), "--temperature", "0"]) == 2
     assert main(["train-prior", "--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "p")]) == 2
     assert main(["encode", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(tmp_path / "codes.txt")]) == 2
 
@@ -302,11 +388,23 @@ def test_multi_level_codes_train_sample_and_decode(preset, task, phantom_root, t
     torch.manual_seed(0)
     config = apply_overrides(get_preset(preset), TINY)
     model = build_model(config, task)
-    checkpoint = save_checkpoint(tmp_path / "vq.pt", {
-        "format_version": 1, "model_state": model.state_dict(), "config": config, "preset": preset, "task": task,
-        "spatial_size": list(tiny_spatial), "data_root": str(phantom_root), "epoch": 0, "metrics": {}})
-    prior = train_prior(checkpoint, out=tmp_path / "prior", epochs=1, batch_size=8, device="cpu", progress=False,
-                        arch_options=SMALL["pixelcnn"])
+    checkpoint = save_checkpoint(
+        tmp_path / "vq.pt",
+        {
+            "format_version": 1,
+            "model_state": model.state_dict(),
+            "config": config,
+            "preset": preset,
+            "task": task,
+            "spatial_size": list(tiny_spatial),
+            "data_root": str(phantom_root),
+            "epoch": 0,
+            "metrics": {},
+        },
+    )
+    prior = train_prior(
+        checkpoint, out=tmp_path / "prior", epochs=1, batch_size=8, device="cpu", progress=False, arch_options=SMALL["pixelcnn"]
+    )
     metrics = json.loads((prior / "metrics.json").read_text(encoding="utf-8"))
     depth = 3 if preset == "v4-rq" else 5
     assert len(metrics["vocab_sizes"]) == depth and metrics["test_nll_bits_per_code"] > 0

@@ -68,8 +68,7 @@ def test_codebook_changes_after_a_training_step(kind):
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
-    changed = [k for k, v in quantizer.state_dict().items() if v.shape != before[k].shape
-               or not torch.equal(v, before[k])]
+    changed = [k for k, v in quantizer.state_dict().items() if v.shape != before[k].shape or not torch.equal(v, before[k])]
     assert any(("embed" in k) or ("embedding" in k) for k in changed), changed
 
 
@@ -348,8 +347,25 @@ def test_lfq_codebook_not_a_power_of_two_is_one_line_before_any_data_loads(phant
 
     monkeypatch.setattr(dataset.SliceDataset, "__init__", no_data)
     out = tmp_path / "run"
-    assert main(["train", "--data", str(phantom_root), "--out", str(out), "--preset", "lfq", "--set",
-                 "quantizer.codebook_size=100", "--device", "cpu", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(out),
+                "--preset",
+                "lfq",
+                "--set",
+                "quantizer.codebook_size=100",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "quantizer.codebook_size" in err[0] and "power of two" in err[0]
     assert not (out / "best.pt").exists()

@@ -26,9 +26,9 @@ def test_every_variant_is_at_the_standard_rate(name):
 
 
 def test_rates_of_other_presets():
-    assert preset_bits_per_pixel("hifi") == pytest.approx(2.25)        # /2, K=512
+    assert preset_bits_per_pixel("hifi") == pytest.approx(2.25)  # /2, K=512
     assert preset_bits_per_pixel("model105") == pytest.approx(9 / 64)  # /8, K=512
-    assert preset_bits_per_pixel("v2-refit") == pytest.approx(0.5)     # after ReFiT to K=256
+    assert preset_bits_per_pixel("v2-refit") == pytest.approx(0.5)  # after ReFiT to K=256
     assert preset_bits_per_pixel("model201") == pytest.approx(7 / 16)  # K=128
 
 
@@ -48,8 +48,9 @@ def test_level_health_per_rq_depth_never_exceeds_k():
 
 
 def test_collapsed_vqvae2_top_level_warns_although_pooled_usage_looks_fine():
-    model = build_model(apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=4",
-                                                                      "model.top_codebook_size=4"]), "image")
+    model = build_model(
+        apply_overrides(get_preset("vqvae2"), TINY + ["quantizer.codebook_size=4", "model.top_codebook_size=4"]), "image"
+    )
     levels = model.code_levels((32, 32))
     counts = torch.tensor([10, 0, 0, 0, 5, 5, 5, 5])  # top: 1 of 4 codes; bottom: all 4
     health = level_health(counts, levels, (32, 32))
@@ -65,8 +66,22 @@ def test_collapsed_vqvae2_top_level_warns_although_pooled_usage_looks_fine():
 
 
 def test_metrics_json_has_rate_and_levels(tiny_run, phantom_root, tmp_path):
-    assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--data", str(phantom_root),
-                 "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(tmp_path / "eval"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text(encoding="utf-8"))
     (level,) = metrics["levels"]
     assert metrics["bits_per_pixel"] == pytest.approx(level["bits_per_pixel"]) and metrics["bits_per_pixel"] > 0
@@ -109,8 +124,7 @@ def test_joint_usage_and_effective_rate_on_a_hand_built_three_level_code():
 def test_metrics_json_carries_joint_codes_effective_rate_and_steps(tiny_run, phantom_root, tmp_path):
     from prostate_vq.evaluation import evaluate_checkpoint
 
-    m = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu",
-                            figures=False).to_dict()
+    m = evaluate_checkpoint(tiny_run / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu", figures=False).to_dict()
     assert m["joint_codes_used"] == m["codes_used"]  # one level: the tuples are the codes
     assert 0 < m["effective_bits_per_pixel"] <= m["bits_per_pixel"]
     assert m["run_steps"] == m["steps"] == 6 and m["run_epochs"] == 2 and m["stop_reason"] == "epochs"

@@ -14,9 +14,11 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.evaluation import evaluate_checkpoint
 from prostate_vq.reporting.markdown import write_report
 
-TABLE_HEADER = ("| Model | Parameters | Bits per pixel (nominal / effective) | Steps | SSIM | SSIM in region | PSNR | "
-                "Dice (%, per slice) | Prostate Dice (%, MONAI) | Codes used (joint) | Code usage (%, joint) | "
-                "Perplexity (joint) |")
+TABLE_HEADER = (
+    "| Model | Parameters | Bits per pixel (nominal / effective) | Steps | SSIM | SSIM in region | PSNR | "
+    "Dice (%, per slice) | Prostate Dice (%, MONAI) | Codes used (joint) | Code usage (%, joint) | "
+    "Perplexity (joint) |"
+)
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +48,11 @@ def _assert_links_resolve(report: Path) -> list[str]:
 
 
 def test_report_has_table_details_verdict_and_resolving_links(evaluated, tmp_path):
-    report = write_report([evaluated[k] for k in ("image_run", "image_eval", "joint_run", "joint_eval")],
-                          tmp_path / "nested" / "report.md", title="Tiny report")
+    report = write_report(
+        [evaluated[k] for k in ("image_run", "image_eval", "joint_run", "joint_eval")],
+        tmp_path / "nested" / "report.md",
+        title="Tiny report",
+    )
     text = report.read_text(encoding="utf-8")
     assert text.startswith("# Tiny report")
     assert TABLE_HEADER in text
@@ -59,13 +64,20 @@ def test_report_has_table_details_verdict_and_resolving_links(evaluated, tmp_pat
     rate = f"| {joint_metrics['bits_per_pixel']:.4g} / {joint_metrics['effective_bits_per_pixel']:.3f} | 6 |"
     assert rate in joint_row  # the rate, nominal and effective, and the steps beside every score
     assert f"{100 * joint_metrics['dice_prostate_monai']:.2f}" in joint_row  # the headline convention
-    for title in ("Dice (%, MONAI)", "Dice (%, case 3D)", "ignore_empty=True", "mean over patients [95% CI]",
-                  "SSIM in region"):
+    for title in ("Dice (%, MONAI)", "Dice (%, case 3D)", "ignore_empty=True", "mean over patients [95% CI]", "SSIM in region"):
         assert title in text, title  # every Dice names its convention; per-patient statistics
     assert "<details><summary>Architecture (torchinfo)</summary>" in text and "Total params" in text
     assert "SSIM > 0.6" in text and ("**PASS**" in text or "**FAIL**" in text)
-    for section in ("## Aim", "## Results", "## Dataset and split", "## Models", "## Training", "## Testing",
-                    "## Reproduce", "## References"):
+    for section in (
+        "## Aim",
+        "## Results",
+        "## Dataset and split",
+        "## Models",
+        "## Training",
+        "## Testing",
+        "## Reproduce",
+        "## References",
+    ):
         assert section in text, section
     assert "prostate-vq train" in text and "--config" in text and "config.yaml" in text and "torch" in text
     links = _assert_links_resolve(report)
@@ -89,8 +101,7 @@ def test_run_folder_alone_reports_validation_numbers(evaluated, tmp_path):
 def test_sweep_style_parent_folder_is_expanded_and_samples_included(evaluated, phantom_root, tmp_path):
     sweep = tmp_path / "sweep"
     shutil.copytree(evaluated["image_run"], sweep / "a" / "run")
-    evaluate_checkpoint(sweep / "a" / "run" / "best.pt", data=phantom_root, out=sweep / "a" / "eval", device="cpu",
-                        max_slices=2)
+    evaluate_checkpoint(sweep / "a" / "run" / "best.pt", data=phantom_root, out=sweep / "a" / "eval", device="cpu", max_slices=2)
     samples = tmp_path / "samples"
     samples.mkdir()
     (samples / "samples.json").write_text(json.dumps({"n": 4, "temperature": 1.0, "seed": 0}))
@@ -98,9 +109,19 @@ def test_sweep_style_parent_folder_is_expanded_and_samples_included(evaluated, p
     prior = tmp_path / "prior"
     prior.mkdir()
     (prior / "best.pt").write_bytes(b"prior weights are never unpickled by the report")
-    (prior / "metrics.json").write_text(json.dumps({"kind": "prior", "arch": "pixelcnn", "parameters": 1000,
-                                                    "val_nll_bits_per_code": 3.5, "test_nll_bits_per_code": 3.25,
-                                                    "unigram_val_bits_per_code": 4.0, "uniform_bits_per_code": 5.0}))
+    (prior / "metrics.json").write_text(
+        json.dumps(
+            {
+                "kind": "prior",
+                "arch": "pixelcnn",
+                "parameters": 1000,
+                "val_nll_bits_per_code": 3.5,
+                "test_nll_bits_per_code": 3.25,
+                "unigram_val_bits_per_code": 4.0,
+                "uniform_bits_per_code": 5.0,
+            }
+        )
+    )
     report = write_report([sweep, samples, prior], tmp_path / "out" / "report.md")
     text = report.read_text(encoding="utf-8")
     assert "## Generative prior" in text and "samples_grid.png" in text
@@ -129,8 +150,10 @@ def test_bad_inputs_name_the_folder(evaluated, tmp_path):
 
 def test_cli_report(evaluated, tmp_path, capsys):
     out = tmp_path / "cli" / "report.md"
-    assert main(["report", str(evaluated["image_run"]), str(evaluated["image_eval"]), "--out", str(out),
-                 "--title", "CLI report"]) == 0
+    assert (
+        main(["report", str(evaluated["image_run"]), str(evaluated["image_eval"]), "--out", str(out), "--title", "CLI report"])
+        == 0
+    )
     assert "report written to" in capsys.readouterr().out
     assert out.read_text(encoding="utf-8").startswith("# CLI report")
     assert main(["report", str(tmp_path / "missing"), "--out", str(out)]) == 2
@@ -157,13 +180,16 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
     assert (config.task, config.seed, config.preset) == (payload["task"], payload["seed"], payload["preset"])
 
 
-@pytest.mark.parametrize("preset, task, present, absent", [
-    ("default", "image", ["mean squared error", "+ 1 x (1 - SSIM)", "beta 0.25", "augmented"], ["cross-entropy"]),
-    ("v1-vq", "image", ["+ 0.1 x (1 - SSIM)", "beta 0.25"], ["augmented"]),
-    ("hifi", "image", ["mean squared error"], ["SSIM", "augmented"]),
-    ("default", "joint", ["+ 1 x (1 - SSIM)", "1 x cross-entropy on the segmentation head", "soft Dice"], []),
-    ("fsq", "mask", ["cross-entropy on the label map", "implicit, fixed codebook"], ["squared error", "beta"]),
-])
+@pytest.mark.parametrize(
+    "preset, task, present, absent",
+    [
+        ("default", "image", ["mean squared error", "+ 1 x (1 - SSIM)", "beta 0.25", "augmented"], ["cross-entropy"]),
+        ("v1-vq", "image", ["+ 0.1 x (1 - SSIM)", "beta 0.25"], ["augmented"]),
+        ("hifi", "image", ["mean squared error"], ["SSIM", "augmented"]),
+        ("default", "joint", ["+ 1 x (1 - SSIM)", "1 x cross-entropy on the segmentation head", "soft Dice"], []),
+        ("fsq", "mask", ["cross-entropy on the label map", "implicit, fixed codebook"], ["squared error", "beta"]),
+    ],
+)
 def test_loss_text_comes_from_the_resolved_config(preset, task, present, absent):
     from prostate_vq.models.presets import get_preset
     from prostate_vq.reporting.prose import loss_text

@@ -47,8 +47,16 @@ def test_sample_quality_with_a_feature_network(tmp_path):
 @pytest.fixture(scope="module")
 def prior(tiny_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("quality_prior") / "prior"
-    return train_prior(tiny_run / "best.pt", out=out, arch="pixelcnn", epochs=1, batch_size=4, device="cpu",
-                       progress=False, arch_options={"dim": 16, "layers": 4})
+    return train_prior(
+        tiny_run / "best.pt",
+        out=out,
+        arch="pixelcnn",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        arch_options={"dim": 16, "layers": 4},
+    )
 
 
 def test_sample_writes_quality_and_fid(prior, tmp_path):
@@ -68,8 +76,19 @@ def test_sample_writes_quality_and_fid(prior, tmp_path):
 def test_sample_without_weights_has_no_fid_and_a_missing_file_is_one_line(prior, tmp_path, capsys):
     out = sample(prior / "best.pt", n=2, out=tmp_path / "s", device="cpu")
     assert "fid" not in json.loads((out / "samples.json").read_text(encoding="utf-8"))["quality"]
-    code = main(["sample", "--prior", str(prior / "best.pt"), "--out", str(tmp_path / "t"), "--device", "cpu",
-                 "--fid-weights", str(tmp_path / "nope.ts")])
+    code = main(
+        [
+            "sample",
+            "--prior",
+            str(prior / "best.pt"),
+            "--out",
+            str(tmp_path / "t"),
+            "--device",
+            "cpu",
+            "--fid-weights",
+            str(tmp_path / "nope.ts"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "nope.ts" in err[0] and "--fid-weights" in err[0]
     assert not (tmp_path / "t").exists()

@@ -25,8 +25,10 @@ def _history(run):
 
 def _options(root, out, spatial, overrides, *, resume=False, max_minutes=None, **kw):
     """A tiny run's (TrainOptions, RunRequest); `kw` are RunRequest's (epochs, max_steps, ...)."""
-    return (TrainOptions(out=out, data=root, device="cpu", progress=False, resume=resume, max_minutes=max_minutes),
-            RunRequest(spatial_size=spatial, batch_size=4, seed=0, overrides=list(overrides), **kw))
+    return (
+        TrainOptions(out=out, data=root, device="cpu", progress=False, resume=resume, max_minutes=max_minutes),
+        RunRequest(spatial_size=spatial, batch_size=4, seed=0, overrides=list(overrides), **kw),
+    )
 
 
 def test_cosine_segment_and_horizon_choice():
@@ -58,8 +60,7 @@ def test_replan_continues_from_the_current_rate():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.05)  # the floor where the time ends
 
 
-def test_max_steps_ends_the_run_and_plans_the_cosine_over_it(phantom_root, tmp_path, tiny_spatial,
-                                                             tiny_model_overrides):
+def test_max_steps_ends_the_run_and_plans_the_cosine_over_it(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     """A step budget far inside the nominal epochs: the run stops at exactly that step with the cosine at its
     floor (a per-epoch cosine over 1,000 epochs stayed at the base rate: a constant learning rate)."""
     run = train(*_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=1000, max_steps=7))
@@ -81,8 +82,7 @@ def test_max_steps_ends_the_run_and_plans_the_cosine_over_it(phantom_root, tmp_p
     assert all(b <= a * (1 + 1e-9) for a, b in itertools.pairwise(rates))
 
 
-def test_a_step_budget_is_not_cut_short_by_the_presets_epochs(phantom_root, tmp_path, tiny_spatial,
-                                                             tiny_model_overrides):
+def test_a_step_budget_is_not_cut_short_by_the_presets_epochs(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     """--max-steps 9 with a preset of 2 epochs on 3 steps per epoch: the run takes its 9 steps (it stopped at 6,
     so a sweep at "equal steps" gave a small training set fewer steps); an explicit --epochs still caps it."""
     overrides = [*tiny_model_overrides, "training.epochs=2"]
@@ -95,10 +95,8 @@ def test_a_step_budget_is_not_cut_short_by_the_presets_epochs(phantom_root, tmp_
 
 
 @pytest.mark.slow  # ~6 s by design: a 0.1-minute time budget
-def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_path, tiny_spatial,
-                                                             tiny_model_overrides):
-    run = train(*_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=100_000,
-                         max_minutes=0.1))
+def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
+    run = train(*_options(phantom_root, tmp_path / "run", tiny_spatial, tiny_model_overrides, epochs=100_000, max_minutes=0.1))
     schedule = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))["schedule"]
     assert schedule["source"] == "time" and schedule["horizon_steps"] < 100_000 * 3
     last = load_checkpoint(run / "last.pt", kind="resume")
@@ -107,8 +105,7 @@ def test_time_budget_plans_the_horizon_from_the_measured_rate(phantom_root, tmp_
     assert not math.isnan(float(_history(run)[-1]["val_loss"]))
 
 
-def test_a_run_from_before_per_step_planning_resumes_downward(phantom_root, tmp_path, tiny_spatial,
-                                                            tiny_model_overrides):
+def test_a_run_from_before_per_step_planning_resumes_downward(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     """last.pt written when the cosine was planned per epoch (a CosineAnnealingLR state): the resumed run takes
     the per-step cosine over from the rate it had reached instead of failing on the foreign state."""
     from prostate_vq.runtime.checkpoints import save_checkpoint

@@ -23,15 +23,18 @@ def test_every_preset_is_valid_and_complete(name):
     check_training_config(cfg["training"], "image")
 
 
-@pytest.mark.parametrize(("section", "bad", "message"), [
-    ("training", {"lr": 0}, "training.lr must be above 0, got 0"),
-    ("training", {"optimizer": "sgd"}, "training.optimizer must be one of adam, adamw"),
-    ("training", {"mask_ratio": 1.0}, "training.mask_ratio must be below 1"),
-    ("training", {"spatial_size": [8, 8]}, "at least 16"),
-    ("model", {"downsample": 3}, "model.downsample must be one of 2, 4, 8, 16"),
-    ("refit", {"codebook_size": 1}, "refit.codebook_size must be at least 2"),
-    ("refit", {"bogus": 1}, "unknown refit option(s) bogus"),
-])
+@pytest.mark.parametrize(
+    ("section", "bad", "message"),
+    [
+        ("training", {"lr": 0}, "training.lr must be above 0, got 0"),
+        ("training", {"optimizer": "sgd"}, "training.optimizer must be one of adam, adamw"),
+        ("training", {"mask_ratio": 1.0}, "training.mask_ratio must be below 1"),
+        ("training", {"spatial_size": [8, 8]}, "at least 16"),
+        ("model", {"downsample": 3}, "model.downsample must be one of 2, 4, 8, 16"),
+        ("refit", {"codebook_size": 1}, "refit.codebook_size must be at least 2"),
+        ("refit", {"bogus": 1}, "unknown refit option(s) bogus"),
+    ],
+)
 def test_a_preset_section_that_breaks_the_schema_is_one_line(section, bad, message):
     cfg = {"model": {}, "quantizer": {"kind": "vq"}, "training": {}, section: bad}
     with pytest.raises(UserInputError) as caught:
@@ -52,10 +55,12 @@ def test_config_file_is_base_preset_plus_sections_and_checked(tmp_path, capsys):
     from prostate_vq.training.config import resolve as resolve_run
 
     good = tmp_path / "my.yaml"
-    good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 1e-3}\n",
-                    encoding="utf-8")
-    request = _run_request(build_parser().parse_args(["train", "--config", str(good), "--out", str(tmp_path / "r"),
-                                                      "--set", "quantizer.codebook_size=64", "--epochs", "2"]))
+    good.write_text("base: v1-vq\ntask: joint\nseed: 3\nmodel: {channels: [8, 16]}\ntraining: {lr: 1e-3}\n", encoding="utf-8")
+    request = _run_request(
+        build_parser().parse_args(
+            ["train", "--config", str(good), "--out", str(tmp_path / "r"), "--set", "quantizer.codebook_size=64", "--epochs", "2"]
+        )
+    )
     config = resolve_run(request)
     cfg = config.sections()
     assert (config.preset, config.task, config.seed) == ("v1-vq", "joint", 3)

@@ -16,8 +16,13 @@ from prostate_vq.evaluation.stats import paired_difference, unit_of
 from prostate_vq.workflows import sweep
 from prostate_vq.workflows.grid import expand, jobs_of, parse_grid, parse_seeds, parse_shard, shard
 
-TINY = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=16", "quantizer.codebook_size=32",
-        "training.batch_size=4"]
+TINY = [
+    "model.channels=[8,16]",
+    "model.res_channels=8",
+    "model.embedding_dim=16",
+    "quantizer.codebook_size=32",
+    "training.batch_size=4",
+]
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 5, 7])
@@ -80,16 +85,19 @@ def test_paired_bootstrap_on_a_hand_built_case():
 def test_sweep_grid_seeds_reference_and_additions(phantom_root, tmp_path, capsys):
     out = tmp_path / "sweep"
     kw = dict(spatial_size=(64, 32), device="cpu", progress=False, overrides=TINY, max_steps=4)
-    report = sweep(phantom_root, ["v1-vq", "v3-ema"], out, seeds="0,1", grid=["quantizer.codebook_dim=4,8"],
-                   reference="v1-vq", **kw)
+    report = sweep(
+        phantom_root, ["v1-vq", "v3-ema"], out, seeds="0,1", grid=["quantizer.codebook_dim=4,8"], reference="v1-vq", **kw
+    )
     for cell in ("v1-vq__codebook_dim=4", "v3-ema__codebook_dim=8"):
         for seed in (0, 1):
             metrics = json.loads((out / cell / f"seed{seed}" / "eval" / "metrics.json").read_text(encoding="utf-8"))
             assert metrics["run_steps"] == 4 and metrics["seed"] == seed
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     cells = {c["name"]: c for c in results["cells"]}
-    assert set(cells) == {"v1-vq__codebook_dim=4", "v1-vq__codebook_dim=8", "v3-ema__codebook_dim=4",
-                          "v3-ema__codebook_dim=8"} and results["missing"] == []
+    assert (
+        set(cells) == {"v1-vq__codebook_dim=4", "v1-vq__codebook_dim=8", "v3-ema__codebook_dim=4", "v3-ema__codebook_dim=8"}
+        and results["missing"] == []
+    )
     ema = cells["v3-ema__codebook_dim=8"]
     assert ema["reference"] == "v1-vq__codebook_dim=8" and ema["seeds"] == [0, 1]
     assert ema["paired"]["ssim"]["n_seeds"] == 2 and ema["ssim_mean"]["sd"] is not None
@@ -114,17 +122,49 @@ def test_sweep_grid_seeds_reference_and_additions(phantom_root, tmp_path, capsys
 @pytest.mark.slow  # ~30-60 s: two sweep processes side by side
 def test_two_concurrent_shards_fill_one_folder_and_collect_reports_it(phantom_root, tmp_path):
     out = tmp_path / "sweep"
-    base = [sys.executable, "-m", "prostate_vq", "sweep", "--data", str(phantom_root), "--out", str(out),
-            "--presets", "v1-vq,v3-ema", "--seeds", "0,1", "--max-steps", "3", "--spatial-size", "64", "32",
-            "--device", "cpu", "--reference", "v1-vq", "--set", *TINY]
+    base = [
+        sys.executable,
+        "-m",
+        "prostate_vq",
+        "sweep",
+        "--data",
+        str(phantom_root),
+        "--out",
+        str(out),
+        "--presets",
+        "v1-vq,v3-ema",
+        "--seeds",
+        "0,1",
+        "--max-steps",
+        "3",
+        "--spatial-size",
+        "64",
+        "32",
+        "--device",
+        "cpu",
+        "--reference",
+        "v1-vq",
+        "--set",
+        *TINY,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    procs = [subprocess.Popen([*base, "--shard", f"{i}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, encoding="utf-8") for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [*base, "--shard", f"{i}/2"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8"
+        )
+        for i in range(2)
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert "shard 0/2: 2 of 4 jobs" in outputs[0][0] and "shard 1/2: 2 of 4 jobs" in outputs[1][0]
-    collected = subprocess.run([sys.executable, "-m", "prostate_vq", "sweep", "--out", str(out), "--collect"], env=env,
-                               capture_output=True, text=True, encoding="utf-8", timeout=300)
+    collected = subprocess.run(
+        [sys.executable, "-m", "prostate_vq", "sweep", "--out", str(out), "--collect"],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+    )
     assert collected.returncode == 0, collected.stderr
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert results["missing"] == [] and all(c["seeds"] == [0, 1] for c in results["cells"])
@@ -133,8 +173,15 @@ def test_two_concurrent_shards_fill_one_folder_and_collect_reports_it(phantom_ro
     import shutil
 
     shutil.rmtree(out / "v3-ema" / "seed1")
-    subprocess.run([sys.executable, "-m", "prostate_vq", "sweep", "--out", str(out), "--collect"], env=env,
-                   capture_output=True, text=True, encoding="utf-8", timeout=300, check=True)
+    subprocess.run(
+        [sys.executable, "-m", "prostate_vq", "sweep", "--out", str(out), "--collect"],
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=300,
+        check=True,
+    )
     assert json.loads((out / "results.json").read_text(encoding="utf-8"))["missing"] == ["v3-ema seed 1 (not trained)"]
     assert "v3-ema seed 1 (not trained)" in (out / "report.md").read_text(encoding="utf-8")
 
@@ -144,8 +191,16 @@ def test_every_study_builds_valid_cells_and_is_listed(capsys):
     from prostate_vq.models import apply_overrides, get_preset
     from prostate_vq.workflows.studies import get_study, study_cells, study_names
 
-    expected = {"celeba-codebook-dim", "celeba-codebook-size", "celeba-l2", "celeba-ema", "celeba-entropy",
-                "celeba-fsq", "celeba-lfq", "hipmri-grid"}
+    expected = {
+        "celeba-codebook-dim",
+        "celeba-codebook-size",
+        "celeba-l2",
+        "celeba-ema",
+        "celeba-entropy",
+        "celeba-fsq",
+        "celeba-lfq",
+        "hipmri-grid",
+    }
     assert set(study_names()) == expected
     for name in study_names():
         study = get_study(name)
@@ -166,8 +221,18 @@ def test_every_study_builds_valid_cells_and_is_listed(capsys):
 @pytest.mark.filterwarnings("ignore:codebook collapse")
 def test_a_study_writes_a_table_shaped_like_its_reference(phantom_root, tmp_path):
     out = tmp_path / "study"
-    report = sweep(phantom_root, None, out, study="celeba-lfq", seeds=[0], max_steps=3, spatial_size=(64, 32),
-                   device="cpu", progress=False, overrides=TINY)
+    report = sweep(
+        phantom_root,
+        None,
+        out,
+        study="celeba-lfq",
+        seeds=[0],
+        max_steps=3,
+        spatial_size=(64, 32),
+        device="cpu",
+        progress=False,
+        overrides=TINY,
+    )
     text = report.read_text(encoding="utf-8")
     assert "## Study `celeba-lfq`: LFQ-VAE" in text and "Its finding: LFQ uses every code" in text
     header = next(line for line in text.splitlines() if line.startswith("| Cell | Quantizer | Codebook size |"))
@@ -184,8 +249,18 @@ def test_sweep_with_codecs_compares_every_cell_with_the_best_codec(phantom_root,
     """At 1.25 bits per pixel (64x64 slices, a /2 map of 32 codes) the codecs fit; the table gains the best codec
     and ours minus it, paired over seeds and slices."""
     out = tmp_path / "sweep"
-    sweep(phantom_root, ["v1-vq"], out, seeds="0,1", max_steps=3, spatial_size=(64, 64), device="cpu",
-          progress=False, overrides=[*TINY, "model.downsample=2"], codecs="webp,jpeg")
+    sweep(
+        phantom_root,
+        ["v1-vq"],
+        out,
+        seeds="0,1",
+        max_steps=3,
+        spatial_size=(64, 64),
+        device="cpu",
+        progress=False,
+        overrides=[*TINY, "model.downsample=2"],
+        codecs="webp,jpeg",
+    )
     results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     cell = results["cells"][0]
     assert cell["best_codec"] in ("webp", "jpeg") and cell["ours_minus_best_codec_ssim"]["n_seeds"] == 2
@@ -203,5 +278,6 @@ def test_sweep_with_codecs_compares_every_cell_with_the_best_codec(phantom_root,
 
     ours, codecs = rd_points(collect(out, [Cell.from_dict(c) for c in settings["cells"]], settings["seeds"]))
     assert [c["name"] for c in ours] == ["v1-vq"] and ours[0]["bpp"] == pytest.approx(1.25) and ours[0]["seeds"] == 2
-    assert set(codecs) == {"webp", "jpeg"} and all(p["bpp"] <= p["budget"] == pytest.approx(1.25)
-                                                  for points in codecs.values() for p in points)
+    assert set(codecs) == {"webp", "jpeg"} and all(
+        p["bpp"] <= p["budget"] == pytest.approx(1.25) for points in codecs.values() for p in points
+    )

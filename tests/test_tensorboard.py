@@ -37,8 +37,10 @@ def _assert_visuals(folder, epochs: int):
 @pytest.fixture(scope="module")
 def tb_run(phantom_root, tmp_path_factory, tiny_spatial, tiny_model_overrides):
     out = tmp_path_factory.mktemp("tb") / "run"
-    return train(TrainOptions(out=out, data=phantom_root, device="cpu", progress=False, tensorboard=True),
-                 RunRequest(epochs=2, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)))
+    return train(
+        TrainOptions(out=out, data=phantom_root, device="cpu", progress=False, tensorboard=True),
+        RunRequest(epochs=2, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)),
+    )
 
 
 def test_train_logs_grids_histograms_and_hparams(tb_run):
@@ -46,14 +48,30 @@ def test_train_logs_grids_histograms_and_hparams(tb_run):
 
 
 def test_refit_logs_the_same(tb_run, phantom_root, tmp_path):
-    out = refit(tb_run / "best.pt", tmp_path / "refit", codebook_size=8, data=phantom_root, epochs=1, device="cpu",
-                progress=False, tensorboard=True)
+    out = refit(
+        tb_run / "best.pt",
+        tmp_path / "refit",
+        codebook_size=8,
+        data=phantom_root,
+        epochs=1,
+        device="cpu",
+        progress=False,
+        tensorboard=True,
+    )
     _assert_visuals(out / "tb", epochs=1)
 
 
 def test_train_prior_logs_history_and_hparams(tb_run, tmp_path):
-    out = train_prior(tb_run / "best.pt", out=tmp_path / "prior", epochs=1, batch_size=4, device="cpu", progress=False,
-                      arch_options={"dim": 16, "layers": 4}, tensorboard=True)
+    out = train_prior(
+        tb_run / "best.pt",
+        out=tmp_path / "prior",
+        epochs=1,
+        batch_size=4,
+        device="cpu",
+        progress=False,
+        arch_options={"dim": 16, "layers": 4},
+        tensorboard=True,
+    )
     tags, events = _events(out / "tb")
     assert "val_nll_bits" in tags["scalars"] and "hparam/test_nll_bits_per_code" in tags["scalars"]
     assert _has_hparams(events)
@@ -61,7 +79,17 @@ def test_train_prior_logs_history_and_hparams(tb_run, tmp_path):
 
 def test_every_sweep_cell_logs_into_its_run(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     out = tmp_path / "sweep"
-    sweep(phantom_root, presets=["v1-vq"], out=out, max_steps=2, spatial_size=tiny_spatial, device="cpu",
-          overrides=list(tiny_model_overrides), progress=False, grid=["quantizer.beta=0.25,1.0"], tensorboard=True)
+    sweep(
+        phantom_root,
+        presets=["v1-vq"],
+        out=out,
+        max_steps=2,
+        spatial_size=tiny_spatial,
+        device="cpu",
+        overrides=list(tiny_model_overrides),
+        progress=False,
+        grid=["quantizer.beta=0.25,1.0"],
+        tensorboard=True,
+    )
     logs = sorted(p.parent.relative_to(out).as_posix() for p in out.rglob("events.out.tfevents.*"))
     assert len({log.split("/")[0] for log in logs}) == 2 and all(log.endswith("run/tb") for log in logs)

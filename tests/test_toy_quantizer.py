@@ -15,8 +15,13 @@ from prostate_vq.models.quantizers import QUANTIZERS, Quantizer, QuantizerOutput
 from prostate_vq.models.quantizers.base import nearest_code, to_map, to_vectors
 
 # the shared codebook_size is carried into the new kind, so it is set (within the toy's range) first
-TINY = ["model.channels=[8,16]", "model.res_channels=8", "model.embedding_dim=8", "quantizer.codebook_size=16",
-        "quantizer.kind=toy"]
+TINY = [
+    "model.channels=[8,16]",
+    "model.res_channels=8",
+    "model.embedding_dim=8",
+    "quantizer.codebook_size=16",
+    "quantizer.kind=toy",
+]
 
 
 def _define_toy():
@@ -70,13 +75,52 @@ def test_a_toy_quantizer_runs_through_presets_train_evaluate_and_report(toy, pha
     assert "codebook_size must be at most 256" in capsys.readouterr().err
 
     run = tmp_path / "run"
-    assert main(["train", "--data", str(phantom_root), "--out", str(run), "--preset", "v1-vq", "--set", *TINY,
-                 "--epochs", "1", "--spatial-size", "64", "32", "--batch-size", "4",
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(run),
+                "--preset",
+                "v1-vq",
+                "--set",
+                *TINY,
+                "--epochs",
+                "1",
+                "--spatial-size",
+                "64",
+                "32",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert (run / "best.pt").is_file()
     evaluation = tmp_path / "eval"
-    assert main(["evaluate", "--checkpoint", str(run / "best.pt"), "--data", str(phantom_root), "--out",
-                 str(evaluation), "--device", "cpu", "--batch-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "best.pt"),
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(evaluation),
+                "--device",
+                "cpu",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((evaluation / "metrics.json").read_text())
     assert 0 < metrics["codebook_usage_pct"] <= 100
     report = tmp_path / "report.md"

@@ -25,8 +25,20 @@ from prostate_vq.training import RunRequest, TrainOptions, resolve, train
 from prostate_vq.training.engine.early_stopping import EarlyStopping
 from prostate_vq.training.vqvae.epoch import mask_patches
 
-PAYLOAD_KEYS = {"format_version", "model_state", "config", "preset", "task", "spatial_size", "intensity", "epoch",
-                "metrics", "seed", "data_root", "versions"}
+PAYLOAD_KEYS = {
+    "format_version",
+    "model_state",
+    "config",
+    "preset",
+    "task",
+    "spatial_size",
+    "intensity",
+    "epoch",
+    "metrics",
+    "seed",
+    "data_root",
+    "versions",
+}
 LAST_KEYS = {"optimizer_state", "scheduler_state", "rng_state", "early_stopping", "history"}
 
 
@@ -38,11 +50,21 @@ def read_history(run):
 @pytest.fixture
 def options(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides, train_args):
     """Factory of a tiny run on the phantom (1 epoch unless told otherwise): (TrainOptions, RunRequest)."""
+
     def make(name="run", **kwargs):
-        base = dict(out=tmp_path / name, data=phantom_root, epochs=1, spatial_size=tiny_spatial, batch_size=4,
-                    overrides=list(tiny_model_overrides), device="cpu", progress=False)
+        base = dict(
+            out=tmp_path / name,
+            data=phantom_root,
+            epochs=1,
+            spatial_size=tiny_spatial,
+            batch_size=4,
+            overrides=list(tiny_model_overrides),
+            device="cpu",
+            progress=False,
+        )
         base["overrides"] += kwargs.pop("extra_overrides", [])
         return train_args(**{**base, **kwargs})
+
     return make
 
 
@@ -50,12 +72,29 @@ def cli_args(run: tuple[TrainOptions, RunRequest]) -> list[str]:
     options, request = run
     assert request.spatial_size is not None
     h, w = request.spatial_size
-    return ["train", "--data", str(options.data), "--out", str(options.out), "--epochs", str(request.epochs),
-            "--spatial-size", str(h), str(w), "--batch-size", str(request.batch_size), "--device", "cpu",
-            "--no-progress", "--set", *request.overrides]
+    return [
+        "train",
+        "--data",
+        str(options.data),
+        "--out",
+        str(options.out),
+        "--epochs",
+        str(request.epochs),
+        "--spatial-size",
+        str(h),
+        str(w),
+        "--batch-size",
+        str(request.batch_size),
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        *request.overrides,
+    ]
 
 
 # --- the run folder -------------------------------------------------------------------------
+
 
 def test_run_folder_holds_everything_evaluate_needs(tiny_run):
     for name in ("best.pt", "last.pt", "history.csv", "config.yaml", "summary.txt"):
@@ -104,8 +143,11 @@ def test_same_seed_same_metrics(options):
 def test_early_stopping_and_best_checkpoint(options):
     # min_delta 1.0: no epoch after the first can count as an improvement, patience 2 -> stop after 3.
     # (the preset's step-based patience and minimum length are switched off: this tests the epoch count)
-    run = train(*options(epochs=20, patience=2, extra_overrides=["training.min_delta=1.0", "training.min_steps=0",
-                                                                "training.patience_steps=0"]))
+    run = train(
+        *options(
+            epochs=20, patience=2, extra_overrides=["training.min_delta=1.0", "training.min_steps=0", "training.patience_steps=0"]
+        )
+    )
     assert len(read_history(run)) == 3
     last = load_checkpoint(run / "last.pt")
     assert last["stop_reason"] == "early_stopping" and last["early_stopping"]["stopped"]
@@ -170,14 +212,18 @@ def test_python_callers_get_the_config_the_command_line_gives(options, tmp_path)
     assert main(argv) == 0
     config = resolve(request)
     assert isinstance(config, RunConfig) and (config.task, config.seed, config.training.lr) == ("joint", 3, 1e-3)
-    runs = {"cli": opts.out, "request": train(replace(opts, out=tmp_path / "request"), request),
-            "config": train(replace(opts, out=tmp_path / "config"), config)}
+    runs = {
+        "cli": opts.out,
+        "request": train(replace(opts, out=tmp_path / "request"), request),
+        "config": train(replace(opts, out=tmp_path / "config"), config),
+    }
     stored = {name: load_checkpoint(run / "best.pt") for name, run in runs.items()}
     for name in ("request", "config"):
         for key in ("config", "preset", "task", "seed", "spatial_size", "data_root", "max_slices"):
             assert stored[name][key] == stored["cli"][key], (name, key)
-        assert (runs[name] / "config.yaml").read_text(encoding="utf-8") == \
-            (runs["cli"] / "config.yaml").read_text(encoding="utf-8"), name
+        assert (runs[name] / "config.yaml").read_text(encoding="utf-8") == (runs["cli"] / "config.yaml").read_text(
+            encoding="utf-8"
+        ), name
     with pytest.raises(ValueError, match="RunRequest"):
         train(replace(opts, resume=True), config)
 
@@ -226,6 +272,7 @@ def test_nan_loss_stops_with_one_line_and_keeps_last_good(options, monkeypatch, 
 
 # --- bad input ------------------------------------------------------------------------------
 
+
 def test_bad_data_is_exit_2(options, phantom_root, tmp_path, capsys):
     missing = tmp_path / "no-such-data"
     assert main(cli_args(options("a", data=missing))) == 2
@@ -253,6 +300,7 @@ def test_bad_options_are_user_errors(options, tiny_run):
 
 
 # --- checkpoints and RNG --------------------------------------------------------------------
+
 
 def test_failed_checkpoint_write_leaves_old_file_intact(tmp_path, monkeypatch):
     path = tmp_path / "last.pt"
@@ -296,8 +344,9 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     torch.manual_seed(3)
     np.random.seed(3)
     random.seed(3)
-    save_checkpoint(tmp_path / "rng.pt", {"format_version": FORMAT_VERSION, "model_state": {}, "config": {},
-                                          "rng_state": capture_rng_state()})
+    save_checkpoint(
+        tmp_path / "rng.pt", {"format_version": FORMAT_VERSION, "model_state": {}, "config": {}, "rng_state": capture_rng_state()}
+    )
     expected = (torch.rand(3), np.random.rand(3), random.random())
     restore_rng_state(load_checkpoint(tmp_path / "rng.pt")["rng_state"])
     got = (torch.rand(3), np.random.rand(3), random.random())
@@ -343,6 +392,5 @@ def test_the_training_package_keeps_its_public_names():
 
     for name in ("load_model", "load_checkpoint", "save_checkpoint"):
         assert getattr(training, name) is getattr(runtime, name)
-    for name in ("HISTORY_COLUMNS", "EarlyStopping", "kmeans", "TrainOptions", "RunRequest", "resolve", "train",
-                 "fit", "refit"):
+    for name in ("HISTORY_COLUMNS", "EarlyStopping", "kmeans", "TrainOptions", "RunRequest", "resolve", "train", "fit", "refit"):
         assert name in training.__all__ and hasattr(training, name)

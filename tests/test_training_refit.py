@@ -62,8 +62,23 @@ def test_refit_rebuilds_a_fully_used_codebook_and_keeps_shapes(tiny_run, tmp_pat
 
 
 def test_refit_rejects_bad_requests(tiny_run, tmp_path, capsys):
-    assert main(["refit", "--checkpoint", str(tiny_run / "best.pt"), "--codebook-size", "1",
-                 "--out", str(tmp_path / "cli"), "--device", "cpu", "--no-progress"]) == 2
+    assert (
+        main(
+            [
+                "refit",
+                "--checkpoint",
+                str(tiny_run / "best.pt"),
+                "--codebook-size",
+                "1",
+                "--out",
+                str(tmp_path / "cli"),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
     assert "at least 2" in capsys.readouterr().err
     with pytest.raises(UserInputError, match="at least 2"):
         refit(tiny_run / "best.pt", tmp_path / "a", codebook_size=1, device="cpu", progress=False)
@@ -73,9 +88,30 @@ def test_refit_rejects_bad_requests(tiny_run, tmp_path, capsys):
 
 def test_v2_refit_preset_runs_both_stages(phantom_root, tmp_path, tiny_model_overrides):
     out = tmp_path / "v2"
-    code = main(["train", "--preset", "v2-refit", "--data", str(phantom_root), "--out", str(out), "--epochs", "1",
-                 "--spatial-size", "64", "32", "--batch-size", "4", "--device", "cpu", "--no-progress",
-                 "--set", *tiny_model_overrides, "refit.codebook_size=8"])
+    code = main(
+        [
+            "train",
+            "--preset",
+            "v2-refit",
+            "--data",
+            str(phantom_root),
+            "--out",
+            str(out),
+            "--epochs",
+            "1",
+            "--spatial-size",
+            "64",
+            "32",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--set",
+            *tiny_model_overrides,
+            "refit.codebook_size=8",
+        ]
+    )
     assert code == 0
     base = load_checkpoint(out / "base" / "best.pt")
     final = load_checkpoint(out / "best.pt")
@@ -90,11 +126,34 @@ def test_v2_refit_splits_a_step_budget_and_reports_the_whole_run(phantom_root, t
     from prostate_vq.evaluation import evaluate_checkpoint
 
     out = tmp_path / "v2"
-    assert main(["train", "--preset", "v2-refit", "--data", str(phantom_root), "--out", str(out), "--max-steps", "8",
-                 "--spatial-size", "64", "32", "--batch-size", "4", "--device", "cpu", "--no-progress",
-                 "--set", *tiny_model_overrides, "refit.codebook_size=8"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--preset",
+                "v2-refit",
+                "--data",
+                str(phantom_root),
+                "--out",
+                str(out),
+                "--max-steps",
+                "8",
+                "--spatial-size",
+                "64",
+                "32",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--no-progress",
+                "--set",
+                *tiny_model_overrides,
+                "refit.codebook_size=8",
+            ]
+        )
+        == 0
+    )
     assert load_checkpoint(out / "base" / "last.pt")["history"][-1]["step"] == 6
     assert load_checkpoint(out / "last.pt")["history"][-1]["step"] == 2
-    m = evaluate_checkpoint(out / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu",
-                            figures=False).to_dict()
+    m = evaluate_checkpoint(out / "best.pt", data=phantom_root, out=tmp_path / "eval", device="cpu", figures=False).to_dict()
     assert m["run_steps"] == 8 and m["base_steps"] == 6 and m["run_epochs"] == 3  # 2 + 1 epochs of 3 steps

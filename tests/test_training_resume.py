@@ -25,8 +25,9 @@ def history(run):
 def test_resume_continues_exactly(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
     # Plateau scheduler: its state (best, bad epochs) must round-trip too; cosine's T_max depends on --epochs.
     base = TrainOptions(out=tmp_path / "straight", data=phantom_root, device="cpu", progress=False)
-    request = RunRequest(epochs=3, spatial_size=tiny_spatial, batch_size=4,
-                         overrides=[*tiny_model_overrides, "training.scheduler=plateau"])
+    request = RunRequest(
+        epochs=3, spatial_size=tiny_spatial, batch_size=4, overrides=[*tiny_model_overrides, "training.scheduler=plateau"]
+    )
     straight = history(train(base, request))
     split = replace(base, out=tmp_path / "split")
     train(split, replace(request, epochs=2))
@@ -68,9 +69,27 @@ def _wait_for_epoch(path, epoch, proc, timeout=120.0):
 @pytest.mark.slow  # ~10 s: a training subprocess killed and resumed
 def test_resume_after_sigkill_loses_at_most_one_epoch(phantom_root, tmp_path, tiny_model_overrides):
     out = tmp_path / "run"
-    args = [sys.executable, "-m", "prostate_vq", "train", "--data", str(phantom_root), "--out", str(out),
-            "--spatial-size", "64", "32", "--batch-size", "2", "--device", "cpu", "--no-progress",
-            "--set", *tiny_model_overrides, "training.scheduler=none"]
+    args = [
+        sys.executable,
+        "-m",
+        "prostate_vq",
+        "train",
+        "--data",
+        str(phantom_root),
+        "--out",
+        str(out),
+        "--spatial-size",
+        "64",
+        "32",
+        "--batch-size",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--set",
+        *tiny_model_overrides,
+        "training.scheduler=none",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([*args, "--epochs", "500"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -85,8 +104,9 @@ def test_resume_after_sigkill_loses_at_most_one_epoch(phantom_root, tmp_path, ti
     saved = killed["epoch"]
     assert saved >= 2
 
-    resumed = subprocess.run([*args, "--epochs", str(saved + 2), "--resume"], env=env, capture_output=True,
-                             text=True, timeout=120)
+    resumed = subprocess.run(
+        [*args, "--epochs", str(saved + 2), "--resume"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     rows = history(out)
     assert [int(r["epoch"]) for r in rows] == list(range(1, saved + 3))  # no gap, no duplicate

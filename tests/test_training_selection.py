@@ -64,9 +64,10 @@ def test_no_early_stop_before_min_steps():
 
 
 def test_history_logs_quantizer_terms_and_steps(phantom_root, tmp_path, tiny_spatial, tiny_model_overrides):
-    run = train(TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=False),
-                RunRequest(preset="v1-vq", epochs=2, spatial_size=tiny_spatial, batch_size=4,
-                           overrides=list(tiny_model_overrides)))
+    run = train(
+        TrainOptions(out=tmp_path / "run", data=phantom_root, device="cpu", progress=False),
+        RunRequest(preset="v1-vq", epochs=2, spatial_size=tiny_spatial, batch_size=4, overrides=list(tiny_model_overrides)),
+    )
     with open(run / "history.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     steps = [int(r["step"]) for r in rows]
@@ -86,8 +87,16 @@ def test_ssim_loss_matches_monai_ssim():
     torch.manual_seed(0)
     x, y = torch.rand(3, 1, 40, 24), torch.rand(3, 1, 40, 24)
     y = (0.7 * x + 0.3 * y).clamp(0, 1)
-    monai = SSIMMetric(spatial_dims=2, data_range=SSIM_DATA_RANGE, kernel_type="gaussian", win_size=SSIM_WINDOW,
-                       kernel_sigma=SSIM_SIGMA, k1=SSIM_K1, k2=SSIM_K2, reduction="none")(x, y)
+    monai = SSIMMetric(
+        spatial_dims=2,
+        data_range=SSIM_DATA_RANGE,
+        kernel_type="gaussian",
+        win_size=SSIM_WINDOW,
+        kernel_sigma=SSIM_SIGMA,
+        k1=SSIM_K1,
+        k2=SSIM_K2,
+        reduction="none",
+    )(x, y)
     assert abs(ssim_mean(x, y).item() - monai.mean().item()) < 1e-5
     x.requires_grad_(True)
     ssim_mean(x, y).backward()

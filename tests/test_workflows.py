@@ -57,8 +57,7 @@ def test_sweep_rejects_bad_preset_lists_before_training(phantom_root, tmp_path):
 
 
 def test_demo_runs_the_whole_path_and_says_where_the_report_is(phantom_root, tiny_model_overrides, tmp_path, capsys):
-    report = demo(out=tmp_path / "demo", minutes=1.0, seed=0, data=phantom_root, overrides=tiny_model_overrides,
-                  **TINY)
+    report = demo(out=tmp_path / "demo", minutes=1.0, seed=0, data=phantom_root, overrides=tiny_model_overrides, **TINY)
     out = capsys.readouterr().out
     assert report == tmp_path / "demo" / "report.md" and str(report) in out
     for step in ("[demo 1/4]", "[demo 2/4]", "[demo 3/4]", "[demo 4/4]"):

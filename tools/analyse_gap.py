@@ -34,7 +34,7 @@ def border_distance(h: int, w: int) -> np.ndarray:
 
 def radial_frequency(h: int, w: int) -> np.ndarray:
     fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
-    return np.sqrt(fy ** 2 + fx ** 2) / 0.5  # 1 = Nyquist along an axis
+    return np.sqrt(fy**2 + fx**2) / 0.5  # 1 = Nyquist along an axis
 
 
 def profile(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
@@ -46,17 +46,24 @@ def profile(inputs: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
     for low, high in RINGS:
         mask = (distance >= low) & (distance < high)
         if mask.any():
-            rings[f"{low}-{min(high, max(h, w)) - 1}"] = {"mse": float(squared[:, mask].mean()),
-                                                         "share": float(squared[:, mask].sum() / total)}
-    spectra = [(np.abs(np.fft.fft2(i - i.mean())) ** 2, np.abs(np.fft.fft2(o - o.mean())) ** 2,
-                np.abs(np.fft.fft2(o - i)) ** 2) for i, o in zip(inputs, outputs)]
+            rings[f"{low}-{min(high, max(h, w)) - 1}"] = {
+                "mse": float(squared[:, mask].mean()),
+                "share": float(squared[:, mask].sum() / total),
+            }
+    spectra = [
+        (np.abs(np.fft.fft2(i - i.mean())) ** 2, np.abs(np.fft.fft2(o - o.mean())) ** 2, np.abs(np.fft.fft2(o - i)) ** 2)
+        for i, o in zip(inputs, outputs)
+    ]
     bands, error_total = {}, sum(s[2].sum() for s in spectra)
     for low, high in BANDS:
         mask = (radius >= low) & (radius < high)
         source = sum(s[0][mask].sum() for s in spectra)
         error = sum(s[2][mask].sum() for s in spectra)
-        bands[f"{low:g}-{min(high, 1):g}"] = {"kept": float(sum(s[1][mask].sum() for s in spectra) / source),
-                                              "error": float(error / source), "error_share": float(error / error_total)}
+        bands[f"{low:g}-{min(high, 1):g}"] = {
+            "kept": float(sum(s[1][mask].sum() for s in spectra) / source),
+            "error": float(error / source),
+            "error_share": float(error / error_total),
+        }
     return {"mse": float(squared.mean()), "mse_by_border_distance": rings, "kept_energy_by_band": bands}
 
 
@@ -92,8 +99,17 @@ def main() -> int:
             coded = [code_at_budget(codec, image, budget)[0] for image in inputs]
             fits = [c is not None for c in coded]
             kept = [(i, c) for i, c in zip(inputs, coded) if c is not None]
-            print(json.dumps({"coder": args.codec, "bits_per_pixel": bpp, "fit_pct": 100 * float(np.mean(fits)),
-                              **profile([i for i, _ in kept], [c for _, c in kept])}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "coder": args.codec,
+                        "bits_per_pixel": bpp,
+                        "fit_pct": 100 * float(np.mean(fits)),
+                        **profile([i for i, _ in kept], [c for _, c in kept]),
+                    }
+                ),
+                flush=True,
+            )
             codec_done = True
     return 0
 

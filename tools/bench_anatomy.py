@@ -35,21 +35,24 @@ from prostatex import SHARED
 ROOT = Path(__file__).resolve().parents[1]
 # (series, mask, case, split, week) per direction; the masks share their series' grid.
 PLANS = {
-    "forward": [("ProstateX-0000/t2-tra", "ProstateX-0000/masks/t2-tra_seg_hipmri.nii.gz", "0000", "train", 0),
-                ("ProstateX-0000/t2-tra", "ProstateX-0000/masks/t2-tra_seg_hipmri.nii.gz", "0000v", "validate", 0),
-                ("ProstateX-0001/t2-tra-a", "ProstateX-0001/masks/t2-tra-a_seg_hipmri.nii.gz", "0001", "test", 0),
-                ("ProstateX-0001/t2-tra-b", "ProstateX-0001/masks/t2-tra-b_seg_hipmri.nii.gz", "0001", "test", 1)],
-    "reverse": [("ProstateX-0001/t2-tra-a", "ProstateX-0001/masks/t2-tra-a_seg_hipmri.nii.gz", "0001", "train", 0),
-                ("ProstateX-0001/t2-tra-b", "ProstateX-0001/masks/t2-tra-b_seg_hipmri.nii.gz", "0001v", "validate", 0),
-                ("ProstateX-0000/t2-tra", "ProstateX-0000/masks/t2-tra_seg_hipmri.nii.gz", "0000", "test", 0)],
+    "forward": [
+        ("ProstateX-0000/t2-tra", "ProstateX-0000/masks/t2-tra_seg_hipmri.nii.gz", "0000", "train", 0),
+        ("ProstateX-0000/t2-tra", "ProstateX-0000/masks/t2-tra_seg_hipmri.nii.gz", "0000v", "validate", 0),
+        ("ProstateX-0001/t2-tra-a", "ProstateX-0001/masks/t2-tra-a_seg_hipmri.nii.gz", "0001", "test", 0),
+        ("ProstateX-0001/t2-tra-b", "ProstateX-0001/masks/t2-tra-b_seg_hipmri.nii.gz", "0001", "test", 1),
+    ],
+    "reverse": [
+        ("ProstateX-0001/t2-tra-a", "ProstateX-0001/masks/t2-tra-a_seg_hipmri.nii.gz", "0001", "train", 0),
+        ("ProstateX-0001/t2-tra-b", "ProstateX-0001/masks/t2-tra-b_seg_hipmri.nii.gz", "0001v", "validate", 0),
+        ("ProstateX-0000/t2-tra", "ProstateX-0000/masks/t2-tra_seg_hipmri.nii.gz", "0000", "test", 0),
+    ],
 }
 CODECS = "webp,avif,jpeg2000,jpeg"
 DICE_KEYS = ("dice_prostate_per_slice", "dice_prostate_monai", "dice_prostate_case3d")
 
 
 def available(shared: Path = SHARED) -> bool:
-    return all((shared / series).is_dir() and (shared / mask).is_file() for plan in PLANS.values()
-               for series, mask, *_ in plan)
+    return all((shared / series).is_dir() and (shared / mask).is_file() for plan in PLANS.values() for series, mask, *_ in plan)
 
 
 def import_masked(root: Path, direction: str, shared: Path = SHARED) -> Path:
@@ -63,8 +66,9 @@ def import_masked(root: Path, direction: str, shared: Path = SHARED) -> Path:
         warnings.simplefilter("ignore")
         for series, mask, case, split, week in PLANS[direction]:
             import_volume(shared / series, root, case=case, split=split, week=week, seg=shared / mask)
-    marker.write_text("\n".join(f"{s} + {m} -> {sp} case {c} week {w}" for s, m, c, sp, w in PLANS[direction])
-                      + "\n", encoding="utf-8")
+    marker.write_text(
+        "\n".join(f"{s} + {m} -> {sp} case {c} week {w}" for s, m, c, sp, w in PLANS[direction]) + "\n", encoding="utf-8"
+    )
     return root
 
 
@@ -88,8 +92,7 @@ def main() -> int:
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "anatomy")
     args = parser.parse_args()
     if not available():
-        print(json.dumps({"bench": "anatomy", "skipped": "real scans and masks (../shared/data/prostatex-dev) "
-                                                         "not available"}))
+        print(json.dumps({"bench": "anatomy", "skipped": "real scans and masks (../shared/data/prostatex-dev) not available"}))
         return 0
     import torch
 
@@ -101,17 +104,46 @@ def main() -> int:
     summary = {}
     for task in args.tasks.split(","):
         out = work / task
-        command = ["sweep", "--data", str(root), "--out", str(out), "--presets", args.preset, "--task", task,
-                   "--seeds", args.seeds, "--max-steps", str(args.steps), "--spatial-size", "128", "128",
-                   "--device", "cpu"] + (["--codecs", CODECS] if task != "mask" else [])
+        command = [
+            "sweep",
+            "--data",
+            str(root),
+            "--out",
+            str(out),
+            "--presets",
+            args.preset,
+            "--task",
+            task,
+            "--seeds",
+            args.seeds,
+            "--max-steps",
+            str(args.steps),
+            "--spatial-size",
+            "128",
+            "128",
+            "--device",
+            "cpu",
+        ] + (["--codecs", CODECS] if task != "mask" else [])
         print("$ prostate-vq " + shlex.join(command), flush=True)
         if cli(command):
             return 1
         keys = (DICE_KEYS if task != "image" else ()) + (("ssim_mean", "psnr_mean") if task != "mask" else ())
         summary[task] = per_seed(out, args.preset, keys)
         print((out / "report.md").read_text(encoding="utf-8").split("## Aim")[0])
-    print(json.dumps({"bench": "anatomy", "direction": args.direction, "preset": args.preset, "steps": args.steps,
-                      "seeds": args.seeds, "spatial_size": [128, 128], "per_seed": summary}), flush=True)
+    print(
+        json.dumps(
+            {
+                "bench": "anatomy",
+                "direction": args.direction,
+                "preset": args.preset,
+                "steps": args.steps,
+                "seeds": args.seeds,
+                "spatial_size": [128, 128],
+                "per_seed": summary,
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 

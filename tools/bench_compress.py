@@ -49,8 +49,11 @@ def main() -> int:
     args = parser.parse_args()
     runs = sorted((args.variants / "default" / "default").glob("seed*/run/best.pt"))
     if not runs:
-        print(json.dumps({"bench": "compress", "skipped": "no default runs: python tools/bench_variants.py "
-                                                          "--part default makes them"}))
+        print(
+            json.dumps(
+                {"bench": "compress", "skipped": "no default runs: python tools/bench_variants.py --part default makes them"}
+            )
+        )
         return 0
     import numpy as np
     import torch
@@ -66,36 +69,97 @@ def main() -> int:
         work = args.work / seed
         prior = work / "prior"
         if not (prior / "metrics.json").is_file():
-            run(cli, ["train-prior", "--checkpoint", str(checkpoint), "--data", data, "--arch", "pixelcnn",
-                      "--epochs", str(args.epochs), "--batch-size", "8", "--patience", "20", "--out", str(prior),
-                      "--device", "cpu", "--no-progress"])
+            run(
+                cli,
+                [
+                    "train-prior",
+                    "--checkpoint",
+                    str(checkpoint),
+                    "--data",
+                    data,
+                    "--arch",
+                    "pixelcnn",
+                    "--epochs",
+                    str(args.epochs),
+                    "--batch-size",
+                    "8",
+                    "--patience",
+                    "20",
+                    "--out",
+                    str(prior),
+                    "--device",
+                    "cpu",
+                    "--no-progress",
+                ],
+            )
         common = ["--checkpoint", str(checkpoint), "--data", data, "--split", "test"]
-        rates = json.loads(run(cli, ["encode", *common, "--compress", str(prior / "best.pt"),
-                                     "--out", str(work / "coded.npz")]).strip().splitlines()[-1])
-        run(cli, ["decode", "--codes", str(work / "coded.npz"), "--prior", str(prior / "best.pt"),
-                  "--out", str(work / "decoded.npz")])
+        rates = json.loads(
+            run(cli, ["encode", *common, "--compress", str(prior / "best.pt"), "--out", str(work / "coded.npz")])
+            .strip()
+            .splitlines()[-1]
+        )
+        run(
+            cli,
+            ["decode", "--codes", str(work / "coded.npz"), "--prior", str(prior / "best.pt"), "--out", str(work / "decoded.npz")],
+        )
         run(cli, ["encode", *common, "--out", str(work / "plain.npz"), "--device", "cpu"])
         exact = bool(np.array_equal(read_codes(work / "decoded.npz")[0], read_codes(work / "plain.npz")[0]))
-        run(cli, ["evaluate", *common, "--out", str(work / "eval"), "--device", "cpu", "--codecs", CODECS,
-                  "--codec-bpp", f"{rates['coded_bits_per_pixel']:.6f}"])
+        run(
+            cli,
+            [
+                "evaluate",
+                *common,
+                "--out",
+                str(work / "eval"),
+                "--device",
+                "cpu",
+                "--codecs",
+                CODECS,
+                "--codec-bpp",
+                f"{rates['coded_bits_per_pixel']:.6f}",
+            ],
+        )
         m = json.loads((work / "eval" / "metrics.json").read_text(encoding="utf-8"))
         base = m["baselines"]
         best = base.get("best")
-        per_seed[seed] = {**rates, "exact_round_trip": exact, "ssim": m["ssim_mean"], "psnr": m["psnr_mean"],
-                          "best_codec": best, "codecs": {n: {k: c[k] for k in ("ssim_mean", "psnr_mean", "bpp_mean",
-                                                                            "fit_pct")}
-                                                         for n, c in base["codecs"].items()},
-                          "ours_minus_best": base.get("ours_minus_best")}
+        per_seed[seed] = {
+            **rates,
+            "exact_round_trip": exact,
+            "ssim": m["ssim_mean"],
+            "psnr": m["psnr_mean"],
+            "best_codec": best,
+            "codecs": {
+                n: {k: c[k] for k in ("ssim_mean", "psnr_mean", "bpp_mean", "fit_pct")} for n, c in base["codecs"].items()
+            },
+            "ours_minus_best": base.get("ours_minus_best"),
+        }
         print(json.dumps({"seed": seed, **per_seed[seed]}), flush=True)
 
     def mean_sd(key):
         values = [v[key] for v in per_seed.values() if v.get(key) is not None]
         return [statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0] if values else None
 
-    print(json.dumps({"bench": "compress", "seeds": sorted(per_seed), "prior": f"pixelcnn, {args.epochs} epochs at batch 8",
-                      "exact_round_trip": all(v["exact_round_trip"] for v in per_seed.values()),
-                      **{key: mean_sd(key) for key in ("nominal_bits_per_pixel", "nll_bits_per_pixel",
-                                                       "coded_bits_per_pixel", "file_bits_per_pixel", "ssim", "psnr")}}))
+    print(
+        json.dumps(
+            {
+                "bench": "compress",
+                "seeds": sorted(per_seed),
+                "prior": f"pixelcnn, {args.epochs} epochs at batch 8",
+                "exact_round_trip": all(v["exact_round_trip"] for v in per_seed.values()),
+                **{
+                    key: mean_sd(key)
+                    for key in (
+                        "nominal_bits_per_pixel",
+                        "nll_bits_per_pixel",
+                        "coded_bits_per_pixel",
+                        "file_bits_per_pixel",
+                        "ssim",
+                        "psnr",
+                    )
+                },
+            }
+        )
+    )
     return 0
 
 

@@ -52,9 +52,16 @@ def _epoch(loader) -> tuple[int, float]:
     return seen, time.perf_counter() - start
 
 
-def measure_data_pipeline(n_slices: int = HIPMRI_TRAIN_SLICES, batch_size: int = 32, root: str | Path | None = None,
-                          task: str = "joint", threads: int = 2, workers: tuple[int, ...] = (0, 2),
-                          augment: bool = True, emit=None) -> dict:
+def measure_data_pipeline(
+    n_slices: int = HIPMRI_TRAIN_SLICES,
+    batch_size: int = 32,
+    root: str | Path | None = None,
+    task: str = "joint",
+    threads: int = 2,
+    workers: tuple[int, ...] = (0, 2),
+    augment: bool = True,
+    emit=None,
+) -> dict:
     """Measure caching and loading on ``n_slices`` phantom slices (generated in a temporary folder unless
     ``root`` is given). Returns a dict of figures; ``emit`` is called with each JSON-ready record."""
     import torch
@@ -63,8 +70,13 @@ def measure_data_pipeline(n_slices: int = HIPMRI_TRAIN_SLICES, batch_size: int =
 
     torch.set_num_threads(threads)
     emit = emit or (lambda record: None)
-    results: dict = {"slices": n_slices, "batch_size": batch_size, "task": task, "torch_threads": threads,
-                     "cpu_count": os.cpu_count()}
+    results: dict = {
+        "slices": n_slices,
+        "batch_size": batch_size,
+        "task": task,
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+    }
     with tempfile.TemporaryDirectory(prefix="pvq-bench-") as tmp:
         if root is None:
             root = Path(tmp) / "phantom"
@@ -76,21 +88,30 @@ def measure_data_pipeline(n_slices: int = HIPMRI_TRAIN_SLICES, batch_size: int =
         ds = make_dataset(root, "train", task, max_slices=n_slices)
         first = time.perf_counter() - start
         rss_delta = rss_bytes() - rss_before
-        record = {"step": "first_pass_cache", "slices": len(ds), "seconds": round(first, 2),
-                  "slices_per_s": round(len(ds) / first), "cache_mb": round(ds.cache_nbytes() / 2**20),
-                  "rss_delta_mb": round(rss_delta / 2**20), "rss_total_mb": round(rss_bytes() / 2**20)}
+        record = {
+            "step": "first_pass_cache",
+            "slices": len(ds),
+            "seconds": round(first, 2),
+            "slices_per_s": round(len(ds) / first),
+            "cache_mb": round(ds.cache_nbytes() / 2**20),
+            "rss_delta_mb": round(rss_delta / 2**20),
+            "rss_total_mb": round(rss_bytes() / 2**20),
+        }
         emit(record)
-        results.update(first_pass_slices_per_s=record["slices_per_s"], cache_mb=record["cache_mb"],
-                       rss_delta_mb=record["rss_delta_mb"], rss_total_mb=record["rss_total_mb"])
-        for augmented in ((False, True) if augment else (False,)):
+        results.update(
+            first_pass_slices_per_s=record["slices_per_s"],
+            cache_mb=record["cache_mb"],
+            rss_delta_mb=record["rss_delta_mb"],
+            rss_total_mb=record["rss_total_mb"],
+        )
+        for augmented in (False, True) if augment else (False,):
             ds.augment = BatchAugment() if augmented else None
             for num_workers in workers:
                 loader = make_loader(ds, batch_size, shuffle=True, num_workers=num_workers, seed=0)
                 _epoch(loader) if num_workers else None  # start the workers once, outside the timing
                 seen, seconds = _epoch(loader)
                 name = f"cached_pass{'_augmented' if augmented else ''}_workers{num_workers}"
-                emit({"step": name, "slices": seen, "seconds": round(seconds, 2),
-                      "slices_per_s": round(seen / seconds)})
+                emit({"step": name, "slices": seen, "seconds": round(seconds, 2), "slices_per_s": round(seen / seconds)})
                 results[f"{name}_slices_per_s"] = round(seen / seconds)
                 del loader
     return results
@@ -106,9 +127,16 @@ def main(argv=None) -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts to time")
     parser.add_argument("--no-augment", action="store_true")
     args = parser.parse_args(argv)
-    summary = measure_data_pipeline(args.slices, args.batch_size, root=args.data, task=args.task, threads=args.threads,
-                                    workers=tuple(args.workers), augment=not args.no_augment,
-                                    emit=lambda record: print(json.dumps(record), flush=True))
+    summary = measure_data_pipeline(
+        args.slices,
+        args.batch_size,
+        root=args.data,
+        task=args.task,
+        threads=args.threads,
+        workers=tuple(args.workers),
+        augment=not args.no_augment,
+        emit=lambda record: print(json.dumps(record), flush=True),
+    )
     print(json.dumps({"step": "summary", **summary}), flush=True)
 
 

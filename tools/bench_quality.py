@@ -28,9 +28,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prostatex import SHARED, available, import_prostatex
 
-GOALS = {"phantom-image": {"ssim_mean": 0.90, "codebook_usage_pct": 95.0},
-         "phantom-mask": {"dice_mean": 0.995},
-         "real-default": {"ssim_mean": 0.85, "codebook_usage_pct": 90.0}}
+GOALS = {
+    "phantom-image": {"ssim_mean": 0.90, "codebook_usage_pct": 95.0},
+    "phantom-mask": {"dice_mean": 0.995},
+    "real-default": {"ssim_mean": 0.85, "codebook_usage_pct": 90.0},
+}
 
 
 QUICK = False
@@ -46,19 +48,20 @@ def emit(record: dict) -> None:
     print(json.dumps(record), flush=True)
 
 
-def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str, max_slices, seed: int,
-          preset: str = "default") -> dict:
+def _ours(
+    root: Path, out: Path, task: str, minutes: float, spatial, device: str, max_slices, seed: int, preset: str = "default"
+) -> dict:
     from prostate_vq.evaluation import evaluate_checkpoint
     from prostate_vq.training import RunRequest, TrainOptions, train
 
     start = time.monotonic()
     # Time-bound like the stock model below: the budget, not the preset's epoch cap or patience, ends training.
-    run = train(TrainOptions(out=out / "run", data=root, max_minutes=minutes, device=device, max_slices=max_slices,
-                             progress=False),
-                RunRequest(preset=preset, task=task, epochs=100_000, patience=100_000, spatial_size=spatial, seed=seed))
+    run = train(
+        TrainOptions(out=out / "run", data=root, max_minutes=minutes, device=device, max_slices=max_slices, progress=False),
+        RunRequest(preset=preset, task=task, epochs=100_000, patience=100_000, spatial_size=spatial, seed=seed),
+    )
     trained = time.monotonic() - start
-    result = evaluate_checkpoint(run / "best.pt", data=root, split="test", out=out / "eval", device=device,
-                                 max_slices=max_slices)
+    result = evaluate_checkpoint(run / "best.pt", data=root, split="test", out=out / "eval", device=device, max_slices=max_slices)
     m = result.to_dict()
     import pandas as pd
 
@@ -66,12 +69,29 @@ def _ours(root: Path, out: Path, task: str, minutes: float, spatial, device: str
     from prostate_vq.runtime.checkpoints import load_model
 
     parameters = sum(p.numel() for p in load_model(run / "best.pt", "cpu")[0].parameters())
-    keys = ("ssim_mean", "ssim_pass_rate", "psnr_mean", "dice_mean", "codes_used", "codebook_size",
-            "codebook_usage_pct", "perplexity", "n_slices")
-    return {"model": f"prostate-vq {preset}", "preset": preset, "bits_per_pixel": m.get("bits_per_pixel"),
-            "task": task, "spatial_size": list(spatial), "epochs": epochs,
-            "train_seconds": round(trained, 1), **{k: m.get(k) for k in keys}, "parameters": parameters,
-            "eval": str(out / "eval")}
+    keys = (
+        "ssim_mean",
+        "ssim_pass_rate",
+        "psnr_mean",
+        "dice_mean",
+        "codes_used",
+        "codebook_size",
+        "codebook_usage_pct",
+        "perplexity",
+        "n_slices",
+    )
+    return {
+        "model": f"prostate-vq {preset}",
+        "preset": preset,
+        "bits_per_pixel": m.get("bits_per_pixel"),
+        "task": task,
+        "spatial_size": list(spatial),
+        "epochs": epochs,
+        "train_seconds": round(trained, 1),
+        **{k: m.get(k) for k in keys},
+        "parameters": parameters,
+        "eval": str(out / "eval"),
+    }
 
 
 def bench_phantom(args, out: Path) -> None:
@@ -80,8 +100,9 @@ def bench_phantom(args, out: Path) -> None:
     root = default_data_root()
     spatial = (64, 32) if args.quick else (256, 128)
     for task, bench in (("image", "phantom-image"), ("mask", "phantom-mask")):
-        record = _ours(root, out / f"phantom-{task}", task, args.minutes, spatial, args.device,
-                       args.max_slices, args.seed, args.preset)
+        record = _ours(
+            root, out / f"phantom-{task}", task, args.minutes, spatial, args.device, args.max_slices, args.seed, args.preset
+        )
         emit({"bench": bench, "data": str(root), "minutes": args.minutes, **record})
 
 
@@ -102,14 +123,27 @@ def bench_real(args, out: Path) -> None:
         return
     root = import_prostatex(out / "prostatex", shared)
     spatial = (64, 64) if args.quick else (128, 128)
-    ours = _ours(root, out / f"real-{args.preset}", "image", args.real_minutes, spatial, args.device,
-                 args.max_slices, args.seed, args.preset)
+    ours = _ours(
+        root,
+        out / f"real-{args.preset}",
+        "image",
+        args.real_minutes,
+        spatial,
+        args.device,
+        args.max_slices,
+        args.seed,
+        args.preset,
+    )
     emit({"bench": "real-default", "data": str(root), "minutes": args.real_minutes, **ours})
-    stock = _stock_monai(root, out / "real-monai-stock", args.real_minutes, spatial, args.device, args.max_slices,
-                         args.seed)
+    stock = _stock_monai(root, out / "real-monai-stock", args.real_minutes, spatial, args.device, args.max_slices, args.seed)
     emit({"bench": "real-monai-stock", "data": str(root), "minutes": args.real_minutes, **stock})
-    emit({"bench": "real-comparison", "ssim": {"default": ours["ssim_mean"], "monai_stock": stock["ssim_mean"]},
-          "codebook_usage_pct": {"default": ours["codebook_usage_pct"], "monai_stock": stock["codebook_usage_pct"]}})
+    emit(
+        {
+            "bench": "real-comparison",
+            "ssim": {"default": ours["ssim_mean"], "monai_stock": stock["ssim_mean"]},
+            "codebook_usage_pct": {"default": ours["codebook_usage_pct"], "monai_stock": stock["codebook_usage_pct"]},
+        }
+    )
 
 
 def quality_per_time(minutes: float, device: str = "cpu", out: Path | None = None, seed: int = 0) -> dict | None:
@@ -126,11 +160,19 @@ def quality_per_time(minutes: float, device: str = "cpu", out: Path | None = Non
         root = import_prostatex(work / "prostatex")
         ours = _ours(root, work / "real-default", "image", minutes, spatial, device, max_slices, seed)
         stock = _stock_monai(root, work / "real-monai-stock", minutes, spatial, device, max_slices, seed)
-    return {"ours_ssim": ours["ssim_mean"], "peer_ssim": stock["ssim_mean"],
-            "ours_usage_pct": ours["codebook_usage_pct"], "peer_usage_pct": stock["codebook_usage_pct"],
-            "peer_name": f"monai.networks.nets.VQVAE (stock, preset {STOCK}: same command, recipe and time)",
-            "settings": {"minutes": minutes, "spatial_size": list(spatial), "device": device,
-                         "data": "ProstateX-0000 train / ProstateX-0001 test (tools/prostatex.py)"}}
+    return {
+        "ours_ssim": ours["ssim_mean"],
+        "peer_ssim": stock["ssim_mean"],
+        "ours_usage_pct": ours["codebook_usage_pct"],
+        "peer_usage_pct": stock["codebook_usage_pct"],
+        "peer_name": f"monai.networks.nets.VQVAE (stock, preset {STOCK}: same command, recipe and time)",
+        "settings": {
+            "minutes": minutes,
+            "spatial_size": list(spatial),
+            "device": device,
+            "data": "ProstateX-0000 train / ProstateX-0001 test (tools/prostatex.py)",
+        },
+    }
 
 
 def main(argv=None) -> int:

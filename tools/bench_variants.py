@@ -50,8 +50,7 @@ PARTS = {
     "default": {"presets": ["default"], "reference": None, "grid": []},
     "rd": {"presets": ["default"], "reference": "default__downsample=4", "grid": ["model.downsample=8,4,2"]},
     "mri": {"presets": ["default"], "reference": None, "grid": ["training.mri_augment=true"]},
-    "decoder": {"presets": ["default"], "reference": None,
-                "grid": ["model.upsample=nearest", "model.padding_mode=replicate"]},
+    "decoder": {"presets": ["default"], "reference": None, "grid": ["model.upsample=nearest", "model.padding_mode=replicate"]},
     "loss": {"presets": ["default"], "reference": None, "grid": ["training.ssim_weight=0.3"]},
 }
 VERSUS_DEFAULT = ("mri", "decoder", "loss")  # one change to `default` each: paired against the default part's jobs
@@ -61,9 +60,25 @@ CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these code
 
 def sweep_command(part: str, root: Path, work: Path, steps: int, seeds: str, spatial: tuple[int, int]) -> list[str]:
     spec = PARTS[part]
-    args = ["sweep", "--data", str(root), "--out", str(work / part), "--presets", ",".join(spec["presets"]),
-            "--seeds", seeds, "--max-steps", str(steps), "--spatial-size", *map(str, spatial), "--device", "cpu",
-            "--codecs", CODECS]
+    args = [
+        "sweep",
+        "--data",
+        str(root),
+        "--out",
+        str(work / part),
+        "--presets",
+        ",".join(spec["presets"]),
+        "--seeds",
+        seeds,
+        "--max-steps",
+        str(steps),
+        "--spatial-size",
+        *map(str, spatial),
+        "--device",
+        "cpu",
+        "--codecs",
+        CODECS,
+    ]
     if spec["reference"]:
         args += ["--reference", spec["reference"]]
     for axis in spec["grid"]:
@@ -108,8 +123,12 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "variants")
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--direction", choices=["forward", "reverse"], default="forward",
-                        help="leave-one-patient-out: forward tests on 0001, reverse trains on 0001 and tests on 0000")
+    parser.add_argument(
+        "--direction",
+        choices=["forward", "reverse"],
+        default="forward",
+        help="leave-one-patient-out: forward tests on 0001, reverse trains on 0001 and tests on 0000",
+    )
     args = parser.parse_args()
     if not available():
         print(json.dumps({"bench": "variants", "skipped": "real scans (../shared/data/prostatex-dev) not available"}))
@@ -136,9 +155,20 @@ def main() -> int:
             return code
         results = json.loads((work / part / "results.json").read_text(encoding="utf-8"))
         failures = check_targets(results) if part == "family" else []
-        print(json.dumps({"bench": f"variants-{part}", "wall_minutes": round(minutes, 1), "steps": steps,
-                          "seeds": args.seeds, "spatial_size": list(spatial), "missing": results["missing"],
-                          "target_failures": failures}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "bench": f"variants-{part}",
+                    "wall_minutes": round(minutes, 1),
+                    "steps": steps,
+                    "seeds": args.seeds,
+                    "spatial_size": list(spatial),
+                    "missing": results["missing"],
+                    "target_failures": failures,
+                }
+            ),
+            flush=True,
+        )
         print((work / part / "report.md").read_text(encoding="utf-8").split("## Aim")[0])
         if part in VERSUS_DEFAULT and (work / "default" / "sweep.json").is_file():
             print(json.dumps({"bench": f"variants-{part}-vs-default", **versus_default(work, part)}), flush=True)

@@ -36,8 +36,15 @@ def line(name, ours, peer, peer_name, unit, **settings) -> dict:
         ratio = peer / ours if unit in LOWER_IS_BETTER else ours / peer
     else:
         ratio = None
-    record = {"name": name, "ours": _round(ours), "peer": _round(peer), "peer_name": peer_name,
-              "ratio": _round(ratio), "unit": unit, "settings": settings}
+    record = {
+        "name": name,
+        "ours": _round(ours),
+        "peer": _round(peer),
+        "peer_name": peer_name,
+        "ratio": _round(ratio),
+        "unit": unit,
+        "settings": settings,
+    }
     print(json.dumps(record), flush=True)
     return record
 
@@ -52,15 +59,23 @@ def device_of(name: str) -> torch.device:
 
 # --- models under test ------------------------------------------------------------------------
 
+
 def monai_vqvae(in_channels: int = 1) -> torch.nn.Module:
     """MONAI's stock VQVAE as the issue fixes it: channels (64, 128), 2 residual layers, /4, K=512, D=64."""
     from monai.networks.nets import VQVAE
 
-    return VQVAE(spatial_dims=2, in_channels=in_channels, out_channels=in_channels, channels=(64, 128),
-                 num_res_layers=2, num_res_channels=(64, 128),
-                 downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)),
-                 upsample_parameters=((2, 4, 1, 1, 0), (2, 4, 1, 1, 0)),
-                 num_embeddings=512, embedding_dim=64)
+    return VQVAE(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        channels=(64, 128),
+        num_res_layers=2,
+        num_res_channels=(64, 128),
+        downsample_parameters=((2, 4, 1, 1), (2, 4, 1, 1)),
+        upsample_parameters=((2, 4, 1, 1, 0), (2, 4, 1, 1, 0)),
+        num_embeddings=512,
+        embedding_dim=64,
+    )
 
 
 def ours_model(preset: str) -> torch.nn.Module:
@@ -120,10 +135,19 @@ def bench_train_throughput(quick: bool, device: torch.device) -> list[dict]:
                 speed[name].append(images_per_second(step, x, steps, device))
         peer = statistics.median(speed["peer"])
         for preset in presets:
-            records.append(line(f"train_throughput_{size[0]}x{size[1]}_{preset}", statistics.median(speed[preset]),
-                                peer, "monai.networks.nets.VQVAE (64,128), 2 res, /4, K=512, D=64", "images/s",
-                                batch=batch, steps=steps * rounds, device=str(device),
-                                threads=torch.get_num_threads()))
+            records.append(
+                line(
+                    f"train_throughput_{size[0]}x{size[1]}_{preset}",
+                    statistics.median(speed[preset]),
+                    peer,
+                    "monai.networks.nets.VQVAE (64,128), 2 res, /4, K=512, D=64",
+                    "images/s",
+                    batch=batch,
+                    steps=steps * rounds,
+                    device=str(device),
+                    threads=torch.get_num_threads(),
+                )
+            )
     return records
 
 
@@ -162,10 +186,20 @@ def bench_nearest_code(quick: bool, device: torch.device) -> list[dict]:
                         torch.cuda.synchronize()
                     timings[name].append((time.perf_counter() - start) * 1e9 / n)
         ours_ns = statistics.median(timings["ours"])
-        for name, label in (("cdist", "torch.cdist + argmin"),
-                            ("lib", "vector_quantize_pytorch.VectorQuantize (eval)")):
-            records.append(line(f"nearest_code_k{k}_{name}", ours_ns, statistics.median(timings[name]), label,
-                                "ns/vector", n=n, dim=dim, k=k, device=str(device)))
+        for name, label in (("cdist", "torch.cdist + argmin"), ("lib", "vector_quantize_pytorch.VectorQuantize (eval)")):
+            records.append(
+                line(
+                    f"nearest_code_k{k}_{name}",
+                    ours_ns,
+                    statistics.median(timings[name]),
+                    label,
+                    "ns/vector",
+                    n=n,
+                    dim=dim,
+                    k=k,
+                    device=str(device),
+                )
+            )
     return records
 
 
@@ -174,15 +208,51 @@ def bench_data(quick: bool) -> list[dict]:
 
     n = 240 if quick else 11460
     result = measure_data_pipeline(n_slices=n, batch_size=32, workers=(0,), augment=not quick)
-    records = [line("data_first_pass", result["first_pass_slices_per_s"], None, None, "slices/s", n_slices=n,
-                 note="nibabel read + validation + scaling + resize, filling the compact cache"),
-            line("data_cached_pass", result["cached_pass_workers0_slices_per_s"], None, None, "slices/s",
-                 n_slices=n, batch=32, workers=0),
-            line("data_resident_memory", result["rss_delta_mb"], None, None, "MiB", n_slices=n,
-                 cache_mib=result["cache_mb"], note="RSS growth while caching (torch itself excluded)")]
+    records = [
+        line(
+            "data_first_pass",
+            result["first_pass_slices_per_s"],
+            None,
+            None,
+            "slices/s",
+            n_slices=n,
+            note="nibabel read + validation + scaling + resize, filling the compact cache",
+        ),
+        line(
+            "data_cached_pass",
+            result["cached_pass_workers0_slices_per_s"],
+            None,
+            None,
+            "slices/s",
+            n_slices=n,
+            batch=32,
+            workers=0,
+        ),
+        line(
+            "data_resident_memory",
+            result["rss_delta_mb"],
+            None,
+            None,
+            "MiB",
+            n_slices=n,
+            cache_mib=result["cache_mb"],
+            note="RSS growth while caching (torch itself excluded)",
+        ),
+    ]
     if "cached_pass_augmented_workers0_slices_per_s" in result:
-        records.append(line("data_cached_pass_augmented", result["cached_pass_augmented_workers0_slices_per_s"], None,
-                            None, "slices/s", n_slices=n, batch=32, workers=0, augment="flip + affine + intensity"))
+        records.append(
+            line(
+                "data_cached_pass_augmented",
+                result["cached_pass_augmented_workers0_slices_per_s"],
+                None,
+                None,
+                "slices/s",
+                n_slices=n,
+                batch=32,
+                workers=0,
+                augment="flip + affine + intensity",
+            )
+        )
     return records
 
 
@@ -194,20 +264,33 @@ def bench_evaluation(quick: bool, device: torch.device) -> list[dict]:
     records = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = synthesize(tmp / "data", cases=4 if quick else 12, seed=0, slices_per_volume=6 if quick else 24,
-                          weeks=1 if quick else 2)
-        run = train(TrainOptions(data=root, out=tmp / "run", max_slices=8, progress=False, device=str(device)),
-                    RunRequest(epochs=1))
+        root = synthesize(
+            tmp / "data", cases=4 if quick else 12, seed=0, slices_per_volume=6 if quick else 24, weeks=1 if quick else 2
+        )
+        run = train(
+            TrainOptions(data=root, out=tmp / "run", max_slices=8, progress=False, device=str(device)), RunRequest(epochs=1)
+        )
         for figures in (False, True):
             start = time.perf_counter()
-            result = evaluate_checkpoint(run / "best.pt", data=root, split="test", out=tmp / f"eval{figures}",
-                                         device=str(device), figures=figures)
+            result = evaluate_checkpoint(
+                run / "best.pt", data=root, split="test", out=tmp / f"eval{figures}", device=str(device), figures=figures
+            )
             seconds = time.perf_counter() - start
             n = result.to_dict()["n_slices"]
-            records.append(line(f"evaluate_throughput{'_with_figures' if figures else ''}", n / seconds, None, None,
-                                "slices/s", n_slices=n, spatial_size=[256, 128], preset="default",
-                                note="data loading, model, SSIM/PSNR/MSE/MAE, codebook stats, per_slice.csv"
-                                     + (", all figures" if figures else "")))
+            records.append(
+                line(
+                    f"evaluate_throughput{'_with_figures' if figures else ''}",
+                    n / seconds,
+                    None,
+                    None,
+                    "slices/s",
+                    n_slices=n,
+                    spatial_size=[256, 128],
+                    preset="default",
+                    note="data loading, model, SSIM/PSNR/MSE/MAE, codebook stats, per_slice.csv"
+                    + (", all figures" if figures else ""),
+                )
+            )
     return records
 
 
@@ -238,9 +321,18 @@ def bench_peak_memory(quick: bool) -> list[dict]:
     for which in ("ours", "peer"):
         out = subprocess.run([sys.executable, "-c", code, which], capture_output=True, text=True, check=True)
         values[which] = float(out.stdout.strip().splitlines()[-1])
-    return [line(f"train_peak_memory_b{batch}_256x128", values["ours"], values["peer"],
-                 "monai.networks.nets.VQVAE (64,128), 2 res, /4, K=512, D=64", "MiB",
-                 batch=batch, preset="default", measure="peak RSS of the whole process (CPU) / max allocated (CUDA)")]
+    return [
+        line(
+            f"train_peak_memory_b{batch}_256x128",
+            values["ours"],
+            values["peer"],
+            "monai.networks.nets.VQVAE (64,128), 2 res, /4, K=512, D=64",
+            "MiB",
+            batch=batch,
+            preset="default",
+            measure="peak RSS of the whole process (CPU) / max allocated (CUDA)",
+        )
+    ]
 
 
 def bench_quality_per_time(quick: bool) -> list[dict]:
@@ -250,10 +342,24 @@ def bench_quality_per_time(quick: bool) -> list[dict]:
     if result is None:
         print(json.dumps({"name": "quality_per_time", "skipped": "real scans (../shared/data) not available"}))
         return []
-    return [line("quality_per_time_ssim", result["ours_ssim"], result["peer_ssim"], result["peer_name"], "SSIM",
-                 **result.get("settings", {})),
-            line("quality_per_time_usage", result["ours_usage_pct"], result["peer_usage_pct"], result["peer_name"],
-                 "codebook usage %", **result.get("settings", {}))]
+    return [
+        line(
+            "quality_per_time_ssim",
+            result["ours_ssim"],
+            result["peer_ssim"],
+            result["peer_name"],
+            "SSIM",
+            **result.get("settings", {}),
+        ),
+        line(
+            "quality_per_time_usage",
+            result["ours_usage_pct"],
+            result["peer_usage_pct"],
+            result["peer_name"],
+            "codebook usage %",
+            **result.get("settings", {}),
+        ),
+    ]
 
 
 BENCHES = {
@@ -282,8 +388,18 @@ def main() -> int:
             records += bench(args.quick, device)
             print(f"[{name}: {time.perf_counter() - start:.0f} s]", file=sys.stderr, flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"quick": args.quick, "device": str(device), "threads": torch.get_num_threads(),
-                                    "torch": torch.__version__, "results": records}, indent=2))
+    args.out.write_text(
+        json.dumps(
+            {
+                "quick": args.quick,
+                "device": str(device),
+                "threads": torch.get_num_threads(),
+                "torch": torch.__version__,
+                "results": records,
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {args.out}", file=sys.stderr)
     return 0
 

@@ -1,7 +1,7 @@
 """Regenerate docs/cli.md from the argparse parser, so the CLI reference can never drift.
 
-    python tools/gen_cli_docs.py            # rewrite docs/cli.md
-    python tools/gen_cli_docs.py --check    # exit 1 when docs/cli.md is stale (the test suite runs this)
+python tools/gen_cli_docs.py            # rewrite docs/cli.md
+python tools/gen_cli_docs.py --check    # exit 1 when docs/cli.md is stale (the test suite runs this)
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ def render() -> str:
     ]
     for name, subparser in sub.choices.items():
         subparser.formatter_class = lambda prog: argparse.HelpFormatter(prog, width=100)
-        lines += [f"## `prostate-vq {name}`", "", helps.get(name, ""), "", "```text",
-                  subparser.format_help().rstrip(), "```", ""]
+        lines += [f"## `prostate-vq {name}`", "", helps.get(name, ""), "", "```text", subparser.format_help().rstrip(), "```", ""]
     return "\n".join(lines)
 
 

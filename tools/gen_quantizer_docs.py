@@ -18,10 +18,12 @@ END = "<!-- end of quantizer table -->"
 
 
 def _limits(rules: dict) -> str:
-    notes = [f"≥ {rules['minimum']}" if rules["minimum"] is not None else "",
-             f"> {rules['above']}" if rules["above"] is not None else "",
-             f"≤ {rules['maximum']}" if rules["maximum"] is not None else "",
-             "power of two" if rules.get("power_of_two") else ""]
+    notes = [
+        f"≥ {rules['minimum']}" if rules["minimum"] is not None else "",
+        f"> {rules['above']}" if rules["above"] is not None else "",
+        f"≤ {rules['maximum']}" if rules["maximum"] is not None else "",
+        "power of two" if rules.get("power_of_two") else "",
+    ]
     return ", ".join(n for n in notes if n)
 
 

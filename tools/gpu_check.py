@@ -51,8 +51,9 @@ class Check:
             figures = fn() or {}
             record.update(status=figures.pop("status", "ok"), **figures)
         except Exception as error:  # a failing step is a result, and the next steps still run
-            record.update(status="fail", error=f"{type(error).__name__}: {error}"[:2000],
-                          traceback=traceback.format_exc()[-3000:])
+            record.update(
+                status="fail", error=f"{type(error).__name__}: {error}"[:2000], traceback=traceback.format_exc()[-3000:]
+            )
         record["seconds"] = round(time.monotonic() - start, 1)
         self.results["steps"].append(record)
         print(json.dumps({k: v for k, v in record.items() if k != "traceback"}), flush=True)
@@ -68,17 +69,32 @@ def environment(device: str) -> dict:
     import monai
     import torch
 
-    info = {"torch": torch.__version__, "cuda": torch.version.cuda, "monai": monai.__version__,
-            "cuda_available": torch.cuda.is_available(), "python": sys.version.split()[0]}
+    info = {
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "monai": monai.__version__,
+        "cuda_available": torch.cuda.is_available(),
+        "python": sys.version.split()[0],
+    }
     if torch.cuda.is_available():
-        info.update(gpu=torch.cuda.get_device_name(0), bf16=torch.cuda.is_bf16_supported(),
-                    gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            bf16=torch.cuda.is_bf16_supported(),
+            gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        )
     return info
 
 
 def run(args: list[str], timeout: float, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(args, capture_output=True, text=True, encoding="utf-8", timeout=max(10.0, timeout),
-                          env={**os.environ, **(env or {})}, cwd=ROOT)
+    return subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=max(10.0, timeout),
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )
 
 
 def tail(text: str, n: int = 1500) -> str:
@@ -86,6 +102,7 @@ def tail(text: str, n: int = 1500) -> str:
 
 
 # --- the steps ---------------------------------------------------------------------------------------------
+
 
 def cuda_tests(c: Check) -> dict:
     proc = run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "tests"], 180)
@@ -114,11 +131,21 @@ def demo_runs(c: Check) -> dict:
             figures[label] = "skipped in the dry run (torch.compile on the CPU takes minutes)"
             continue
         start = time.monotonic()
-        report = demo(out=c.work / f"demo-{label}", minutes=0.05 if c.dry else 1.0, device=c.device, progress=False,
-                      compile=compile_, **sizes)
+        report = demo(
+            out=c.work / f"demo-{label}",
+            minutes=0.05 if c.dry else 1.0,
+            device=c.device,
+            progress=False,
+            compile=compile_,
+            **sizes,
+        )
         metrics = json.loads((report.parent / "eval" / "metrics.json").read_text(encoding="utf-8"))
-        figures[label] = {"seconds": round(time.monotonic() - start, 1), "ssim": metrics.get("ssim_mean"),
-                          "usage_pct": metrics.get("codebook_usage_pct"), "steps": metrics.get("run_steps")}
+        figures[label] = {
+            "seconds": round(time.monotonic() - start, 1),
+            "ssim": metrics.get("ssim_mean"),
+            "usage_pct": metrics.get("codebook_usage_pct"),
+            "steps": metrics.get("run_steps"),
+        }
     return figures
 
 
@@ -148,21 +175,30 @@ def bf16_vs_fp32(c: Check) -> dict:
         for mode in ("bf16", "fp32"):
             overrides = [o for o in TINY if preset != "fsq" or "codebook_size" not in o] if c.dry else []
             with precision(mode):
-                run_dir = train(TrainOptions(out=c.work / f"amp-{preset}-{mode}", data=root, device=c.device,
-                                             progress=False),
-                                RunRequest(preset=preset, max_steps=steps, epochs=10_000, seed=0,
-                                           spatial_size=(64, 32) if c.dry else (128, 128), overrides=overrides))
+                run_dir = train(
+                    TrainOptions(out=c.work / f"amp-{preset}-{mode}", data=root, device=c.device, progress=False),
+                    RunRequest(
+                        preset=preset,
+                        max_steps=steps,
+                        epochs=10_000,
+                        seed=0,
+                        spatial_size=(64, 32) if c.dry else (128, 128),
+                        overrides=overrides,
+                    ),
+                )
             with open(run_dir / "history.csv", newline="", encoding="utf-8") as handle:
                 last = list(csv.DictReader(handle))[-1]
-            row[mode] = {"train_loss": float(last["train_loss"]), "usage_pct": float(last["codebook_usage_pct"]),
-                         "val_ssim": float(last["val_ssim"] or "nan")}
+            row[mode] = {
+                "train_loss": float(last["train_loss"]),
+                "usage_pct": float(last["codebook_usage_pct"]),
+                "val_ssim": float(last["val_ssim"] or "nan"),
+            }
         usage_gap = abs(row["bf16"]["usage_pct"] - row["fp32"]["usage_pct"])
         loss_gap = abs(row["bf16"]["train_loss"] - row["fp32"]["train_loss"]) / max(1e-12, row["fp32"]["train_loss"])
         row["within_tolerance"] = bool(usage_gap <= USAGE_TOL and loss_gap <= LOSS_TOL)
         ok = ok and (row["within_tolerance"] or c.dry)
         figures[preset] = row
-    return {"status": "ok" if ok else "fail", "steps": steps, "tolerance": {"usage_pct": USAGE_TOL, "loss": LOSS_TOL},
-            **figures}
+    return {"status": "ok" if ok else "fail", "steps": steps, "tolerance": {"usage_pct": USAGE_TOL, "loss": LOSS_TOL}, **figures}
 
 
 def torchrun_and_prior(c: Check) -> dict:
@@ -170,26 +206,84 @@ def torchrun_and_prior(c: Check) -> dict:
     run_dir = c.work / "torchrun"
     size = ["--spatial-size", "64", "32"] if c.dry else ["--spatial-size", "128", "128"]
     tiny = ["--set", *TINY] if c.dry else []
-    proc = run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m",
-                "prostate_vq", "train", "--data", str(root), "--out", str(run_dir), "--epochs", "1", "--device",
-                c.device, "--no-progress", *size, *tiny], min(240, c.left()), {"OMP_NUM_THREADS": "1"})
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=1",
+            "-m",
+            "prostate_vq",
+            "train",
+            "--data",
+            str(root),
+            "--out",
+            str(run_dir),
+            "--epochs",
+            "1",
+            "--device",
+            c.device,
+            "--no-progress",
+            *size,
+            *tiny,
+        ],
+        min(240, c.left()),
+        {"OMP_NUM_THREADS": "1"},
+    )
     figures = {"torchrun_rc": proc.returncode, "backend": "nccl" if c.device.startswith("cuda") else "gloo"}
     if proc.returncode != 0:
         return {"status": "fail", **figures, "output": tail(proc.stderr)}
-    sync = json.loads((run_dir / "distributed.json").read_text(encoding="utf-8")) \
-        if (run_dir / "distributed.json").is_file() else {}
+    sync = (
+        json.loads((run_dir / "distributed.json").read_text(encoding="utf-8")) if (run_dir / "distributed.json").is_file() else {}
+    )
     figures["state_in_sync"] = sync.get("state_in_sync")
-    prior = run([sys.executable, "-m", "prostate_vq", "train-prior", "--checkpoint", str(run_dir / "best.pt"),
-                 "--data", str(root), "--out", str(c.work / "prior"), "--epochs", "1", "--device", c.device,
-                 "--no-progress"], min(180, c.left()))
+    prior = run(
+        [
+            sys.executable,
+            "-m",
+            "prostate_vq",
+            "train-prior",
+            "--checkpoint",
+            str(run_dir / "best.pt"),
+            "--data",
+            str(root),
+            "--out",
+            str(c.work / "prior"),
+            "--epochs",
+            "1",
+            "--device",
+            c.device,
+            "--no-progress",
+        ],
+        min(180, c.left()),
+    )
     figures["prior_rc"] = prior.returncode
     if prior.returncode != 0:
         return {"status": "fail", **figures, "output": tail(prior.stderr)}
-    sample = run([sys.executable, "-m", "prostate_vq", "sample", "--prior", str(c.work / "prior" / "best.pt"),
-                  "--n", "4", "--out", str(c.work / "samples"), "--device", c.device], min(120, c.left()))
+    sample = run(
+        [
+            sys.executable,
+            "-m",
+            "prostate_vq",
+            "sample",
+            "--prior",
+            str(c.work / "prior" / "best.pt"),
+            "--n",
+            "4",
+            "--out",
+            str(c.work / "samples"),
+            "--device",
+            c.device,
+        ],
+        min(120, c.left()),
+    )
     figures["sample_rc"] = sample.returncode
-    return {"status": "ok" if sample.returncode == 0 else "fail", **figures,
-            **({} if sample.returncode == 0 else {"output": tail(sample.stderr)})}
+    return {
+        "status": "ok" if sample.returncode == 0 else "fail",
+        **figures,
+        **({} if sample.returncode == 0 else {"output": tail(sample.stderr)}),
+    }
 
 
 def largest_batch(c: Check) -> dict:
@@ -229,8 +323,11 @@ def benchmark(c: Check) -> dict:
     if out.is_file():
         figures["records"] = json.loads(out.read_text(encoding="utf-8"))
     figures.update(largest_batch(c))
-    return {"status": "ok" if proc.returncode == 0 else "fail", **figures,
-            **({} if proc.returncode == 0 else {"output": tail(proc.stderr)})}
+    return {
+        "status": "ok" if proc.returncode == 0 else "fail",
+        **figures,
+        **({} if proc.returncode == 0 else {"output": tail(proc.stderr)}),
+    }
 
 
 def hipmri_sized(c: Check) -> Path:
@@ -263,22 +360,41 @@ def early_stop(c: Check) -> dict:
     root = hipmri_sized(c)
     synth = time.monotonic() - start
     minutes = max(0.5, (c.left() - 45) / 60) if not c.dry else 0.1
-    run_dir = train(TrainOptions(out=c.work / "early-stop", data=root, device=c.device, max_minutes=minutes,
-                                 progress=False, num_workers=0 if c.dry else 4),
-                    RunRequest(preset="default",
-                               **({"spatial_size": (32, 16), "overrides": TINY, "max_steps": 6} if c.dry else {})))
+    run_dir = train(
+        TrainOptions(
+            out=c.work / "early-stop",
+            data=root,
+            device=c.device,
+            max_minutes=minutes,
+            progress=False,
+            num_workers=0 if c.dry else 4,
+        ),
+        RunRequest(preset="default", **({"spatial_size": (32, 16), "overrides": TINY, "max_steps": 6} if c.dry else {})),
+    )
     last = load_checkpoint(run_dir / "last.pt", kind="resume")
     with open(run_dir / "history.csv", newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
-    return {"synth_seconds": round(synth, 1), "budget_minutes": round(minutes, 2), "stop_reason": last.get("stop_reason"),
-            "epochs": len(rows), "steps": int(rows[-1]["step"]), "best_epoch": last.get("best_epoch"),
-            "best_val_ssim": max(float(r["val_ssim"] or "nan") for r in rows),
-            "train_seconds": round(sum(float(r["seconds"]) for r in rows), 1),
-            "early_stopped": last.get("stop_reason") == "early_stopping"}
+    return {
+        "synth_seconds": round(synth, 1),
+        "budget_minutes": round(minutes, 2),
+        "stop_reason": last.get("stop_reason"),
+        "epochs": len(rows),
+        "steps": int(rows[-1]["step"]),
+        "best_epoch": last.get("best_epoch"),
+        "best_val_ssim": max(float(r["val_ssim"] or "nan") for r in rows),
+        "train_seconds": round(sum(float(r["seconds"]) for r in rows), 1),
+        "early_stopped": last.get("stop_reason") == "early_stopping",
+    }
 
 
-STEPS = [("cuda_tests", cuda_tests), ("demo", demo_runs), ("bf16_vs_fp32", bf16_vs_fp32),
-         ("torchrun", torchrun_and_prior), ("benchmark", benchmark), ("early_stop", early_stop)]
+STEPS = [
+    ("cuda_tests", cuda_tests),
+    ("demo", demo_runs),
+    ("bf16_vs_fp32", bf16_vs_fp32),
+    ("torchrun", torchrun_and_prior),
+    ("benchmark", benchmark),
+    ("early_stop", early_stop),
+]
 
 
 def main(argv=None) -> int:
@@ -305,8 +421,10 @@ def main(argv=None) -> int:
     check.results["failed"] = failed
     check.results["seconds"] = round(time.monotonic() - check.started, 1)
     check.write()
-    print(f"gpu_check: {len(check.results['steps'])} steps, {len(failed)} failed ({', '.join(failed) or 'none'}); "
-          f"{check.results['seconds']} s; results in {args.out / 'gpu_check.json'}")
+    print(
+        f"gpu_check: {len(check.results['steps'])} steps, {len(failed)} failed ({', '.join(failed) or 'none'}); "
+        f"{check.results['seconds']} s; results in {args.out / 'gpu_check.json'}"
+    )
     return 1 if failed else 0
 
 

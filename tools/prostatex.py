@@ -24,20 +24,24 @@ from pathlib import Path
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "prostatex-dev"
 
 # (series folder, case, split, week, orientation that keeps the acquired plane)
-PLAN = [("ProstateX-0000/t2-tra", "0000", "train", 0, "RAS"),
-        ("ProstateX-0000/t2-sag", "0000", "train", 1, "ASR"),
-        ("ProstateX-0000/t2-cor", "0000v", "validate", 0, "RSA"),
-        ("ProstateX-0001/t2-tra-a", "0001", "test", 0, "RAS"),
-        ("ProstateX-0001/t2-tra-b", "0001", "test", 1, "RAS"),
-        ("ProstateX-0001/t2-sag", "0001", "test", 2, "ASR"),
-        ("ProstateX-0001/t2-cor", "0001", "test", 3, "RSA")]
-REVERSE = [("ProstateX-0001/t2-tra-a", "0001", "train", 0, "RAS"),
-           ("ProstateX-0001/t2-tra-b", "0001", "train", 1, "RAS"),
-           ("ProstateX-0001/t2-sag", "0001", "train", 2, "ASR"),
-           ("ProstateX-0001/t2-cor", "0001v", "validate", 0, "RSA"),
-           ("ProstateX-0000/t2-tra", "0000", "test", 0, "RAS"),
-           ("ProstateX-0000/t2-sag", "0000", "test", 1, "ASR"),
-           ("ProstateX-0000/t2-cor", "0000", "test", 2, "RSA")]
+PLAN = [
+    ("ProstateX-0000/t2-tra", "0000", "train", 0, "RAS"),
+    ("ProstateX-0000/t2-sag", "0000", "train", 1, "ASR"),
+    ("ProstateX-0000/t2-cor", "0000v", "validate", 0, "RSA"),
+    ("ProstateX-0001/t2-tra-a", "0001", "test", 0, "RAS"),
+    ("ProstateX-0001/t2-tra-b", "0001", "test", 1, "RAS"),
+    ("ProstateX-0001/t2-sag", "0001", "test", 2, "ASR"),
+    ("ProstateX-0001/t2-cor", "0001", "test", 3, "RSA"),
+]
+REVERSE = [
+    ("ProstateX-0001/t2-tra-a", "0001", "train", 0, "RAS"),
+    ("ProstateX-0001/t2-tra-b", "0001", "train", 1, "RAS"),
+    ("ProstateX-0001/t2-sag", "0001", "train", 2, "ASR"),
+    ("ProstateX-0001/t2-cor", "0001v", "validate", 0, "RSA"),
+    ("ProstateX-0000/t2-tra", "0000", "test", 0, "RAS"),
+    ("ProstateX-0000/t2-sag", "0000", "test", 1, "ASR"),
+    ("ProstateX-0000/t2-cor", "0000", "test", 2, "RSA"),
+]
 PLANS = {"forward": PLAN, "reverse": REVERSE}
 
 
@@ -59,6 +63,7 @@ def import_prostatex(root: Path, shared: Path = SHARED, direction: str = "forwar
         warnings.simplefilter("ignore")  # the orientation choice is deliberate
         for folder, case, split, week, orientation in PLANS[direction]:
             import_volume(shared / folder, root, case=case, split=split, week=week, orientation=orientation)
-    marker.write_text("\n".join(f"{f} -> {s} case {c} week {w} ({o})" for f, c, s, w, o in PLANS[direction]) + "\n",
-                      encoding="utf-8")
+    marker.write_text(
+        "\n".join(f"{f} -> {s} case {c} week {w} ({o})" for f, c, s, w, o in PLANS[direction]) + "\n", encoding="utf-8"
+    )
     return root

@@ -55,9 +55,9 @@ print(f"FAST={FAST}  data: {DATA}  outputs: {RUNS}")
 # Budget: the same code path in both modes, only smaller.
 # Half resolution (the phantom and HipMRI slices are 256x128) keeps a CPU run to minutes; use
 # SPATIAL = (256, 128) for real work.
-SPATIAL = (128, 64)                            # rows x columns the model sees
-MAX_SLICES = 96 if FAST else 240               # evenly spaced subset per split (every case kept)
-MINUTES = 0.6 if FAST else 2.5                 # wall-clock training budget
+SPATIAL = (128, 64)  # rows x columns the model sees
+MAX_SLICES = 96 if FAST else 240  # evenly spaced subset per split (every case kept)
+MINUTES = 0.6 if FAST else 2.5  # wall-clock training budget
 EPOCHS = 20 if FAST else 40
 
 # %% [markdown]
@@ -75,8 +75,10 @@ from prostate_vq.data import LABEL_NAMES, SPLITS, discover, make_dataset
 records = discover(DATA)
 for split in SPLITS:
     cases = sorted({r.case for r in records[split]})
-    print(f"{split:>8}: {len(records[split]):5d} slices from {len(cases)} patients ({', '.join(cases[:6])}"
-          f"{', ...' if len(cases) > 6 else ''})")
+    print(
+        f"{split:>8}: {len(records[split]):5d} slices from {len(cases)} patients ({', '.join(cases[:6])}"
+        f"{', ...' if len(cases) > 6 else ''})"
+    )
 print("labels:", dict(enumerate(LABEL_NAMES)))
 
 # %%
@@ -104,12 +106,16 @@ def show_with_masks(dataset, picks, title=""):
         axes[0, col].imshow(image, cmap="gray", vmin=0, vmax=1)
         axes[0, col].set_title(f"case {item['case']} w{item['week']} s{item['slice']}", fontsize=8)
         axes[1, col].imshow(image, cmap="gray", vmin=0, vmax=1)
-        axes[1, col].imshow(np.ma.masked_equal(label, 0), cmap=organ_cmap, vmin=0, vmax=5, alpha=0.5,
-                            interpolation="nearest")
+        axes[1, col].imshow(np.ma.masked_equal(label, 0), cmap=organ_cmap, vmin=0, vmax=5, alpha=0.5, interpolation="nearest")
         for ax in axes[:, col]:
             ax.axis("off")
-    fig.legend(handles=[Patch(color=COLOURS[k], label=f"{k} {LABEL_NAMES[k]}") for k in range(1, 6)],
-               loc="lower center", ncol=5, fontsize=8, frameon=False)
+    fig.legend(
+        handles=[Patch(color=COLOURS[k], label=f"{k} {LABEL_NAMES[k]}") for k in range(1, 6)],
+        loc="lower center",
+        ncol=5,
+        fontsize=8,
+        frameon=False,
+    )
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
     plt.show()
@@ -133,9 +139,10 @@ from prostate_vq.training import RunRequest, TrainOptions, train
 
 print(dict(list_presets())["default"])
 # TrainOptions: how the run runs (data, folder, device, budget in minutes); RunRequest: what it trains.
-run = train(TrainOptions(out=RUNS / "default", data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES, device="cpu",
-                         progress=False),
-            RunRequest(preset="default", task="image", spatial_size=SPATIAL, epochs=EPOCHS, seed=0))
+run = train(
+    TrainOptions(out=RUNS / "default", data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES, device="cpu", progress=False),
+    RunRequest(preset="default", task="image", spatial_size=SPATIAL, epochs=EPOCHS, seed=0),
+)
 sorted(p.name for p in run.iterdir())
 
 # %% [markdown]
@@ -163,8 +170,7 @@ plt.show()
 # %%
 from prostate_vq.evaluation import evaluate_checkpoint
 
-result = evaluate_checkpoint(run / "best.pt", data=DATA, split="test", out=RUNS / "eval", device="cpu",
-                             max_slices=MAX_SLICES)
+result = evaluate_checkpoint(run / "best.pt", data=DATA, split="test", out=RUNS / "eval", device="cpu", max_slices=MAX_SLICES)
 print(result.summary_table())
 
 # %%
@@ -184,8 +190,9 @@ display(Image(filename=str(RUNS / "eval" / result.figures["reconstructions"])))
 from prostate_vq.runtime import load_model
 
 model, payload = load_model(run / "best.pt", device="cpu")
-test_ds = make_dataset(DATA, "test", task="image", spatial_size=tuple(payload["spatial_size"]),
-                       max_slices=MAX_SLICES, intensity=payload["intensity"])
+test_ds = make_dataset(
+    DATA, "test", task="image", spatial_size=tuple(payload["spatial_size"]), max_slices=MAX_SLICES, intensity=payload["intensity"]
+)
 worst = per_slice.sort_values("ssim").index[:2].tolist()
 best = per_slice.sort_values("ssim").index[-2:].tolist()
 picks = worst + best
@@ -243,5 +250,18 @@ plt.show()
 
 # %%
 metrics = result.to_dict()
-{k: metrics[k] for k in ("preset", "task", "n_slices", "ssim_mean", "psnr_mean", "verdict", "codes_used",
-                         "codebook_size", "codebook_usage_pct", "perplexity")}
+{
+    k: metrics[k]
+    for k in (
+        "preset",
+        "task",
+        "n_slices",
+        "ssim_mean",
+        "psnr_mean",
+        "verdict",
+        "codes_used",
+        "codebook_size",
+        "codebook_usage_pct",
+        "perplexity",
+    )
+}

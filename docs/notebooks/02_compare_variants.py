@@ -65,8 +65,8 @@ print(f"FAST={FAST}  data: {DATA}  outputs: {RUNS}")
 # Quarter-resolution slices (64x32, a 16x8 code map) so that seven trainings fit in a few CPU minutes.
 SPATIAL = (64, 32)
 MAX_SLICES = 48 if FAST else 160
-STEPS = 9 if FAST else 150                 # the same number of optimizer steps for every variant
-MINUTES = 0.15 if FAST else 1.0            # a wall-clock cap that only a very slow machine reaches
+STEPS = 9 if FAST else 150  # the same number of optimizer steps for every variant
+MINUTES = 0.15 if FAST else 1.0  # a wall-clock cap that only a very slow machine reaches
 # One shared network and learning rate for every preset, so only the quantizer differs.
 NETWORK = ["model.channels=[32, 64]", "training.lr=0.001"]
 VARIANTS = ["v1-vq", "v3-ema", "v4-rq", "fsq", "lfq"]
@@ -89,13 +89,15 @@ runs = {}
 for preset in VARIANTS:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the collapse warning: collapse is what this notebook shows
-        runs[preset] = train(TrainOptions(out=RUNS / preset, data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES,
-                                          device="cpu", progress=False),
-                             RunRequest(preset=preset, spatial_size=SPATIAL, max_steps=STEPS, epochs=1000, seed=0,
-                                        overrides=NETWORK))
+        runs[preset] = train(
+            TrainOptions(out=RUNS / preset, data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES, device="cpu", progress=False),
+            RunRequest(preset=preset, spatial_size=SPATIAL, max_steps=STEPS, epochs=1000, seed=0, overrides=NETWORK),
+        )
     last = pd.read_csv(runs[preset] / "history.csv").iloc[-1]
-    print(f"{preset:>7}: {int(last.step)} steps ({int(last.epoch)} epochs), val SSIM {last.val_ssim:.3f}, "
-          f"codebook usage {last.codebook_usage_pct:.1f}%")
+    print(
+        f"{preset:>7}: {int(last.step)} steps ({int(last.epoch)} epochs), val SSIM {last.val_ssim:.3f}, "
+        f"codebook usage {last.codebook_usage_pct:.1f}%"
+    )
 
 # %% [markdown]
 # ## 2. ReFiT: re-build the v1 codebook, then fine-tune
@@ -109,9 +111,19 @@ from prostate_vq.training import refit
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    runs["ReFiT"] = refit(runs["v1-vq"] / "best.pt", out=RUNS / "refit", codebook_size=REFIT_K, data=DATA,
-                          max_steps=STEPS // 3, epochs=1000, max_minutes=MINUTES, device="cpu", seed=0,
-                          max_slices=MAX_SLICES, progress=False)
+    runs["ReFiT"] = refit(
+        runs["v1-vq"] / "best.pt",
+        out=RUNS / "refit",
+        codebook_size=REFIT_K,
+        data=DATA,
+        max_steps=STEPS // 3,
+        epochs=1000,
+        max_minutes=MINUTES,
+        device="cpu",
+        seed=0,
+        max_slices=MAX_SLICES,
+        progress=False,
+    )
 print(json.dumps(json.loads((runs["ReFiT"] / "refit.json").read_text(encoding="utf-8")), indent=1)[:600])
 
 # %% [markdown]
@@ -120,18 +132,31 @@ print(json.dumps(json.loads((runs["ReFiT"] / "refit.json").read_text(encoding="u
 # %%
 from prostate_vq.evaluation import evaluate_checkpoint
 
-results = {name: evaluate_checkpoint(run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / name,
-                                     device="cpu", max_slices=MAX_SLICES, figures=False)
-           for name, run in runs.items()}
+results = {
+    name: evaluate_checkpoint(
+        run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / name, device="cpu", max_slices=MAX_SLICES, figures=False
+    )
+    for name, run in runs.items()
+}
 # Codes are counted as joint tuples (one code per level: v4-rq's 3 codebooks of 8 make 512 tuples), so usage and
 # perplexity compare across one- and multi-level quantizers; the rate is nominal and effective (entropy) bits.
-table = pd.DataFrame([{
-    "variant": name, "steps": r.budget.get("run_steps"), "bits/pixel": r.bits_per_pixel,
-    "effective bits/pixel": r.effective_bits_per_pixel, "codes used": r.joint["joint_codes_used"],
-    "possible codes": r.joint["joint_codes_possible"], "usage %": r.joint["joint_usage_pct"],
-    "perplexity": r.joint["joint_perplexity"], "SSIM": r.reconstruction.ssim_mean,
-    "PSNR (dB)": r.reconstruction.psnr_mean,
-} for name, r in results.items()]).set_index("variant")
+table = pd.DataFrame(
+    [
+        {
+            "variant": name,
+            "steps": r.budget.get("run_steps"),
+            "bits/pixel": r.bits_per_pixel,
+            "effective bits/pixel": r.effective_bits_per_pixel,
+            "codes used": r.joint["joint_codes_used"],
+            "possible codes": r.joint["joint_codes_possible"],
+            "usage %": r.joint["joint_usage_pct"],
+            "perplexity": r.joint["joint_perplexity"],
+            "SSIM": r.reconstruction.ssim_mean,
+            "PSNR (dB)": r.reconstruction.psnr_mean,
+        }
+        for name, r in results.items()
+    ]
+).set_index("variant")
 table.round(3)
 
 # %% [markdown]
@@ -148,8 +173,7 @@ for ax, (name, r) in zip(axes.flat, results.items()):
     counts = np.sort(np.asarray(r.to_dict()["code_counts"]))[::-1]
     ax.bar(np.arange(counts.size), np.maximum(counts, 0.8), width=1.0, color="#55a868")
     ax.set_yscale("log")
-    ax.set_title(f"{name}: {r.codebook.codes_used}/{counts.size} codes, perplexity {r.codebook.perplexity:.0f}",
-                 fontsize=9)
+    ax.set_title(f"{name}: {r.codebook.codes_used}/{counts.size} codes, perplexity {r.codebook.perplexity:.0f}", fontsize=9)
     ax.set_xlabel("code rank")
 axes[0, 0].set_ylabel("assignments")
 axes[1, 0].set_ylabel("assignments")
@@ -203,12 +227,15 @@ plt.show()
 pick = table["perplexity"].drop("ReFiT").idxmax()
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    joint_run = train(TrainOptions(out=RUNS / f"{pick}-joint", data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES,
-                                   device="cpu", progress=False),
-                      RunRequest(preset=pick, task="joint", spatial_size=SPATIAL, max_steps=STEPS, epochs=1000, seed=0,
-                                 overrides=NETWORK))
-joint = evaluate_checkpoint(joint_run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / f"{pick}-joint",
-                            device="cpu", max_slices=MAX_SLICES)
+    joint_run = train(
+        TrainOptions(
+            out=RUNS / f"{pick}-joint", data=DATA, max_slices=MAX_SLICES, max_minutes=MINUTES, device="cpu", progress=False
+        ),
+        RunRequest(preset=pick, task="joint", spatial_size=SPATIAL, max_steps=STEPS, epochs=1000, seed=0, overrides=NETWORK),
+    )
+joint = evaluate_checkpoint(
+    joint_run / "best.pt", data=DATA, split="test", out=RUNS / "eval" / f"{pick}-joint", device="cpu", max_slices=MAX_SLICES
+)
 print(joint.summary_table())
 display(Image(filename=str(RUNS / "eval" / f"{pick}-joint" / joint.figures["segmentation_overlays"])))
 
@@ -216,7 +243,13 @@ display(Image(filename=str(RUNS / "eval" / f"{pick}-joint" / joint.figures["segm
 # ## Summary
 
 # %%
-summary = {name: {"ssim_mean": r.to_dict()["ssim_mean"], "codebook_usage_pct": r.codebook.codebook_usage_pct,
-                  "perplexity": r.codebook.perplexity} for name, r in results.items()}
+summary = {
+    name: {
+        "ssim_mean": r.to_dict()["ssim_mean"],
+        "codebook_usage_pct": r.codebook.codebook_usage_pct,
+        "perplexity": r.codebook.perplexity,
+    }
+    for name, r in results.items()
+}
 summary[f"{pick}-joint"] = {k: joint.to_dict()[k] for k in ("ssim_mean", "dice_mean", "codebook_usage_pct")}
 summary

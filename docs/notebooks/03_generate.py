@@ -57,7 +57,7 @@ SPATIAL = (128, 64)
 MAX_SLICES = 96 if FAST else 320
 VQ_MINUTES = 0.4 if FAST else 1.5
 PRIOR_MINUTES = 0.3 if FAST else 1.5
-PRIOR_SIZE = {"dim": 32, "layers": 4} if FAST else {}    # {} = the pixelcnn defaults (64 channels, 8 layers)
+PRIOR_SIZE = {"dim": 32, "layers": 4} if FAST else {}  # {} = the pixelcnn defaults (64 channels, 8 layers)
 N_SAMPLES = 8 if FAST else 16
 
 # %% [markdown]
@@ -71,10 +71,12 @@ from prostate_vq.training import RunRequest, TrainOptions, train
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
-    vq_run = train(TrainOptions(out=RUNS / "vqvae", data=DATA, max_slices=MAX_SLICES, max_minutes=VQ_MINUTES,
-                                device="cpu", progress=False),
-                   RunRequest(preset="default", spatial_size=SPATIAL, epochs=40, seed=0,
-                              overrides=["model.channels=[32, 64]", "model.downsample=4"]))
+    vq_run = train(
+        TrainOptions(out=RUNS / "vqvae", data=DATA, max_slices=MAX_SLICES, max_minutes=VQ_MINUTES, device="cpu", progress=False),
+        RunRequest(
+            preset="default", spatial_size=SPATIAL, epochs=40, seed=0, overrides=["model.channels=[32, 64]", "model.downsample=4"]
+        ),
+    )
 print(pd.read_csv(vq_run / "history.csv").iloc[-1][["epoch", "val_ssim", "codebook_usage_pct"]].to_dict())
 
 # %% [markdown]
@@ -84,8 +86,7 @@ print(pd.read_csv(vq_run / "history.csv").iloc[-1][["epoch", "val_ssim", "codebo
 # %%
 from prostate_vq.prior import encode_dataset, read_codes
 
-codes_path = encode_dataset(vq_run / "best.pt", data=DATA, split="validate", out=RUNS / "codes.npz",
-                            device="cpu", max_slices=8)
+codes_path = encode_dataset(vq_run / "best.pt", data=DATA, split="validate", out=RUNS / "codes.npz", device="cpu", max_slices=8)
 codes, meta = read_codes(codes_path)
 print(codes.shape, meta["layout"])
 fig, axes = plt.subplots(1, 4, figsize=(6, 3.5))
@@ -106,13 +107,33 @@ plt.show()
 # %%
 from prostate_vq.prior import train_prior
 
-prior_run = train_prior(vq_run / "best.pt", data=DATA, out=RUNS / "prior", arch="pixelcnn", epochs=30,
-                        max_minutes=PRIOR_MINUTES, device="cpu", seed=0, max_slices=MAX_SLICES, progress=False,
-                        arch_options=PRIOR_SIZE)
+prior_run = train_prior(
+    vq_run / "best.pt",
+    data=DATA,
+    out=RUNS / "prior",
+    arch="pixelcnn",
+    epochs=30,
+    max_minutes=PRIOR_MINUTES,
+    device="cpu",
+    seed=0,
+    max_slices=MAX_SLICES,
+    progress=False,
+    arch_options=PRIOR_SIZE,
+)
 prior_metrics = json.loads((prior_run / "metrics.json").read_text(encoding="utf-8"))
 display(pd.read_csv(prior_run / "history.csv").round(4))
-{k: prior_metrics[k] for k in ("layout", "val_nll_bits_per_code", "unigram_val_bits_per_code",
-                               "uniform_bits_per_code", "epochs_run", "stop_reason", "parameters")}
+{
+    k: prior_metrics[k]
+    for k in (
+        "layout",
+        "val_nll_bits_per_code",
+        "unigram_val_bits_per_code",
+        "uniform_bits_per_code",
+        "epochs_run",
+        "stop_reason",
+        "parameters",
+    )
+}
 
 # %% [markdown]
 # ## 3. Sample new slices
@@ -124,8 +145,7 @@ display(pd.read_csv(prior_run / "history.csv").round(4))
 # %%
 from prostate_vq.prior import sample
 
-samples_dir = sample(prior_run / "best.pt", n=N_SAMPLES, out=RUNS / "samples", temperature=1.0, seed=0,
-                     device="cpu", data=DATA)
+samples_dir = sample(prior_run / "best.pt", n=N_SAMPLES, out=RUNS / "samples", temperature=1.0, seed=0, device="cpu", data=DATA)
 sorted(p.name for p in samples_dir.iterdir())
 
 # %%
@@ -149,15 +169,18 @@ display(Image(filename=str(samples_dir / "samples_grid.png")))
 # %%
 report = json.loads((samples_dir / "samples.json").read_text(encoding="utf-8"))
 per_sample = pd.DataFrame(report["samples"]).set_index("index")
-display(per_sample[["nearest_train_file", "nearest_train_similarity", "distribution_distance",
-                    "nll_bits_per_code"]].round(4))
+display(per_sample[["nearest_train_file", "nearest_train_similarity", "distribution_distance", "nll_bits_per_code"]].round(4))
 reference = report["reference"]
 if reference is not None:
-    print(f"samples: nearest-training SSIM {report['summary']['nearest_train_similarity']['mean']:.3f} on average; "
-          f"validation slices: {reference['nearest_train_similarity']['mean']:.3f} "
-          f"(max {reference['nearest_train_similarity']['max']:.3f})")
-    print("share of samples closer to a training slice than any validation slice:",
-          reference["samples_closer_than_any_validation_slice"])
+    print(
+        f"samples: nearest-training SSIM {report['summary']['nearest_train_similarity']['mean']:.3f} on average; "
+        f"validation slices: {reference['nearest_train_similarity']['mean']:.3f} "
+        f"(max {reference['nearest_train_similarity']['max']:.3f})"
+    )
+    print(
+        "share of samples closer to a training slice than any validation slice:",
+        reference["samples_closer_than_any_validation_slice"],
+    )
 
 # %% [markdown]
 # Each sample next to its nearest training slice (intensity-scaled the way the model saw it).
@@ -184,15 +207,19 @@ plt.show()
 fig, ax = plt.subplots(figsize=(5, 3))
 ax.hist(per_sample["nearest_train_similarity"], bins=10, alpha=0.7, label="samples")
 if reference is not None:
-    ax.axvline(reference["nearest_train_similarity"]["max"], color="k", ls="--",
-               label="closest validation slice")
+    ax.axvline(reference["nearest_train_similarity"]["max"], color="k", ls="--", label="closest validation slice")
     ax.axvline(reference["nearest_train_similarity"]["mean"], color="grey", ls=":", label="validation mean")
 ax.set_xlabel("SSIM to the nearest training slice")
 ax.legend(fontsize=8)
 plt.show()
 
 # %%
-{"n": report["n"], "layout": report["layout"], "similarity": report["similarity"],
- "nearest_train_similarity_mean": report["summary"]["nearest_train_similarity"]["mean"],
- "samples_closer_than_any_validation_slice": None if reference is None
- else reference["samples_closer_than_any_validation_slice"]}
+{
+    "n": report["n"],
+    "layout": report["layout"],
+    "similarity": report["similarity"],
+    "nearest_train_similarity_mean": report["summary"]["nearest_train_similarity"]["mean"],
+    "samples_closer_than_any_validation_slice": None
+    if reference is None
+    else reference["samples_closer_than_any_validation_slice"],
+}

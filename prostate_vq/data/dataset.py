@@ -28,9 +28,17 @@ class SliceDataset(Dataset):
     used), ``case``, ``week``, ``slice``, ``path`` (image file name). ``records`` lists the slices in item
     order. Implements ``__getitems__`` so a DataLoader fetches (and augments) a whole batch at once."""
 
-    def __init__(self, records: list[SliceRecord], spatial_size=DEFAULT_SPATIAL_SIZE, with_label: bool = True,
-                 augment: bool | BatchAugment = False, cache: bool = True, cache_threads: int | None = None,
-                 intensity: dict | None = None, progress: bool = False):
+    def __init__(
+        self,
+        records: list[SliceRecord],
+        spatial_size=DEFAULT_SPATIAL_SIZE,
+        with_label: bool = True,
+        augment: bool | BatchAugment = False,
+        cache: bool = True,
+        cache_threads: int | None = None,
+        intensity: dict | None = None,
+        progress: bool = False,
+    ):
         self.records = list(records)
         self.spatial_size = tuple(int(n) for n in spatial_size)
         self.with_label = with_label
@@ -103,11 +111,13 @@ class SliceDataset(Dataset):
         if self.augment is not None:
             image, label = self.augment(image, label)
         records = [self.records[i] for i in indices]
-        batch = {"image": image,
-                 "case": [r.case for r in records],
-                 "week": torch.tensor([r.week for r in records]),
-                 "slice": torch.tensor([r.slice for r in records]),
-                 "path": [r.image.name for r in records]}
+        batch = {
+            "image": image,
+            "case": [r.case for r in records],
+            "week": torch.tensor([r.week for r in records]),
+            "slice": torch.tensor([r.slice for r in records]),
+            "path": [r.image.name for r in records],
+        }
         if label is not None:
             batch["label"] = label.long()
         return batch
@@ -131,8 +141,13 @@ class _Items(list):
 
 
 def _item(batch: dict, k: int, record: SliceRecord) -> dict:
-    item = {"image": batch["image"][k], "case": record.case, "week": record.week, "slice": record.slice,
-            "path": record.image.name}
+    item = {
+        "image": batch["image"][k],
+        "case": record.case,
+        "week": record.week,
+        "slice": record.slice,
+        "path": record.image.name,
+    }
     if "label" in batch:
         item["label"] = batch["label"][k]
     return item
@@ -155,9 +170,17 @@ def _subset(records: list[SliceRecord], max_slices: int | None) -> list[SliceRec
     return [records[i] for i in picks]
 
 
-def make_dataset(root, split: str, task: str = "image", spatial_size=DEFAULT_SPATIAL_SIZE, augment: bool | BatchAugment = False,
-                 cache: bool = True, max_slices: int | None = None, intensity: dict | None = None,
-                 progress: bool = False) -> SliceDataset:
+def make_dataset(
+    root,
+    split: str,
+    task: str = "image",
+    spatial_size=DEFAULT_SPATIAL_SIZE,
+    augment: bool | BatchAugment = False,
+    cache: bool = True,
+    max_slices: int | None = None,
+    intensity: dict | None = None,
+    progress: bool = False,
+) -> SliceDataset:
     """The slices of one split. Labels are included for the mask/joint tasks (masks then required) and
     for the image task whenever every slice has a mask (evaluation reports per-organ figures).
     ``intensity``: the scaling saved in a checkpoint (default INTENSITY_SCALING); ``progress``: a tqdm
@@ -170,8 +193,9 @@ def make_dataset(root, split: str, task: str = "image", spatial_size=DEFAULT_SPA
     records = discover(root, (split,), require_masks=task in ("mask", "joint"))[split]
     records = _subset(records, max_slices)
     with_label = all(r.mask is not None for r in records)
-    return SliceDataset(records, spatial_size, with_label=with_label, augment=augment, cache=cache,
-                        intensity=intensity, progress=progress)
+    return SliceDataset(
+        records, spatial_size, with_label=with_label, augment=augment, cache=cache, intensity=intensity, progress=progress
+    )
 
 
 def loader_seed(seed: int, epoch: int = 0) -> int:
@@ -180,9 +204,19 @@ def loader_seed(seed: int, epoch: int = 0) -> int:
     return int(seed) * 100_003 + int(epoch)
 
 
-def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_workers: int = 0,
-                drop_last: bool = False, seed: int | None = None, pin_memory: bool = False, *, epoch: int = 0,
-                shard: tuple[int, int] | None = None, persistent_workers: bool | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    shuffle: bool = False,
+    num_workers: int = 0,
+    drop_last: bool = False,
+    seed: int | None = None,
+    pin_memory: bool = False,
+    *,
+    epoch: int = 0,
+    shard: tuple[int, int] | None = None,
+    persistent_workers: bool | None = None,
+) -> DataLoader:
     """The one DataLoader of the package (training, evaluation, the prior, tools): whole batches through
     ``__getitems__`` (``collate_batch`` passes them on without re-stacking).
 
@@ -199,21 +233,29 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, num_wo
     if shard is not None and shard[1] > 1:
         rank, world_size = shard
         if shuffle:
-            distributed: DistributedSampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
-                                             seed=int(seed or 0))
+            distributed: DistributedSampler = DistributedSampler(
+                dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=int(seed or 0)
+            )
             distributed.set_epoch(epoch)
             sampler = distributed
         else:
             from monai.data import DistributedSampler as UnpaddedSampler
 
-            sampler = UnpaddedSampler(dataset, even_divisible=False, num_replicas=world_size, rank=rank,
-                                      shuffle=False)
+            sampler = UnpaddedSampler(dataset, even_divisible=False, num_replicas=world_size, rank=rank, shuffle=False)
     elif shuffle:
         if not isinstance(dataset, Sized):
             raise TypeError(f"a shuffled loader needs a dataset with a length, got {type(dataset).__name__}")
         sampler = RandomSampler(dataset, generator=generator)
     if persistent_workers is None:
         persistent_workers = num_workers > 0
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=drop_last, generator=generator, pin_memory=pin_memory,
-                      persistent_workers=persistent_workers and num_workers > 0, collate_fn=collate_batch)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        generator=generator,
+        pin_memory=pin_memory,
+        persistent_workers=persistent_workers and num_workers > 0,
+        collate_fn=collate_batch,
+    )

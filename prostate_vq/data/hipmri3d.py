@@ -58,8 +58,11 @@ def release_splits(root: Path) -> dict[str, str]:
     if not present_splits(slices):
         return {}
     found = discover(slices, present_splits(slices))
-    return {record.case.upper() if record.case[0].isalpha() else record.case: split
-            for split, records in found.items() for record in records}
+    return {
+        record.case.upper() if record.case[0].isalpha() else record.case: split
+        for split, records in found.items()
+        for record in records
+    }
 
 
 def import_hipmri_3d(root, out, fractions=DEFAULT_FRACTIONS, seed: int = 0, orientation: str = "RAS") -> Path:
@@ -71,8 +74,7 @@ def import_hipmri_3d(root, out, fractions=DEFAULT_FRACTIONS, seed: int = 0, orie
     mr_dir, label_dir = root / MR_FOLDER, root / LABEL_FOLDER
     for folder in (mr_dir, label_dir):
         if not folder.is_dir():
-            raise UserInputError(f"missing {folder.name}/ (the HipMRI 3D release has {MR_FOLDER}/ and "
-                                 f"{LABEL_FOLDER}/)", folder)
+            raise UserInputError(f"missing {folder.name}/ (the HipMRI 3D release has {MR_FOLDER}/ and {LABEL_FOLDER}/)", folder)
     pairs = pair_volumes(mr_dir, label_dir)
     known = release_splits(root)
     others = sorted({case for case, *_ in pairs if case not in known})
@@ -80,8 +82,11 @@ def import_hipmri_3d(root, out, fractions=DEFAULT_FRACTIONS, seed: int = 0, orie
     plan = []
     for case, week, mr, labels in pairs:
         split = known.get(case) or seeded[case]
-        source = "slice release" if case in known else f"seeded patient split (seed {seed}, fractions " \
-                                                       f"{' '.join(str(f) for f in fractions)})"
+        source = (
+            "slice release"
+            if case in known
+            else f"seeded patient split (seed {seed}, fractions {' '.join(str(f) for f in fractions)})"
+        )
         plan.append((case, week, split, source, mr, labels))
     for case, week, split, _, mr, labels in plan:
         import_volume(mr, out, case=case, split=split, week=week, seg=labels, orientation=orientation)

@@ -99,9 +99,12 @@ def _check_every_file_read(folder: Path, files) -> None:
     in_series = {Path(name).name for name in files}
     others = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name not in in_series)
     if others:
-        raise DataError(f"not part of the DICOM series read from this folder (truncated or damaged?); "
-                        f"{len(others)} of {len(others) + len(in_series)} files left out. Import from a folder "
-                        "that holds only the series' complete files", others[0])
+        raise DataError(
+            f"not part of the DICOM series read from this folder (truncated or damaged?); "
+            f"{len(others)} of {len(others) + len(in_series)} files left out. Import from a folder "
+            "that holds only the series' complete files",
+            others[0],
+        )
 
 
 def _check_even_spacing(reader, image: sitk.Image, files, folder: Path) -> None:
@@ -110,8 +113,7 @@ def _check_even_spacing(reader, image: sitk.Image, files, folder: Path) -> None:
     if len(files) < 3:
         return
     try:
-        positions = np.array([[float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")]
-                              for k in range(len(files))])
+        positions = np.array([[float(v) for v in reader.GetMetaData(k, "0020|0032").split("\\")] for k in range(len(files))])
     except (RuntimeError, ValueError):
         return  # no Image Position (Patient) to check against
     normal = np.array(image.GetDirection()).reshape(3, 3)[:, 2]
@@ -119,9 +121,12 @@ def _check_even_spacing(reader, image: sitk.Image, files, folder: Path) -> None:
     typical = float(np.median(np.abs(gaps)))
     worst = int(np.argmax(np.abs(np.abs(gaps) - typical)))
     if abs(abs(gaps[worst]) - typical) > max(0.01, 0.02 * typical):
-        raise DataError(f"slice positions are not evenly spaced: {abs(gaps[worst]):.3g} mm between "
-                        f"{Path(files[worst]).name} and {Path(files[worst + 1]).name}, {typical:.3g} mm elsewhere; "
-                        "a file of the series is missing", folder)
+        raise DataError(
+            f"slice positions are not evenly spaced: {abs(gaps[worst]):.3g} mm between "
+            f"{Path(files[worst]).name} and {Path(files[worst + 1]).name}, {typical:.3g} mm elsewhere; "
+            "a file of the series is missing",
+            folder,
+        )
 
 
 def _sitk_reason(error: RuntimeError) -> str:
@@ -133,10 +138,12 @@ def _sitk_reason(error: RuntimeError) -> str:
 
 
 def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (a.GetSize() == b.GetSize()
-            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=_GEOMETRY_TOL)
-            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=_GEOMETRY_TOL)
-            and np.allclose(a.GetDirection(), b.GetDirection(), atol=_GEOMETRY_TOL))
+    return (
+        a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=_GEOMETRY_TOL)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=_GEOMETRY_TOL)
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=_GEOMETRY_TOL)
+    )
 
 
 def _slice_affine(image: sitk.Image, k: int) -> np.ndarray:
@@ -164,8 +171,11 @@ def _warn_if_resliced(image: sitk.Image, orientation: str, path) -> None:
         return
     letter = next(c for c in orientation if _AXIS_OF[c] == acquired)
     keep = "".join(c for c in orientation if c != letter) + letter
-    warnings.warn(f"{path}: {_PLANE[acquired]} acquisition resliced into {_PLANE[wanted]} slices; "
-                  f"use --orientation {keep} to keep the acquired planes", stacklevel=3)
+    warnings.warn(
+        f"{path}: {_PLANE[acquired]} acquisition resliced into {_PLANE[wanted]} slices; "
+        f"use --orientation {keep} to keep the acquired planes",
+        stacklevel=3,
+    )
 
 
 def _check_arguments(case: str, split: str, week: int, orientation: str) -> str:
@@ -199,8 +209,12 @@ def _check_destination(out: Path, case: str, split: str, week: int) -> None:
 def _corners(image: sitk.Image) -> np.ndarray:
     """Physical positions of the 8 outer corners of the voxel grid (half a voxel beyond the centres)."""
     size = np.array(image.GetSize()) - 0.5
-    return np.array([image.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner])
-                     for corner in np.array(np.meshgrid(*[(-0.5, s) for s in size], indexing="ij")).reshape(3, -1).T])
+    return np.array(
+        [
+            image.TransformContinuousIndexToPhysicalPoint([float(v) for v in corner])
+            for corner in np.array(np.meshgrid(*[(-0.5, s) for s in size], indexing="ij")).reshape(3, -1).T
+        ]
+    )
 
 
 def _resample_onto(seg: sitk.Image, image: sitk.Image, path: Path) -> sitk.Image:
@@ -208,12 +222,18 @@ def _resample_onto(seg: sitk.Image, image: sitk.Image, path: Path) -> sitk.Image
     (or keeps no label on its grid) is refused instead of becoming all-background masks."""
     a, b = _corners(seg), _corners(image)
     if np.any(a.max(0) < b.min(0) - _GEOMETRY_TOL) or np.any(b.max(0) < a.min(0) - _GEOMETRY_TOL):
-        raise DataError("the segmentation does not overlap the image (their physical extents are disjoint: "
-                        "another patient, or another coordinate system?)", path)
+        raise DataError(
+            "the segmentation does not overlap the image (their physical extents are disjoint: "
+            "another patient, or another coordinate system?)",
+            path,
+        )
     resampled = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, seg.GetPixelID())
     if not sitk.GetArrayViewFromImage(resampled).any() and sitk.GetArrayViewFromImage(seg).any():
-        raise DataError("no label of the segmentation falls on the image grid: they barely overlap (another "
-                        "patient, or another coordinate system?)", path)
+        raise DataError(
+            "no label of the segmentation falls on the image grid: they barely overlap (another "
+            "patient, or another coordinate system?)",
+            path,
+        )
     return resampled
 
 
@@ -267,6 +287,9 @@ def import_volume(path, out, case, split, week: int = 0, seg=None, orientation: 
             # numpy holds [y, x]; HipMRI slices are read by nibabel as [x, y] (rows along the first axis).
             save_slice(np.ascontiguousarray(voxels[k].T), image_dir(stage, split) / slice_name(case, week, k), affine)
             if label_voxels is not None:
-                save_slice(np.ascontiguousarray(label_voxels[k].T),
-                           mask_dir(stage, split) / slice_name(case, week, k, kind="mask"), affine)
+                save_slice(
+                    np.ascontiguousarray(label_voxels[k].T),
+                    mask_dir(stage, split) / slice_name(case, week, k, kind="mask"),
+                    affine,
+                )
     return [image_dir(out, split) / slice_name(case, week, k) for k in range(voxels.shape[0])]

@@ -105,9 +105,13 @@ def _scan(folder: Path, expected_kind: str) -> dict[tuple[str, int, int], Path]:
             raise DataError(f"duplicate slice (also {found[key].name})", path)
         found[key] = path
     if skipped:
-        warnings.warn(f"{folder}: skipped {sum(skipped.values())} entries that are not slice files ("
-                      + ", ".join(f"{n} {reason}" for reason, n in skipped.items()) + ")",
-                      SkippedFilesWarning, stacklevel=3)
+        warnings.warn(
+            f"{folder}: skipped {sum(skipped.values())} entries that are not slice files ("
+            + ", ".join(f"{n} {reason}" for reason, n in skipped.items())
+            + ")",
+            SkippedFilesWarning,
+            stacklevel=3,
+        )
     return found
 
 
@@ -177,8 +181,9 @@ def discover(root: str | Path, splits=SPLITS, require_masks: bool = False) -> di
         for key in sorted(images, key=_sort_key):
             mask = masks.get(key)
             if mask is None and require_masks:
-                raise DataError(f"image has no mask ({slice_name(*key, kind='mask')} missing in {masks_folder.name})",
-                                images[key])
+                raise DataError(
+                    f"image has no mask ({slice_name(*key, kind='mask')} missing in {masks_folder.name})", images[key]
+                )
             records.append(SliceRecord(images[key], mask, key[0], key[1], key[2], split))
         result[split] = records
     return result
@@ -190,5 +195,6 @@ def orphan_masks(root: str | Path, split: str) -> list[Path]:
     if not masks_folder.is_dir():
         return []
     images = _scan(image_dir(root, split), "image") if image_dir(root, split).is_dir() else {}
-    return [path for key, path in sorted(_scan(masks_folder, "mask").items(), key=lambda kv: _sort_key(kv[0]))
-            if key not in images]
+    return [
+        path for key, path in sorted(_scan(masks_folder, "mask").items(), key=lambda kv: _sort_key(kv[0])) if key not in images
+    ]

@@ -24,10 +24,18 @@ def _shape(array: np.ndarray) -> str:
 
 
 def _row(record: SliceRecord, root: Path) -> dict:
-    row = {"image": record.image.relative_to(root).as_posix(),
-           "mask": record.mask.relative_to(root).as_posix() if record.mask else "",
-           "split": record.split, "case": record.case, "week": record.week, "slice": record.slice,
-           "shape": "", "mask_shape": "", "labels": "", "problem": ""}
+    row = {
+        "image": record.image.relative_to(root).as_posix(),
+        "mask": record.mask.relative_to(root).as_posix() if record.mask else "",
+        "split": record.split,
+        "case": record.case,
+        "week": record.week,
+        "slice": record.slice,
+        "shape": "",
+        "mask_shape": "",
+        "labels": "",
+        "problem": "",
+    }
     try:
         image = read_array(record.image)
         check_finite(image, record.image)
@@ -67,8 +75,10 @@ def check_manifest(df: pd.DataFrame, root) -> list[str]:
         if row.problem:
             continue
         if has_masks and not row.mask:
-            problems.append(f"{root / row.image}: image has no mask "
-                            f"(expected {Path(row.image).name.replace('case_', 'seg_', 1)} in keras_slices_seg_{row.split})")
+            problems.append(
+                f"{root / row.image}: image has no mask "
+                f"(expected {Path(row.image).name.replace('case_', 'seg_', 1)} in keras_slices_seg_{row.split})"
+            )
         if row.mask and row.mask_shape and row.shape != row.mask_shape:
             problems.append(f"{root / row.image}: image is {row.shape} but its mask {row.mask} is {row.mask_shape}")
         if row.labels:
@@ -79,8 +89,10 @@ def check_manifest(df: pd.DataFrame, root) -> list[str]:
         problems += [f"{path}: mask has no image" for path in orphan_masks(root, split)]
     for split in ("train", "validate"):
         if not (df["split"] == split).any():
-            problems.append(f"{root}: no {split} slices (keras_slices_{split} missing or empty): "
-                            "prostate-vq train needs a train and a validate split")
+            problems.append(
+                f"{root}: no {split} slices (keras_slices_{split} missing or empty): "
+                "prostate-vq train needs a train and a validate split"
+            )
     splits_per_case = df.groupby("case")["split"].unique()
     for case, splits in splits_per_case.items():
         if len(splits) > 1:
@@ -126,8 +138,10 @@ def summarize(df: pd.DataFrame) -> str:
         if part.empty:
             continue
         shapes = ", ".join(f"{s} ({n})" for s, n in part["shape"].replace("", "unreadable").value_counts().items())
-        lines.append(f"{split:<9} {part['case'].nunique():>5} {len(part.groupby(['case', 'week'])):>7} "
-                     f"{len(part):>7} {int((part['mask'] != '').sum()):>7}  {shapes}")
+        lines.append(
+            f"{split:<9} {part['case'].nunique():>5} {len(part.groupby(['case', 'week'])):>7} "
+            f"{len(part):>7} {int((part['mask'] != '').sum()):>7}  {shapes}"
+        )
     return "\n".join(lines)
 
 
@@ -150,8 +164,7 @@ def manifest_command(data, out=None, check: bool = False, resplit=None, seed: in
             for line in problems[:MAX_PROBLEM_LINES]:
                 print(f"prostate-vq manifest: error: {line}", file=sys.stderr)
             if len(problems) > MAX_PROBLEM_LINES:
-                print(f"prostate-vq manifest: error: ... and {len(problems) - MAX_PROBLEM_LINES} more problems",
-                      file=sys.stderr)
+                print(f"prostate-vq manifest: error: ... and {len(problems) - MAX_PROBLEM_LINES} more problems", file=sys.stderr)
             return 2
         print(f"check passed: {len(df)} slices, {df['case'].nunique()} cases, no patient in two splits")
     else:

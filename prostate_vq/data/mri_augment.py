@@ -13,10 +13,12 @@ import torch
 from monai.transforms import Compose, RandBiasField, RandGibbsNoise, RandRicianNoise, RandSimulateLowResolution
 
 # Probabilities and strengths for [0, 1]-scaled T2 slices: visible, never anatomy-destroying.
-MRI_AUGMENT = {"bias_field": {"prob": 0.3, "degree": 3, "coeff_range": (0.0, 0.1)},
-               "gibbs": {"prob": 0.2, "alpha": (0.0, 0.4)},
-               "rician": {"prob": 0.2, "std": 0.03, "relative": False, "sample_std": True},
-               "low_resolution": {"prob": 0.2, "zoom_range": (0.5, 1.0), "upsample_mode": "bilinear"}}
+MRI_AUGMENT = {
+    "bias_field": {"prob": 0.3, "degree": 3, "coeff_range": (0.0, 0.1)},
+    "gibbs": {"prob": 0.2, "alpha": (0.0, 0.4)},
+    "rician": {"prob": 0.2, "std": 0.03, "relative": False, "sample_std": True},
+    "low_resolution": {"prob": 0.2, "zoom_range": (0.5, 1.0), "upsample_mode": "bilinear"},
+}
 
 
 class MRIAugment:
@@ -24,8 +26,14 @@ class MRIAugment:
 
     def __init__(self, settings: dict | None = None):
         s = {**MRI_AUGMENT, **(settings or {})}
-        self.transform = Compose([RandBiasField(**s["bias_field"]), RandGibbsNoise(**s["gibbs"]),
-                                  RandRicianNoise(**s["rician"]), RandSimulateLowResolution(**s["low_resolution"])])
+        self.transform = Compose(
+            [
+                RandBiasField(**s["bias_field"]),
+                RandGibbsNoise(**s["gibbs"]),
+                RandRicianNoise(**s["rician"]),
+                RandSimulateLowResolution(**s["low_resolution"]),
+            ]
+        )
 
     def __call__(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))

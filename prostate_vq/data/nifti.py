@@ -16,8 +16,8 @@ from prostate_vq.data.layout import NUM_CLASSES
 from prostate_vq.errors import DataError
 from prostate_vq.files import atomic_open
 
-MAX_SLICE_BYTES = 256 << 20   # a 2-D slice: 8192x8192 float32; the HipMRI ones are 256x128
-MAX_VOLUME_BYTES = 4 << 30    # a 3-D volume for `import`
+MAX_SLICE_BYTES = 256 << 20  # a 2-D slice: 8192x8192 float32; the HipMRI ones are 256x128
+MAX_VOLUME_BYTES = 4 << 30  # a 3-D volume for `import`
 
 
 def check_declared_size(image, path: str | Path, limit: int) -> None:
@@ -26,7 +26,7 @@ def check_declared_size(image, path: str | Path, limit: int) -> None:
     shape = tuple(int(s) for s in image.header.get_data_shape())
     dtype = image.header.get_data_dtype()
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-    claimed = f"header claims {'x'.join(map(str, shape))} voxels of {dtype} ({nbytes / 2 ** 20:.0f} MiB)"
+    claimed = f"header claims {'x'.join(map(str, shape))} voxels of {dtype} ({nbytes / 2**20:.0f} MiB)"
     if nbytes > limit:
         raise DataError(f"{claimed}, more than the {limit >> 20} MiB allowed: a damaged header?", path)
     path = Path(path)

@@ -27,9 +27,21 @@ ROWS, COLS, WIDE_COLS = 256, 128, 144  # as nibabel reads HipMRI slices; one rea
 SPACING = (1.0, 1.0, 2.5)  # nominal voxel size (mm) written into the affine
 BACKGROUND, BODY, BONES, BLADDER, RECTUM, PROSTATE = range(6)
 # T2-weighted signal on a 0..1 scale (fluid bright, fat bright, muscle and cortical bone dark).
-SIGNAL = {"fat": 0.78, "muscle": 0.30, "pelvic_fat": 0.66, "cortex": 0.07, "marrow": 0.55, "urine": 1.0,
-          "bladder_wall": 0.28, "rectal_wall": 0.33, "gas": 0.03, "stool": 0.48, "central_gland": 0.42,
-          "peripheral_zone": 0.72, "capsule": 0.2}
+SIGNAL = {
+    "fat": 0.78,
+    "muscle": 0.30,
+    "pelvic_fat": 0.66,
+    "cortex": 0.07,
+    "marrow": 0.55,
+    "urine": 1.0,
+    "bladder_wall": 0.28,
+    "rectal_wall": 0.33,
+    "gas": 0.03,
+    "stool": 0.48,
+    "central_gland": 0.42,
+    "peripheral_zone": 0.72,
+    "capsule": 0.2,
+}
 FULL_SCALE = 1200.0  # stored as int16, like scanner output
 
 
@@ -43,14 +55,12 @@ def case_splits(cases: int) -> dict[str, str]:
     """Case id -> split; the highest case numbers are held out, as in HipMRI."""
     n_train, n_val, _ = split_sizes(cases)
     ids = [f"{k:03d}" for k in range(1, cases + 1)]
-    return {case: ("train" if k < n_train else "validate" if k < n_train + n_val else "test")
-            for k, case in enumerate(ids)}
+    return {case: ("train" if k < n_train else "validate" if k < n_train + n_val else "test") for k, case in enumerate(ids)}
 
 
 def quirks(cases: int, weeks: int) -> dict[str, tuple[str, int]]:
     """Which volume carries each real-data quirk (all in the train split)."""
-    return {"wide_256x144": ("001", 1 if weeks > 1 else 0), "float_masks": ("001", 0),
-            "trailing_singleton": ("002", 0)}
+    return {"wide_256x144": ("001", 1 if weeks > 1 else 0), "float_masks": ("001", 0), "trailing_singleton": ("002", 0)}
 
 
 def _ellipse(X, Y, cx, cy, a, b, theta=0.0):
@@ -102,21 +112,35 @@ def _smooth_noise(rng, shape, sigma):
 
 def _case_anatomy(rng) -> dict[str, float]:
     u = rng.uniform
-    return {"body_a": u(100, 117), "body_b": u(47, 57), "body_power": u(2.2, 3.0), "fat": u(0.08, 0.16),
-            "head_r": u(18, 23), "head_dx": u(60, 70), "head_dy": u(-3, 5), "prostate_a": u(16, 23),
-            "prostate_b": u(12, 16), "rectum_r": u(10, 14), "rectum_dy": u(20, 26), "bladder_a": u(34, 46),
-            "bladder_b": u(20, 27), "warp": u(2.0, 4.5), "texture": u(0.06, 0.12), "noise": u(0.02, 0.035),
-            "bias": u(0.15, 0.3)}
+    return {
+        "body_a": u(100, 117),
+        "body_b": u(47, 57),
+        "body_power": u(2.2, 3.0),
+        "fat": u(0.08, 0.16),
+        "head_r": u(18, 23),
+        "head_dx": u(60, 70),
+        "head_dy": u(-3, 5),
+        "prostate_a": u(16, 23),
+        "prostate_b": u(12, 16),
+        "rectum_r": u(10, 14),
+        "rectum_dy": u(20, 26),
+        "bladder_a": u(34, 46),
+        "bladder_b": u(20, 27),
+        "warp": u(2.0, 4.5),
+        "texture": u(0.06, 0.12),
+        "noise": u(0.02, 0.035),
+        "bias": u(0.15, 0.3),
+    }
 
 
 def _volume(seed: int, case: int, week: int, slices: int, cols: int):
     """One (slices, ROWS, cols) image and label volume."""
     anatomy = _case_anatomy(np.random.default_rng([seed, case, 7919]))
     rng = np.random.default_rng([seed, case, week])
-    filling = rng.uniform(0.55, 1.25)          # bladder filling changes from week to week
-    gas = rng.uniform() < 0.5                   # rectal content: gas (dark) or stool
+    filling = rng.uniform(0.55, 1.25)  # bladder filling changes from week to week
+    gas = rng.uniform() < 0.5  # rectal content: gas (dark) or stool
     shift_r, shift_c = (float(v) for v in rng.normal(0, 3, 2))  # patient position on the couch
-    tilt = float(rng.normal(0, 0.04))           # small in-plane rotation (rad)
+    tilt = float(rng.normal(0, 0.04))  # small in-plane rotation (rad)
 
     S = slices
     z = ((np.arange(S) + 0.5) / S).astype(np.float32)[:, None, None]  # 0 superior .. 1 inferior
@@ -166,15 +190,28 @@ def _volume(seed: int, case: int, week: int, slices: int, cols: int):
 
     # Bladder (superior, size follows this week's filling), rectum (all slices), prostate (inferior).
     bladder_size = _profile(z, 0.22, 0.45) * filling
-    bladder_r = _ellipse(Rw, Cw, cr, cc - 12 - 4 * filling, anatomy["bladder_a"] * bladder_size + 1e-3,
-                         anatomy["bladder_b"] * bladder_size + 1e-3, tilt)
+    bladder_r = _ellipse(
+        Rw,
+        Cw,
+        cr,
+        cc - 12 - 4 * filling,
+        anatomy["bladder_a"] * bladder_size + 1e-3,
+        anatomy["bladder_b"] * bladder_size + 1e-3,
+        tilt,
+    )
     bladder = (bladder_r < 1.0) & body
     labels[bladder] = BLADDER
     signal = np.where(bladder, np.where(bladder_r > 0.8, SIGNAL["bladder_wall"], SIGNAL["urine"]), signal)
 
     rectum_size = 0.8 + 0.3 * np.sin(np.pi * z)
-    rectum_r = _ellipse(Rw, Cw, cr + 2 * np.sin(3 * z), cc + anatomy["rectum_dy"],
-                        anatomy["rectum_r"] * rectum_size * 1.25, anatomy["rectum_r"] * rectum_size)
+    rectum_r = _ellipse(
+        Rw,
+        Cw,
+        cr + 2 * np.sin(3 * z),
+        cc + anatomy["rectum_dy"],
+        anatomy["rectum_r"] * rectum_size * 1.25,
+        anatomy["rectum_r"] * rectum_size,
+    )
     rectum = (rectum_r < 1.0) & body
     labels[rectum] = RECTUM
     lumen = SIGNAL["gas"] if gas else SIGNAL["stool"]
@@ -182,20 +219,26 @@ def _volume(seed: int, case: int, week: int, slices: int, cols: int):
 
     prostate_size = _profile(z, 0.74, 0.24)
     pc = cc + anatomy["rectum_dy"] - anatomy["rectum_r"] - anatomy["prostate_b"] - 2
-    prostate_r = _ellipse(Rw, Cw, cr, pc, anatomy["prostate_a"] * prostate_size + 1e-3,
-                          anatomy["prostate_b"] * prostate_size + 1e-3, tilt)
+    prostate_r = _ellipse(
+        Rw, Cw, cr, pc, anatomy["prostate_a"] * prostate_size + 1e-3, anatomy["prostate_b"] * prostate_size + 1e-3, tilt
+    )
     prostate = (prostate_r < 1.0) & body
     labels[prostate] = PROSTATE
     # Peripheral zone: the posterior crescent, brighter than the central gland; a dark capsule around.
-    zone = np.where(Cw - pc > 0.35 * anatomy["prostate_b"] * prostate_size, SIGNAL["peripheral_zone"],
-                    SIGNAL["central_gland"])
+    zone = np.where(Cw - pc > 0.35 * anatomy["prostate_b"] * prostate_size, SIGNAL["peripheral_zone"], SIGNAL["central_gland"])
     signal = np.where(prostate, np.where(prostate_r > 0.85, SIGNAL["capsule"], zone), signal)
 
     # Appearance: tissue texture, partial-volume blur, smooth coil bias field, Rician noise.
     signal *= 1.0 + anatomy["texture"] * _smooth_noise(rng, signal.shape, 1.2)
     signal = gaussian_filter(signal, 0.8)
-    bias = np.exp(anatomy["bias"] * (rng.uniform(-1, 1) * (R - cr) / ROWS + rng.uniform(-1, 1) * (C - cc) / cols
-                                     + 0.6 * _smooth_noise(rng, (1, ROWS, cols), 24)))
+    bias = np.exp(
+        anatomy["bias"]
+        * (
+            rng.uniform(-1, 1) * (R - cr) / ROWS
+            + rng.uniform(-1, 1) * (C - cc) / cols
+            + 0.6 * _smooth_noise(rng, (1, ROWS, cols), 24)
+        )
+    )
     signal *= bias
     sigma = anatomy["noise"]
     real = signal + sigma * rng.standard_normal(signal.shape, dtype=np.float32)
@@ -219,8 +262,9 @@ def _write_volume(root: Path, split: str, case: str, week: int, image, labels, t
         save_slice(lab, mask_dir(root, split) / slice_name(case, week, k, kind="mask"), affine)
 
 
-def write_volumes(root: Path, plan, seed: int, slices_per_volume: int, special: dict | None = None,
-                  threads: int | None = None) -> None:
+def write_volumes(
+    root: Path, plan, seed: int, slices_per_volume: int, special: dict | None = None, threads: int | None = None
+) -> None:
     """Generate and write ``(split, case, week)`` volumes; threads overlap numpy and gzip (both release
     the GIL). The split folders must exist."""
     special = special or {}
@@ -229,9 +273,16 @@ def write_volumes(root: Path, plan, seed: int, slices_per_volume: int, special: 
         split, case, week = item
         wide = special.get("wide_256x144") == (case, week)
         image, labels = _volume(seed, int(case), week, slices_per_volume, WIDE_COLS if wide else COLS)
-        _write_volume(root, split, case, week, image, labels,
-                      trailing=special.get("trailing_singleton") == (case, week),
-                      float_masks=special.get("float_masks") == (case, week))
+        _write_volume(
+            root,
+            split,
+            case,
+            week,
+            image,
+            labels,
+            trailing=special.get("trailing_singleton") == (case, week),
+            float_masks=special.get("float_masks") == (case, week),
+        )
 
     with ThreadPoolExecutor(max_workers=threads or min(4, os.cpu_count() or 1)) as pool:
         for _ in pool.map(one, plan):
@@ -267,9 +318,15 @@ def synthesize(out, cases: int = 12, seed: int = 0, slices_per_volume: int = 24,
         special = quirks(cases, weeks)
         plan = [(split, case, week) for case, split in case_splits(cases).items() for week in range(weeks)]
         write_volumes(tmp, plan, seed, slices_per_volume, special)
-        info = {"phantom_version": PHANTOM_VERSION, "cases": cases, "seed": seed,
-                "slices_per_volume": slices_per_volume, "weeks": weeks, "splits": case_splits(cases),
-                "quirks": {name: list(where) for name, where in special.items()}}
+        info = {
+            "phantom_version": PHANTOM_VERSION,
+            "cases": cases,
+            "seed": seed,
+            "slices_per_volume": slices_per_volume,
+            "weeks": weeks,
+            "splits": case_splits(cases),
+            "quirks": {name: list(where) for name, where in special.items()},
+        }
         (tmp / "phantom.json").write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
         if out.exists():
             out.rmdir()  # checked empty above

@@ -24,8 +24,15 @@ from prostate_vq.schema import DEFAULT_SPATIAL_SIZE
 # field from volume to volume), so each slice is scaled on its own; percentiles instead of min/max keep
 # a few bright voxels (vessels, fat, noise spikes) from squashing the tissue contrast. Saved into every
 # checkpoint so evaluation repeats exactly this scaling.
-INTENSITY_SCALING = {"method": "percentile", "per": "slice", "lower": 0.5, "upper": 99.5,
-                     "b_min": 0.0, "b_max": 1.0, "clip": True}
+INTENSITY_SCALING = {
+    "method": "percentile",
+    "per": "slice",
+    "lower": 0.5,
+    "upper": 99.5,
+    "b_min": 0.0,
+    "b_max": 1.0,
+    "clip": True,
+}
 
 # Slices are zoomed so that their row count equals spatial_size[0] (aspect ratio kept), then the
 # columns are centre padded or cropped to spatial_size[1]. At the default 256x128 HipMRI slices are
@@ -48,8 +55,9 @@ class LoadSliced(MapTransform):
             d[f"{key}_path"] = str(d[key])
             d[key] = load_slice(d[key], kind)[None]
         if "label" in d and d["label"].shape != d["image"].shape:
-            raise DataError(f"image is {_shape(d['image'])} but its mask {d['label_path']} is "
-                            f"{_shape(d['label'])}", d["image_path"])
+            raise DataError(
+                f"image is {_shape(d['image'])} but its mask {d['label_path']} is {_shape(d['label'])}", d["image_path"]
+            )
         return d
 
 
@@ -72,8 +80,11 @@ class ScaleIntensityPercentilesd(MapTransform):
             image = np.asarray(d[key], dtype=np.float32)
             lo, hi = (float(v) for v in np.percentile(image, [s["lower"], s["upper"]]))
             if hi <= lo:
-                warnings.warn(f"{d.get(f'{key}_path', key)}: constant slice (no contrast between the "
-                              f"{s['lower']}th and {s['upper']}th percentiles), scaled to zeros", stacklevel=2)
+                warnings.warn(
+                    f"{d.get(f'{key}_path', key)}: constant slice (no contrast between the "
+                    f"{s['lower']}th and {s['upper']}th percentiles), scaled to zeros",
+                    stacklevel=2,
+                )
                 d[key] = np.zeros_like(image)
             else:
                 d[key] = ScaleIntensityRange(lo, hi, s["b_min"], s["b_max"], clip=s["clip"])(image)
@@ -147,12 +158,14 @@ def slice_transforms(spatial_size=DEFAULT_SPATIAL_SIZE, with_label: bool = True,
     """The deterministic per-slice pipeline: dict of file paths -> dict of channel-first tensors.
     ``intensity`` replaces INTENSITY_SCALING (evaluation passes the one saved in the checkpoint)."""
     keys = ["image", "label"] if with_label else ["image"]
-    return SliceCompose([
-        LoadSliced(keys),
-        ScaleIntensityPercentilesd("image", intensity or INTENSITY_SCALING),
-        FitSized(keys, spatial_size),
-        ToCompactd(keys),
-    ])
+    return SliceCompose(
+        [
+            LoadSliced(keys),
+            ScaleIntensityPercentilesd("image", intensity or INTENSITY_SCALING),
+            FitSized(keys, spatial_size),
+            ToCompactd(keys),
+        ]
+    )
 
 
 class BatchAugment:
@@ -166,9 +179,19 @@ class BatchAugment:
     call ``BatchAugment()(image, label)`` on the batch after moving it (the CPU then only gathers).
     """
 
-    def __init__(self, flip_prob: float = 0.5, affine_prob: float = 0.8, rotate_deg: float = 10.0,
-                 scale: float = 0.1, translate: float = 0.05, intensity_prob: float = 0.8,
-                 gamma: float = 0.25, contrast: float = 0.1, shift: float = 0.05, mri: bool = False):
+    def __init__(
+        self,
+        flip_prob: float = 0.5,
+        affine_prob: float = 0.8,
+        rotate_deg: float = 10.0,
+        scale: float = 0.1,
+        translate: float = 0.05,
+        intensity_prob: float = 0.8,
+        gamma: float = 0.25,
+        contrast: float = 0.1,
+        shift: float = 0.05,
+        mri: bool = False,
+    ):
         from prostate_vq.data.mri_augment import MRIAugment
 
         self.flip_prob, self.affine_prob, self.intensity_prob = flip_prob, affine_prob, intensity_prob
@@ -204,11 +227,11 @@ class BatchAugment:
             theta[:, 0, 2] = uniform(n, -self.translate, self.translate) * 2 * on
             theta[:, 1, 2] = uniform(n, -self.translate, self.translate) * 2 * on
             grid = _affine_grid(theta, h, w)
-            image[moved] = F.grid_sample(image[moved], grid, mode="bilinear", padding_mode="zeros",
-                                         align_corners=False)
+            image[moved] = F.grid_sample(image[moved], grid, mode="bilinear", padding_mode="zeros", align_corners=False)
             if label is not None:
-                label[moved] = F.grid_sample(label[moved].float(), grid, mode="nearest", padding_mode="zeros",
-                                             align_corners=False).to(label.dtype)
+                label[moved] = F.grid_sample(
+                    label[moved].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+                ).to(label.dtype)
 
         # Intensity: gamma, contrast and brightness jitter (MRI gain and bias vary between scans).
         picked = torch.nonzero(torch.rand(b, generator=generator) < self.intensity_prob).flatten().to(device)

@@ -9,10 +9,12 @@ from prostate_vq.evaluation.codecs import run_codecs
 from prostate_vq.evaluation.conventions import bootstrap_ci, finite_mean
 from prostate_vq.evaluation.stats import paired_difference, unit_of
 
-RULE = ("per slice, the highest quality whose whole file (headers included) fits the model's bits per pixel x "
-        "H x W; 8-bit greyscale of the same [0, 1] slice; scored with the same SSIM and PSNR. Slices no quality "
-        "fits are not scored (fit_pct says how many fit). best: the codec with the highest mean SSIM among those "
-        "that fit every slice")
+RULE = (
+    "per slice, the highest quality whose whole file (headers included) fits the model's bits per pixel x "
+    "H x W; 8-bit greyscale of the same [0, 1] slice; scored with the same SSIM and PSNR. Slices no quality "
+    "fits are not scored (fit_pct says how many fit). best: the codec with the highest mean SSIM among those "
+    "that fit every slice"
+)
 
 
 def _per_patient(values: np.ndarray, cases: list[str]) -> dict:
@@ -28,9 +30,12 @@ def codec_baselines(names: list[str], values: dict, rows: list[dict], bits_per_p
     section: dict = {"bits_per_pixel": bits_per_pixel, "rule": RULE, "codecs": {}}
     for name, v in coded.items():
         section["codecs"][name] = {
-            "ssim_mean": finite_mean(v["ssim"]), "psnr_mean": finite_mean(v["psnr"]), "bpp_mean": finite_mean(v["bpp"]),
+            "ssim_mean": finite_mean(v["ssim"]),
+            "psnr_mean": finite_mean(v["psnr"]),
+            "bpp_mean": finite_mean(v["bpp"]),
             "fit_pct": 100.0 * float(v["fits"].mean()) if v["fits"].size else 0.0,
-            "per_patient_ssim": _per_patient(v["ssim"], cases)}
+            "per_patient_ssim": _per_patient(v["ssim"], cases),
+        }
     fitting = [n for n in names if section["codecs"][n]["fit_pct"] == 100.0]
     if fitting:
         best = max(fitting, key=lambda n: section["codecs"][n]["ssim_mean"] or -np.inf)

@@ -65,8 +65,9 @@ def get_codec(name: str) -> Codec:
             raise UserInputError("--codecs jpeg2000: this Pillow has no OpenJPEG support (pip install -U pillow)")
         # Compression ratios (of the raw 8-bit size) from 400:1 down to 1:1, geometrically spaced.
         ratios = tuple(float(r) for r in np.geomspace(400.0, 1.0, 120))
-        return Codec(name, ratios, *_pillow("JPEG2000", lambda r: {"quality_mode": "rates", "quality_layers": [r],
-                                                                     "irreversible": True}))
+        return Codec(
+            name, ratios, *_pillow("JPEG2000", lambda r: {"quality_mode": "rates", "quality_layers": [r], "irreversible": True})
+        )
     if name == "jpeg":
         return Codec(name, tuple(range(1, 96)), *_pillow("JPEG", lambda q: {"quality": q, "optimize": True}))
     if name == "jpegxl":
@@ -76,8 +77,12 @@ def get_codec(name: str) -> Codec:
             raise UserInputError("--codecs jpegxl needs imagecodecs (pip install 'prostate-vq[codecs]')") from None
         if not getattr(imagecodecs, "JPEGXL", None) or not imagecodecs.JPEGXL.available:
             raise UserInputError("--codecs jpegxl: this imagecodecs has no JPEG XL support")
-        return Codec(name, tuple(range(1, 100)), lambda px, q: bytes(imagecodecs.jpegxl_encode(px, level=q)),
-                     lambda data: np.asarray(imagecodecs.jpegxl_decode(data)))
+        return Codec(
+            name,
+            tuple(range(1, 100)),
+            lambda px, q: bytes(imagecodecs.jpegxl_encode(px, level=q)),
+            lambda data: np.asarray(imagecodecs.jpegxl_decode(data)),
+        )
     raise UserInputError(f"--codecs: unknown codec {name!r}; choose from {', '.join(CODEC_NAMES)}")
 
 
@@ -156,6 +161,5 @@ def run_codecs(names: list[str], images: list[np.ndarray], bits_per_pixel: float
             psnr.append(float(scores["psnr"][0]))
             bpp.append(bits / (h * w))
             fits.append(True)
-        out[name] = {"ssim": np.asarray(ssim), "psnr": np.asarray(psnr), "bpp": np.asarray(bpp),
-                     "fits": np.asarray(fits)}
+        out[name] = {"ssim": np.asarray(ssim), "psnr": np.asarray(psnr), "bpp": np.asarray(bpp), "fits": np.asarray(fits)}
     return out

@@ -20,11 +20,11 @@ from prostate_vq.runtime.slice_scores import SSIM_WINDOW, ssim_map
 PROSTATE = LABEL_NAMES.index("prostate")
 DICE_CONVENTIONS = {
     "per_slice": "per slice and class, mean over slices where the class is in the reference or the prediction "
-                 "(a false positive on a slice without the class scores 0); keys dice_mean, dice_per_class",
+    "(a false positive on a slice without the class scores 0); keys dice_mean, dice_per_class",
     "monai": "MONAI DiceMetric(ignore_empty=True): per slice and class, slices whose reference lacks the class are "
-             "not scored (false positives there are ignored); mean over scored slices; keys *_monai",
+    "not scored (false positives there are ignored); mean over scored slices; keys *_monai",
     "case3d": "per case and week: the slices stacked into a volume, Dice per class on the volume (a volume whose "
-              "reference lacks the class is not scored); mean over volumes; keys *_case3d",
+    "reference lacks the class is not scored); mean over volumes; keys *_case3d",
 }
 FOREGROUND_THRESHOLD = 0.02  # region for SSIM without masks: reference above this (scaled to [0, 1]), dilated
 BOOTSTRAP_DRAWS = 2000
@@ -32,8 +32,9 @@ BOOTSTRAP_DRAWS = 2000
 
 def dice_monai(pred: torch.Tensor, label: torch.Tensor, num_classes: int = len(LABEL_NAMES)) -> torch.Tensor:
     """[B, C] Dice of label maps [B, 1, H, W] with MONAI's ignore_empty convention (NaN = not scored)."""
-    return compute_dice(pred.long().cpu(), label.long().cpu(), include_background=True, ignore_empty=True,
-                        num_classes=num_classes).float()
+    return compute_dice(
+        pred.long().cpu(), label.long().cpu(), include_background=True, ignore_empty=True, num_classes=num_classes
+    ).float()
 
 
 def overlap_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int = len(LABEL_NAMES)) -> torch.Tensor:
@@ -67,10 +68,9 @@ def ssim_in_region(recon: torch.Tensor, image: torch.Tensor, label: torch.Tensor
     else:
         region = F.max_pool2d((image > FOREGROUND_THRESHOLD).float(), SSIM_WINDOW, 1, SSIM_WINDOW // 2)
     half = SSIM_WINDOW // 2  # the map covers the valid region only
-    region = region[..., half:region.shape[-2] - half, half:region.shape[-1] - half].to(scores.device)
+    region = region[..., half : region.shape[-2] - half, half : region.shape[-1] - half].to(scores.device)
     area = region.flatten(1).sum(1)
-    return torch.where(area > 0, (scores * region).flatten(1).sum(1) / area.clamp(min=1),
-                       torch.full_like(area, math.nan)).cpu()
+    return torch.where(area > 0, (scores * region).flatten(1).sum(1) / area.clamp(min=1), torch.full_like(area, math.nan)).cpu()
 
 
 def finite_mean(values) -> float | None:
@@ -108,12 +108,14 @@ def per_patient(cases: list[str], per_slice: dict[str, np.ndarray | None], volum
     out: dict = {"n_patients": len(patients), "cases": {p: {} for p in patients}}
     if not patients:
         return out
-    per_row = {name: (np.asarray(values, dtype=np.float64), np.asarray(cases))
-               for name, values in per_slice.items() if values is not None}
+    per_row = {
+        name: (np.asarray(values, dtype=np.float64), np.asarray(cases))
+        for name, values in per_slice.items()
+        if values is not None
+    }
     if volume_dice is not None:  # one row per (case, week) volume
         dice, keys = volume_dice
-        per_row["dice_prostate_case3d"] = (np.asarray(dice[:, PROSTATE], dtype=np.float64),
-                                           np.asarray([key[0] for key in keys]))
+        per_row["dice_prostate_case3d"] = (np.asarray(dice[:, PROSTATE], dtype=np.float64), np.asarray([key[0] for key in keys]))
     for name, (values, owners) in per_row.items():
         patient_means = [finite_mean(values[owners == p]) for p in patients]
         for p, m in zip(patients, patient_means):

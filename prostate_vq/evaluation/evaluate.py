@@ -62,8 +62,15 @@ def _make_dataset(root: Path, split: str, payload: dict, max_slices: int | None)
     from prostate_vq.data import make_dataset
 
     # The run's own intensity scaling, so evaluation sees the slices exactly as training did.
-    return make_dataset(root, split, payload["task"], spatial_size=tuple(payload["spatial_size"]), augment=False,
-                        max_slices=max_slices, intensity=payload.get("intensity"))
+    return make_dataset(
+        root,
+        split,
+        payload["task"],
+        spatial_size=tuple(payload["spatial_size"]),
+        augment=False,
+        max_slices=max_slices,
+        intensity=payload.get("intensity"),
+    )
 
 
 def _records(dataset, n: int) -> list[dict]:
@@ -74,15 +81,28 @@ def _records(dataset, n: int) -> list[dict]:
 
 
 @torch.inference_mode()
-def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCodes, keep_images: bool = False,
-         lpips=None, fid_net=None) -> dict:
+def _run(
+    model, dataset, device: torch.device, batch_size: int, joint: JointCodes, keep_images: bool = False, lpips=None, fid_net=None
+) -> dict:
     from prostate_vq.data import make_loader
     from prostate_vq.evaluation.perceptual import features
 
     loader = make_loader(dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda")
     images: list = []
-    values: dict[str, list] = {"ssim": [], "psnr": [], "mse": [], "mae": [], "ms_ssim": [], "dice": [], "ssim_region": [],
-                               "dice_monai": [], "overlap": [], "lpips": [], "fid_recon": [], "fid_image": []}
+    values: dict[str, list] = {
+        "ssim": [],
+        "psnr": [],
+        "mse": [],
+        "mae": [],
+        "ms_ssim": [],
+        "dice": [],
+        "ssim_region": [],
+        "dice_monai": [],
+        "overlap": [],
+        "lpips": [],
+        "fid_recon": [],
+        "fid_image": [],
+    }
     counts = torch.zeros(model.num_codes, dtype=torch.long, device=device)
     body = False
     for batch in loader:
@@ -105,9 +125,14 @@ def _run(model, dataset, device: torch.device, batch_size: int, joint: JointCode
             values["dice"].append(dice_per_slice(pred, label))
             values["dice_monai"].append(dice_monai(pred, label))
             values["overlap"].append(overlap_counts(pred, label))
-    return {"counts": counts.cpu(), "images": images, "region": "body (label > 0)" if body else
-            f"foreground (reference > {FOREGROUND_THRESHOLD}, dilated by half the SSIM window)",
-            **{k: torch.cat(v).numpy() if v else None for k, v in values.items()}}
+    return {
+        "counts": counts.cpu(),
+        "images": images,
+        "region": "body (label > 0)"
+        if body
+        else f"foreground (reference > {FOREGROUND_THRESHOLD}, dilated by half the SSIM window)",
+        **{k: torch.cat(v).numpy() if v else None for k, v in values.items()},
+    }
 
 
 def _write_per_slice(path: Path, rows: list[dict], values: dict) -> None:
@@ -176,16 +201,19 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
     grid = _spread(np.arange(n), GRID_SLICES)
     if ssim is not None:
         image, recon, _, _ = fetch(grid)
-        figures.reconstruction_grid(image, recon, folder / "reconstructions.png",
-                                    titles=[title(i, ssim[i]) for i in grid])
+        figures.reconstruction_grid(image, recon, folder / "reconstructions.png", titles=[title(i, ssim[i]) for i in grid])
         written["reconstructions"] = "figures/reconstructions.png"
         order = np.argsort(ssim, kind="stable")
         for name, ranked in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
             picks = [int(i) for i in ranked]
             image, recon, _, _ = fetch(picks)
-            figures.reconstruction_grid(image, recon, folder / f"{name}_slices.png",
-                                        titles=[title(i, ssim[i]) for i in picks],
-                                        suptitle=f"{name} {len(picks)} slices by SSIM")
+            figures.reconstruction_grid(
+                image,
+                recon,
+                folder / f"{name}_slices.png",
+                titles=[title(i, ssim[i]) for i in picks],
+                suptitle=f"{name} {len(picks)} slices by SSIM",
+            )
             written[f"{name}_slices"] = f"figures/{name}_slices.png"
         figures.ssim_histogram(ssim, folder / "ssim_histogram.png", threshold=SSIM_THRESHOLD)
         written["ssim_histogram"] = "figures/ssim_histogram.png"
@@ -194,30 +222,49 @@ def _figures(model, dataset, device, values: dict, rows: list[dict], out: Path) 
         with_prostate = np.flatnonzero(~np.isnan(dice[:, -1]))
         overlays = _spread(with_prostate if with_prostate.size else np.arange(n), GRID_SLICES)
         image, _, label, pred = fetch(overlays)
-        figures.segmentation_overlay(image, label, pred, folder / "segmentation_overlays.png",
-                                     titles=[title(i, foreground[i], "Dice") for i in overlays],
-                                     label_names=LABEL_NAMES)
+        figures.segmentation_overlay(
+            image,
+            label,
+            pred,
+            folder / "segmentation_overlays.png",
+            titles=[title(i, foreground[i], "Dice") for i in overlays],
+            label_names=LABEL_NAMES,
+        )
         written["segmentation_overlays"] = "figures/segmentation_overlays.png"
         if ssim is None:  # mask task: best/worst by foreground Dice instead of SSIM
             order = np.argsort(np.nan_to_num(foreground, nan=1.0), kind="stable")
             for name, ranked in (("best", order[::-1][:BEST_WORST]), ("worst", order[:BEST_WORST])):
                 chosen = [int(i) for i in ranked]
                 image, _, label, pred = fetch(chosen)
-                figures.segmentation_overlay(image, label, pred, folder / f"{name}_slices.png",
-                                             titles=[title(i, foreground[i], "Dice") for i in chosen],
-                                             suptitle=f"{name} {len(chosen)} slices by foreground Dice",
-                                             label_names=LABEL_NAMES)
+                figures.segmentation_overlay(
+                    image,
+                    label,
+                    pred,
+                    folder / f"{name}_slices.png",
+                    titles=[title(i, foreground[i], "Dice") for i in chosen],
+                    suptitle=f"{name} {len(chosen)} slices by foreground Dice",
+                    label_names=LABEL_NAMES,
+                )
                 written[f"{name}_slices"] = f"figures/{name}_slices.png"
     figures.codebook_usage(values["counts"].numpy(), folder / "codebook_usage.png")
     written["codebook_usage"] = "figures/codebook_usage.png"
     return written
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, split: str = "test",
-                        out: str | Path | None = None, device: str = "auto", batch_size: int = 32,
-                        max_slices: int | None = None, figures: bool = True, codecs=None,
-                        codec_bits_per_pixel: float | None = None, lpips_weights=None,
-                        fid_weights=None) -> EvaluationResult:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str = "test",
+    out: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    max_slices: int | None = None,
+    figures: bool = True,
+    codecs=None,
+    codec_bits_per_pixel: float | None = None,
+    lpips_weights=None,
+    fid_weights=None,
+) -> EvaluationResult:
     """Score a checkpoint on ``split`` of ``data`` (default: the demo phantom) and write the results to ``out``.
     ``codecs`` (e.g. ``["webp", "avif", "jpeg2000", "jpeg"]``) codes the same slices at the model's rate
     (evaluation.codecs) and scores them alike: metrics.json's ``baselines``. ``codec_bits_per_pixel`` gives
@@ -259,8 +306,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     spatial = [int(s) for s in payload["spatial_size"]]
     levels = model.code_levels(spatial)
     joint = JointCodes([level.codebook_size for level in levels])
-    values = _run(model, dataset, torch_device, batch_size, joint, keep_images=bool(codecs), lpips=lpips,
-                  fid_net=fid_net)
+    values = _run(model, dataset, torch_device, batch_size, joint, keep_images=bool(codecs), lpips=lpips, fid_net=fid_net)
     values["perceptual"] = _perceptual(values, lpips_weights, fid_weights)
     values["levels"] = level_health(values["counts"], levels, spatial)
     values["joint"] = joint.to_dict()
@@ -269,7 +315,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         from prostate_vq.evaluation.baselines import codec_baselines
 
         values["codec_values"], values["baselines"] = codec_baselines(
-            codecs, values, rows, codec_bits_per_pixel or sum(level["bits_per_pixel"] for level in values["levels"]))
+            codecs, values, rows, codec_bits_per_pixel or sum(level["bits_per_pixel"] for level in values["levels"])
+        )
     # Everything is written into a folder beside the results and moved in only when complete, metrics.json
     # last: a failure midway (disk full) leaves the previous metrics.json with its previous per_slice.csv.
     # Under the folder's lock, the staging folder of an evaluation killed earlier (kill -9) is removed first.
@@ -283,18 +330,42 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     return result
 
 
-def _result(checkpoint: Path, payload: dict, split: str, data, rows: list[dict], values: dict, written: dict,
-            out: Path, torch_device, start: float) -> EvaluationResult:
+def _result(
+    checkpoint: Path,
+    payload: dict,
+    split: str,
+    data,
+    rows: list[dict],
+    values: dict,
+    written: dict,
+    out: Path,
+    torch_device,
+    start: float,
+) -> EvaluationResult:
     return EvaluationResult(
-        checkpoint=str(checkpoint.resolve()), preset=str(payload.get("preset", "?")), task=payload["task"],
-        split=split, data_root=str(Path(data).resolve()), spatial_size=[int(s) for s in payload["spatial_size"]],
-        n_slices=len(rows), codebook=codebook_metrics(values["counts"]),
+        checkpoint=str(checkpoint.resolve()),
+        preset=str(payload.get("preset", "?")),
+        task=payload["task"],
+        split=split,
+        data_root=str(Path(data).resolve()),
+        spatial_size=[int(s) for s in payload["spatial_size"]],
+        n_slices=len(rows),
+        codebook=codebook_metrics(values["counts"]),
         reconstruction=None if values["ssim"] is None else summarize_reconstruction(values),
         segmentation=None if values["dice"] is None else summarize_dice(values["dice"]),
-        figures=written, out=str(out), device=str(torch_device), seconds=time.perf_counter() - start,
-        epoch=payload.get("epoch"), seed=payload.get("seed"), versions=dict(payload.get("versions") or {}),
-        levels=values["levels"], conventions=_conventions(values, rows), joint=values["joint"],
-        budget=_budget(checkpoint, payload), baselines=values.get("baselines"), perceptual=values["perceptual"],
+        figures=written,
+        out=str(out),
+        device=str(torch_device),
+        seconds=time.perf_counter() - start,
+        epoch=payload.get("epoch"),
+        seed=payload.get("seed"),
+        versions=dict(payload.get("versions") or {}),
+        levels=values["levels"],
+        conventions=_conventions(values, rows),
+        joint=values["joint"],
+        budget=_budget(checkpoint, payload),
+        baselines=values.get("baselines"),
+        perceptual=values["perceptual"],
     )
 
 
@@ -304,12 +375,18 @@ def _perceptual(values: dict, lpips_weights, fid_weights) -> dict:
 
     out: dict = {}
     if values["lpips"] is not None:
-        out.update(lpips_mean=float(values["lpips"].mean()), lpips_std=float(values["lpips"].std()),
-                   lpips_weights=weights_id(Path(lpips_weights)))
+        out.update(
+            lpips_mean=float(values["lpips"].mean()),
+            lpips_std=float(values["lpips"].std()),
+            lpips_weights=weights_id(Path(lpips_weights)),
+        )
     if values["fid_recon"] is not None:
-        out.update(fid=frechet_distance(torch.as_tensor(values["fid_recon"]), torch.as_tensor(values["fid_image"])),
-                   fid_n=len(values["fid_recon"]), fid_weights=weights_id(Path(fid_weights)),
-                   fid_reference="the same split's original slices (reconstruction FID)")
+        out.update(
+            fid=frechet_distance(torch.as_tensor(values["fid_recon"]), torch.as_tensor(values["fid_image"])),
+            fid_n=len(values["fid_recon"]),
+            fid_weights=weights_id(Path(fid_weights)),
+            fid_reference="the same split's original slices (reconstruction FID)",
+        )
     return out
 
 
@@ -319,8 +396,14 @@ def _budget(checkpoint: Path, payload: dict) -> dict:
     from prostate_vq.runtime.checkpoints import load_checkpoint
 
     metrics = payload.get("metrics") or {}
-    out = {"steps": metrics.get("step"), "epochs": payload.get("epoch"), "run_steps": None, "run_epochs": None,
-           "stop_reason": None, "schedule": payload.get("schedule")}
+    out = {
+        "steps": metrics.get("step"),
+        "epochs": payload.get("epoch"),
+        "run_steps": None,
+        "run_epochs": None,
+        "stop_reason": None,
+        "schedule": payload.get("schedule"),
+    }
     last = checkpoint.parent / "last.pt"
     if last.is_file():
         try:
@@ -328,8 +411,11 @@ def _budget(checkpoint: Path, payload: dict) -> dict:
         except Exception:  # the run's totals are extra information: the evaluation stands without them
             return out
         history = run.get("history") or []
-        out.update(run_steps=(history[-1].get("step") if history else None), run_epochs=run.get("epoch"),
-                   stop_reason=run.get("stop_reason"))
+        out.update(
+            run_steps=(history[-1].get("step") if history else None),
+            run_epochs=run.get("epoch"),
+            stop_reason=run.get("stop_reason"),
+        )
         base = (payload.get("refit") or {}).get("base_checkpoint")
         base_last = Path(base).parent / "last.pt" if base else None
         if base_last is not None and base_last.is_file() and out["run_steps"] is not None:
@@ -353,12 +439,23 @@ def _conventions(values: dict, rows: list[dict]) -> dict:
         volume_dice = dice_case3d(values["overlap"], [(r["case"], r["week"]) for r in rows])
         case3d = class_means(volume_dice[0])
         per_slice = class_means(values["dice"])
-        out.update({"dice_conventions": dict(DICE_CONVENTIONS),
-                    "dice_per_class_monai": monai, "dice_mean_monai": foreground_mean(monai),
-                    "dice_per_class_case3d": case3d, "dice_mean_case3d": foreground_mean(case3d),
-                    "dice_prostate_per_slice": per_slice["prostate"], "dice_prostate_monai": monai["prostate"],
-                    "dice_prostate_case3d": case3d["prostate"]})
-    per_slice_metrics = {"ssim": values["ssim"], "ssim_region": values["ssim_region"], "ms_ssim": values["ms_ssim"],
-                         "dice_prostate_monai": None if values["dice"] is None else values["dice_monai"][:, PROSTATE]}
+        out.update(
+            {
+                "dice_conventions": dict(DICE_CONVENTIONS),
+                "dice_per_class_monai": monai,
+                "dice_mean_monai": foreground_mean(monai),
+                "dice_per_class_case3d": case3d,
+                "dice_mean_case3d": foreground_mean(case3d),
+                "dice_prostate_per_slice": per_slice["prostate"],
+                "dice_prostate_monai": monai["prostate"],
+                "dice_prostate_case3d": case3d["prostate"],
+            }
+        )
+    per_slice_metrics = {
+        "ssim": values["ssim"],
+        "ssim_region": values["ssim_region"],
+        "ms_ssim": values["ms_ssim"],
+        "dice_prostate_monai": None if values["dice"] is None else values["dice_monai"][:, PROSTATE],
+    }
     out["per_patient"] = per_patient([str(r["case"]) for r in rows], per_slice_metrics, volume_dice)
     return out

@@ -61,8 +61,7 @@ def reconstruction_grid(images, recons, path, titles=None, suptitle: str | None 
     return _save(fig, path)
 
 
-def segmentation_overlay(images, targets, preds, path, titles=None, suptitle: str | None = None,
-                         label_names=None) -> Path:
+def segmentation_overlay(images, targets, preds, path, titles=None, suptitle: str | None = None, label_names=None) -> Path:
     """Rows: reference labels over the image, predicted labels over the image."""
     images = [np.asarray(i, dtype=np.float32).squeeze() for i in images]
     n = len(images)
@@ -70,8 +69,14 @@ def segmentation_overlay(images, targets, preds, path, titles=None, suptitle: st
     for c in range(n):
         for r, labels in enumerate((targets[c], preds[c])):
             axes[r, c].imshow(images[c], cmap="gray", vmin=0, vmax=1)
-            axes[r, c].imshow(np.ma.masked_equal(np.asarray(labels).squeeze(), 0), cmap=_LABEL_CMAP, vmin=0,
-                              vmax=len(_LABEL_COLOURS) - 1, alpha=0.45, interpolation="nearest")
+            axes[r, c].imshow(
+                np.ma.masked_equal(np.asarray(labels).squeeze(), 0),
+                cmap=_LABEL_CMAP,
+                vmin=0,
+                vmax=len(_LABEL_COLOURS) - 1,
+                alpha=0.45,
+                interpolation="nearest",
+            )
         if titles:
             axes[0, c].set_title(titles[c], fontsize=8)
     axes[0, 0].set_ylabel("reference", fontsize=9)
@@ -102,8 +107,14 @@ def sample_grid(images, labels, path, title: str, max_cells: int = 64) -> Path:
         if labels is not None:
             label = np.asarray(labels[k]).squeeze()
             if images is not None:
-                ax.imshow(np.ma.masked_equal(label, 0), cmap=_LABEL_CMAP, vmin=0, vmax=len(_LABEL_COLOURS) - 1,
-                          alpha=0.45, interpolation="nearest")
+                ax.imshow(
+                    np.ma.masked_equal(label, 0),
+                    cmap=_LABEL_CMAP,
+                    vmin=0,
+                    vmax=len(_LABEL_COLOURS) - 1,
+                    alpha=0.45,
+                    interpolation="nearest",
+                )
             else:
                 ax.imshow(label, cmap=_LABEL_CMAP, vmin=0, vmax=len(_LABEL_COLOURS) - 1, interpolation="nearest")
         ax.set_title(str(k), fontsize=7)
@@ -135,8 +146,7 @@ def codebook_usage(counts, path) -> Path:
     ax.bar(np.arange(counts.size), np.maximum(counts, 0), width=1.0, color="#55a868")
     if counts.max(initial=0) > 0:
         ax.set_yscale("log")
-    ax.set_title(f"codebook usage: {used}/{counts.size} codes ({100 * used / max(counts.size, 1):.1f}%)",
-                 fontsize=10)
+    ax.set_title(f"codebook usage: {used}/{counts.size} codes ({100 * used / max(counts.size, 1):.1f}%)", fontsize=10)
     ax.set_xlabel("code rank (most used first)")
     ax.set_ylabel("assignments")
     return _save(fig, path)
@@ -150,8 +160,7 @@ def training_curves(history, path) -> Path:
     x_name = "epoch" if "epoch" in frame.columns else None
     x = frame[x_name] if x_name else np.arange(len(frame))
     skip = {"epoch", "time", "seconds", "elapsed", "elapsed_s", "lr_step", "step"}
-    numeric = [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c])
-               and frame[c].notna().any()]
+    numeric = [c for c in frame.columns if c not in skip and pd.api.types.is_numeric_dtype(frame[c]) and frame[c].notna().any()]
     families: dict[str, list[str]] = {}
     for column in numeric:
         family = column.split("_", 1)[1] if column.startswith(("train_", "val_")) else column
@@ -190,14 +199,30 @@ def rate_distortion(ours: list[dict], codecs: dict[str, list[dict]], path) -> Pa
     for ax, metric, label in ((axes[0], "ssim", "SSIM"), (axes[1], "psnr", "PSNR (dB)")):
         for k, (name, points) in enumerate(sorted(codecs.items())):
             points = sorted(points, key=lambda p: p["bpp"])
-            ax.plot([p["bpp"] for p in points], [p[metric] for p in points], ls="--", marker=markers[k % 6], ms=4,
-                    lw=1, color=str(0.15 + 0.15 * (k % 4)), label=name)
+            ax.plot(
+                [p["bpp"] for p in points],
+                [p[metric] for p in points],
+                ls="--",
+                marker=markers[k % 6],
+                ms=4,
+                lw=1,
+                color=str(0.15 + 0.15 * (k % 4)),
+                label=name,
+            )
         for k, cell in enumerate(ours):
             if cell.get(metric) is None:
                 continue
             colour = colours[k % len(colours)]
-            ax.errorbar(cell["bpp"], cell[metric], yerr=cell.get(f"{metric}_sd") or 0, fmt="s", ms=6, capsize=3,
-                        color=colour, label=cell["name"])
+            ax.errorbar(
+                cell["bpp"],
+                cell[metric],
+                yerr=cell.get(f"{metric}_sd") or 0,
+                fmt="s",
+                ms=6,
+                capsize=3,
+                color=colour,
+                label=cell["name"],
+            )
             effective = cell.get("effective_bpp")
             if effective is not None and not np.isclose(effective, cell["bpp"]):
                 ax.plot([effective], [cell[metric]], "s", mfc="none", color=colour, ms=6)
@@ -207,6 +232,8 @@ def rate_distortion(ours: list[dict], codecs: dict[str, list[dict]], path) -> Pa
         ax.grid(alpha=0.3)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=7, loc="outside right center")
-    fig.suptitle("Rate and distortion: filled = nominal rate, hollow = effective (entropy of the codes used); "
-                 "grey dashed = image codecs", fontsize=9)
+    fig.suptitle(
+        "Rate and distortion: filled = nominal rate, hollow = effective (entropy of the codes used); grey dashed = image codecs",
+        fontsize=9,
+    )
     return _save(fig, path)

@@ -47,8 +47,15 @@ def ms_ssim_per_slice(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor | None:
     """MS-SSIM of each pair of ``[B, 1, H, W]`` slices in [0, 1] (clamped), or None when they are too small."""
     if not ms_ssim_fits(a.shape):
         return None
-    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=1.0, kernel_type="gaussian", kernel_size=MS_SSIM_WINDOW,
-                                  kernel_sigma=MS_SSIM_SIGMA, weights=MS_SSIM_WEIGHTS, reduction="none")
+    metric = MultiScaleSSIMMetric(
+        spatial_dims=2,
+        data_range=1.0,
+        kernel_type="gaussian",
+        kernel_size=MS_SSIM_WINDOW,
+        kernel_sigma=MS_SSIM_SIGMA,
+        weights=MS_SSIM_WEIGHTS,
+        reduction="none",
+    )
     return _tensor(metric(a.detach().float().clamp(0, 1), b.detach().float().clamp(0, 1))).reshape(-1).cpu()
 
 
@@ -61,11 +68,11 @@ def _tensor(value: torch.Tensor | object) -> torch.Tensor:
 
 # --- per-slice values -----------------------------------------------------------------------
 
+
 def reconstruction_per_slice(recon: torch.Tensor, image: torch.Tensor) -> dict[str, torch.Tensor]:
     """SSIM, PSNR, MSE and MAE of each slice of a ``[B, 1, H, W]`` batch, recon clamped to [0, 1]."""
     if recon.shape != image.shape or recon.ndim != 4:
-        raise ValueError(f"expected two [B, 1, H, W] tensors of one shape, got {tuple(recon.shape)} "
-                         f"and {tuple(image.shape)}")
+        raise ValueError(f"expected two [B, 1, H, W] tensors of one shape, got {tuple(recon.shape)} and {tuple(image.shape)}")
     if min(image.shape[-2:]) < SSIM_WINDOW:
         raise ValueError(f"SSIM needs slices of at least {SSIM_WINDOW}x{SSIM_WINDOW}, got {tuple(image.shape[-2:])}")
     recon = recon.detach().float().clamp(0.0, 1.0)
@@ -95,6 +102,7 @@ def dice_per_slice(pred: torch.Tensor, target: torch.Tensor, num_classes: int = 
 
 
 # --- summaries ------------------------------------------------------------------------------
+
 
 @dataclass
 class ReconstructionMetrics:
@@ -134,13 +142,17 @@ def summarize_reconstruction(values: dict[str, np.ndarray]) -> ReconstructionMet
     ms_ssim = values.get("ms_ssim")
     ms_ssim = None if ms_ssim is None else np.asarray(ms_ssim, dtype=np.float64)
     return ReconstructionMetrics(
-        ssim_mean=float(ssim.mean()), ssim_std=float(ssim.std()), ssim_median=float(np.median(ssim)),
-        ssim_min=float(ssim.min()), ssim_max=float(ssim.max()),
+        ssim_mean=float(ssim.mean()),
+        ssim_std=float(ssim.std()),
+        ssim_median=float(np.median(ssim)),
+        ssim_min=float(ssim.min()),
+        ssim_max=float(ssim.max()),
         ssim_pass_rate=float((ssim > SSIM_THRESHOLD).mean()),
         psnr_mean=float(finite.mean()) if finite.size else math.inf,
         psnr_std=float(finite.std()) if finite.size else 0.0,
         psnr_infinite=int(psnr.size - finite.size),
-        mse_mean=float(np.mean(values["mse"])), mae_mean=float(np.mean(values["mae"])),
+        mse_mean=float(np.mean(values["mse"])),
+        mae_mean=float(np.mean(values["mae"])),
         n_slices=int(ssim.size),
         ms_ssim_mean=None if ms_ssim is None else float(ms_ssim.mean()),
         ms_ssim_std=None if ms_ssim is None else float(ms_ssim.std()),
@@ -172,8 +184,7 @@ def summarize_dice(dice: np.ndarray, names: tuple[str, ...] = LABEL_NAMES) -> Se
         counts[name] = int(scored[:, c].sum())
         per_class[name] = float(dice[scored[:, c], c].mean()) if counts[name] else None
     foreground = [v for n in names[1:] if (v := per_class[n]) is not None]
-    return SegmentationMetrics(per_class, counts, float(np.mean(foreground)) if foreground else None,
-                               n_slices=int(dice.shape[0]))
+    return SegmentationMetrics(per_class, counts, float(np.mean(foreground)) if foreground else None, n_slices=int(dice.shape[0]))
 
 
 @dataclass
@@ -195,6 +206,10 @@ def codebook_metrics(counts: torch.Tensor | np.ndarray) -> CodebookMetrics:
     if counts.size == 0:
         raise ValueError("empty codebook histogram")
     used = int((counts > 0).sum())
-    return CodebookMetrics(codebook_size=int(counts.size), codes_used=used,
-                           codebook_usage_pct=100.0 * code_stats.usage(counts), perplexity=code_stats.perplexity(counts),
-                           code_counts=[int(c) for c in counts])
+    return CodebookMetrics(
+        codebook_size=int(counts.size),
+        codes_used=used,
+        codebook_usage_pct=100.0 * code_stats.usage(counts),
+        perplexity=code_stats.perplexity(counts),
+        code_counts=[int(c) for c in counts],
+    )

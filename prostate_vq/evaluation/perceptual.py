@@ -67,8 +67,10 @@ class LPIPS(nn.Module):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         """Distance per pair of ``[B, 1 or 3, H, W]`` images in [0, 1]: ``[B]``."""
         a, b = (_rgb(t) * 2 - 1 for t in (a, b))
-        layers = [getattr(self, f"lin{i}").model((fa - fb).pow(2)).mean(dim=(2, 3))
-                  for i, (fa, fb) in enumerate(zip(self._features(a), self._features(b)))]
+        layers = [
+            getattr(self, f"lin{i}").model((fa - fb).pow(2)).mean(dim=(2, 3))
+            for i, (fa, fb) in enumerate(zip(self._features(a), self._features(b)))
+        ]
         total: Tensor = functools.reduce(operator.add, layers)
         return total.reshape(-1)
 
@@ -100,9 +102,11 @@ def load_lpips(path: str | Path, option: str = "--lpips-weights") -> LPIPS:
         net = LPIPS()
         net.load_state_dict(state)
     except Exception as error:  # unreadable file, foreign pickle, wrong keys: one line, never a traceback
-        raise UserInputError(f"{option}: not the state dict of lpips.LPIPS(net='alex') "
-                             f"({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})",
-                             path) from None
+        raise UserInputError(
+            f"{option}: not the state dict of lpips.LPIPS(net='alex') "
+            f"({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})",
+            path,
+        ) from None
     return net.eval()
 
 
@@ -113,9 +117,11 @@ def load_feature_net(path: str | Path, option: str = "--fid-weights") -> torch.j
     try:
         return torch.jit.load(str(path), map_location="cpu").eval()
     except Exception as error:  # not a TorchScript archive
-        raise UserInputError(f"{option}: not a TorchScript feature network saved with torch.jit.save "
-                             f"({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})",
-                             path) from None
+        raise UserInputError(
+            f"{option}: not a TorchScript feature network saved with torch.jit.save "
+            f"({str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__})",
+            path,
+        ) from None
 
 
 @torch.no_grad()
@@ -123,7 +129,7 @@ def features(net, images: Tensor, batch_size: int = 32) -> Tensor:
     """``[N, F]`` features of ``[N, 1, H, W]`` images in [0, 1] (spatial outputs are averaged)."""
     out = []
     for start in range(0, len(images), batch_size):
-        f = net(_rgb(images[start:start + batch_size]))
+        f = net(_rgb(images[start : start + batch_size]))
         f = f[0] if isinstance(f, (tuple, list)) else f
         out.append((f.flatten(2).mean(2) if f.ndim > 2 else f).double().cpu())
     return torch.cat(out)

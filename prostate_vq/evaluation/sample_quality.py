@@ -27,7 +27,7 @@ def pairwise_ms_ssim(images: Tensor, batch_size: int = 64) -> float | None:
     first, second = (torch.tensor(side) for side in zip(*pairs))
     values = []
     for s in range(0, len(pairs), batch_size):
-        batch = ms_ssim_per_slice(images[first[s:s + batch_size]], images[second[s:s + batch_size]])
+        batch = ms_ssim_per_slice(images[first[s : s + batch_size]], images[second[s : s + batch_size]])
         assert batch is not None  # the slices fit MS-SSIM (checked above)
         values.append(batch)
     return float(torch.cat(values).double().mean())
@@ -50,9 +50,14 @@ def sample_quality(samples: Tensor, real: Tensor | None, fid_net=None, fid_weigh
     notes = []
     if not ms_ssim_fits(samples.shape):
         notes.append(f"diversity needs slices of at least {MS_SSIM_MIN_SIDE} px a side (MS-SSIM)")
-    out: dict[str, Any] = {"diversity_ms_ssim": pairwise_ms_ssim(samples), "n_samples": len(samples),
-           "diversity_ms_ssim_real": None, "mmd": None, "n_real": 0 if real is None else len(real),
-           "real_split": "validate"}
+    out: dict[str, Any] = {
+        "diversity_ms_ssim": pairwise_ms_ssim(samples),
+        "n_samples": len(samples),
+        "diversity_ms_ssim_real": None,
+        "mmd": None,
+        "n_real": 0 if real is None else len(real),
+        "real_split": "validate",
+    }
     if real is None or len(real) < 2:
         notes.append("no validation slices to compare with")
     else:

@@ -39,8 +39,14 @@ class PairedDifference:
         return self.ci95 is not None and (self.ci95[0] > 0 or self.ci95[1] < 0)
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "ci95": self.ci95, "unit": self.unit, "n_units": self.n_units,
-                "n_seeds": self.n_seeds, "significant": self.significant}
+        return {
+            "mean": self.mean,
+            "ci95": self.ci95,
+            "unit": self.unit,
+            "n_units": self.n_units,
+            "n_seeds": self.n_seeds,
+            "significant": self.significant,
+        }
 
 
 def unit_of(rows: list[dict]) -> tuple[str, list[str]]:
@@ -54,8 +60,14 @@ def unit_of(rows: list[dict]) -> tuple[str, list[str]]:
     return "slices of 1 volume", [str(i) for i in range(len(rows))]
 
 
-def paired_difference(cell: dict[int, dict[str, float]], reference: dict[int, dict[str, float]],
-                      units: dict[str, str], unit: str, draws: int = DRAWS, seed: int = 0) -> PairedDifference:
+def paired_difference(
+    cell: dict[int, dict[str, float]],
+    reference: dict[int, dict[str, float]],
+    units: dict[str, str],
+    unit: str,
+    draws: int = DRAWS,
+    seed: int = 0,
+) -> PairedDifference:
     """`cell[seed][slice_key]` and `reference[seed][slice_key]` are per-slice values of one metric; `units` maps a
     slice key to its unit. Only seeds both have, and slices both scored (finite), are paired."""
     seeds = sorted(set(cell) & set(reference))
@@ -84,5 +96,6 @@ def paired_difference(cell: dict[int, dict[str, float]], reference: dict[int, di
     s_pick = rng.integers(0, n_seeds, size=(draws, n_seeds))
     u_pick = rng.integers(0, n_units, size=(draws, n_units))
     means = table[s_pick[:, :, None], u_pick[:, None, :]].mean(axis=(1, 2))
-    return PairedDifference(estimate, [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
-                            unit, n_units, n_seeds)
+    return PairedDifference(
+        estimate, [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))], unit, n_units, n_seeds
+    )

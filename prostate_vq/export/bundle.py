@@ -32,8 +32,17 @@ JSONSCHEMA_MISSING = "bundle metadata not checked against the schema: needs the 
 
 
 def _tensor(fmt: str, channels: int, shape: list, value_range: list, names: dict) -> dict:
-    return {"type": "image", "format": fmt, "modality": "MR", "num_channels": channels, "spatial_shape": shape,
-            "dtype": "float32", "value_range": value_range, "is_patch_data": False, "channel_def": names}
+    return {
+        "type": "image",
+        "format": fmt,
+        "modality": "MR",
+        "num_channels": channels,
+        "spatial_shape": shape,
+        "dtype": "float32",
+        "value_range": value_range,
+        "is_patch_data": False,
+        "channel_def": names,
+    }
 
 
 def metadata(payload: dict, config: dict) -> dict:
@@ -46,22 +55,30 @@ def metadata(payload: dict, config: dict) -> dict:
     image = _tensor("magnitude", 1, shape, [0, 1], {"0": "T2 MR slice scaled to [0, 1]"})
     mask = _tensor("labels", len(LABEL_NAMES), shape, [0, 1], labels)
     return {
-        "schema": SCHEMA_URL, "version": "0.1.0",
+        "schema": SCHEMA_URL,
+        "version": "0.1.0",
         "changelog": {"0.1.0": f"exported by prostate-vq {config['prostate_vq_version']}"},
-        "monai_version": str(monai.__version__), "pytorch_version": str(torch.__version__).split("+")[0],
+        "monai_version": str(monai.__version__),
+        "pytorch_version": str(torch.__version__).split("+")[0],
         "numpy_version": str(np.__version__),
         # the specification's optional_packages_version, under the name MONAI >= 1.4 reads (it renames the old one)
         "required_packages_version": {"prostate-vq": config["prostate_vq_version"]},
         "task": f"VQ-VAE tokenizer of 2D prostate MR slices ({task} task, {config['config']['quantizer']['kind']} codes)",
-        "description": (f"Encodes a slice to a discrete code map {config['code_shape']} at {config['bits_per_pixel']:.4g} "
-                        "bits per pixel and decodes it; models/model.ts is encode then decode, models/encode.ts and "
-                        "models/decode.ts are the halves (see docs/README.md)."),
-        "authors": "prostate-vq user (fill in)", "copyright": "fill in: the model's owner",
-        "data_source": "HipMRI 2D prostate MR slices (or the prostate-vq demo phantom)", "data_type": "nifti",
+        "description": (
+            f"Encodes a slice to a discrete code map {config['code_shape']} at {config['bits_per_pixel']:.4g} "
+            "bits per pixel and decodes it; models/model.ts is encode then decode, models/encode.ts and "
+            "models/decode.ts are the halves (see docs/README.md)."
+        ),
+        "authors": "prostate-vq user (fill in)",
+        "copyright": "fill in: the model's owner",
+        "data_source": "HipMRI 2D prostate MR slices (or the prostate-vq demo phantom)",
+        "data_type": "nifti",
         "intended_use": "Research only; not for diagnosis or any clinical decision.",
         "references": ["van den Oord et al., Neural Discrete Representation Learning, NeurIPS 2017."],
-        "network_data_format": {"inputs": {"image": mask if task == "mask" else image},
-                                "outputs": {"pred": mask if task == "mask" else image}},
+        "network_data_format": {
+            "inputs": {"image": mask if task == "mask" else image},
+            "outputs": {"pred": mask if task == "mask" else image},
+        },
     }
 
 
@@ -85,16 +102,23 @@ def bundle_files(model, payload: dict, config: dict, files: dict[str, bytes], no
     with torch.no_grad():
         problem = next((p for p in (mismatch(module(v), traced(v)) for v in inputs) if p), None)
     if problem:
-        raise UserInputError(f"{config['config']['quantizer']['kind']}: models/model.ts does not reproduce the model "
-                             f"({problem}); export it with --format pretrained")
+        raise UserInputError(
+            f"{config['config']['quantizer']['kind']}: models/model.ts does not reproduce the model "
+            f"({problem}); export it with --format pretrained"
+        )
     stream = io.BytesIO()
     save_net_with_metadata(traced, stream, meta_values=meta, more_extra_files={"inference.json": json.dumps(INFERENCE).encode()})
     state = io.BytesIO()
     torch.save({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, state)  # weights_only-loadable
     out = {f"models/{name}": data for name, data in files.items()}
-    out.update({"models/model.ts": stream.getvalue(), "models/model.pt": state.getvalue(),
-                "configs/metadata.json": (json.dumps(meta, indent=1) + "\n").encode(),
-                "configs/inference.json": (json.dumps(INFERENCE, indent=1) + "\n").encode()})
+    out.update(
+        {
+            "models/model.ts": stream.getvalue(),
+            "models/model.pt": state.getvalue(),
+            "configs/metadata.json": (json.dumps(meta, indent=1) + "\n").encode(),
+            "configs/inference.json": (json.dumps(INFERENCE, indent=1) + "\n").encode(),
+        }
+    )
     return out
 
 
@@ -107,15 +131,18 @@ def verify_bundle(folder: str | Path) -> list[str]:
     notes = []
     logging.disable(logging.INFO)  # monai.bundle logs every argument at INFO through its own handler
     try:
-        verify_net_in_out(net_id="network_def", meta_file=str(meta), config_file=str(config), device="cpu",
-                          bundle_root=str(folder), n=1)
+        verify_net_in_out(
+            net_id="network_def", meta_file=str(meta), config_file=str(config), device="cpu", bundle_root=str(folder), n=1
+        )
         try:
             import jsonschema  # noqa: F401
         except ImportError:
             notes.append(JSONSCHEMA_MISSING)
         else:
-            with resources.as_file(resources.files(__package__).joinpath("bundle_schema.json")) as schema, \
-                    warnings.catch_warnings():
+            with (
+                resources.as_file(resources.files(__package__).joinpath("bundle_schema.json")) as schema,
+                warnings.catch_warnings(),
+            ):
                 warnings.simplefilter("ignore")  # "no hash value provided": the schema is our own packaged file
                 verify_metadata(meta_file=str(meta), filepath=str(schema))
     except (ValueError, KeyError, RuntimeError) as error:

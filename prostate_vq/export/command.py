@@ -58,8 +58,11 @@ def _run_budget(checkpoint: Path, metrics: dict | None) -> dict:
         except UserInputError:  # the budget is extra information: the export stands without it
             return budget
         history = run.get("history") or []
-        budget.update(run_steps=history[-1].get("step") if history else None, run_epochs=run.get("epoch"),
-                      stop_reason=run.get("stop_reason"))
+        budget.update(
+            run_steps=history[-1].get("step") if history else None,
+            run_epochs=run.get("epoch"),
+            stop_reason=run.get("stop_reason"),
+        )
     return budget
 
 
@@ -79,8 +82,9 @@ def _graphs(model, task: str, spatial_size, kind: str) -> tuple[dict[str, bytes]
     notes: list[str] = []
     outputs = {"image": ["recon"], "mask": ["seg_logits"], "joint": ["recon", "seg_logits"]}[task]
     for name, module, examples, in_name, out_names, dynamic in (
-            ("encode", encode, inputs, "image", ["indices"], {0: "batch", 2: "height", 3: "width"}),
-            ("decode", decode, codes, "indices", outputs, {0: "batch", codes[0].ndim - 2: "h", codes[0].ndim - 1: "w"})):
+        ("encode", encode, inputs, "image", ["indices"], {0: "batch", 2: "height", 3: "width"}),
+        ("decode", decode, codes, "indices", outputs, {0: "batch", codes[0].ndim - 2: "h", codes[0].ndim - 1: "w"}),
+    ):
         try:
             data = io.BytesIO()
             torch.jit.save(trace(module, examples[0]), data)
@@ -114,28 +118,50 @@ def _config_json(model, payload: dict, checkpoint: Path, digest: str) -> dict:
     size = [int(s) for s in payload["spatial_size"]]
     task = payload["task"]
     step = model.downsample * getattr(model, "extra_downsample", 1)
-    return plain({
-        "format": FORMAT, "format_version": FORMAT_VERSION, "prostate_vq_version": __version__,
-        "torch_version": str(torch.__version__), "weights": WEIGHTS,
-        "task": task, "spatial_size": size, "divisible_by": step, "preset": payload.get("preset"),
-        "config": {k: payload["config"][k] for k in ("model", "quantizer", "training", "refit") if payload["config"].get(k)},
-        "intensity": payload.get("intensity"),
-        "input": ("one-hot label map [B, 6, H, W] (labels 0..5)" if task == "mask"
-                  else "image [B, 1, H, W] scaled to [0, 1] by the intensity scaling below"),
-        "outputs": {"image": "recon [B, 1, H, W] (unbounded: clamp to [0, 1])", "mask": "seg_logits [B, 6, H, W]",
-                    "joint": "recon [B, 1, H, W] and seg_logits [B, 6, H, W]"}[task],
-        "code_shape": list(model.code_shape(size)), "num_codes": int(model.num_codes),
-        "code_levels": [{"name": lv.name, "grid": list(lv.grid), "codebook_size": int(lv.codebook_size)}
-                        for lv in model.code_levels(size)],
-        "bits_per_pixel": float(model.bits_per_pixel(size)),
-        "source_checkpoint": {"name": checkpoint.name, "sha256": digest, "epoch": payload.get("epoch"),
-                              "step": (payload.get("metrics") or {}).get("step")},
-        "seed": payload.get("seed"), "versions": payload.get("versions"),
-    })
+    return plain(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "prostate_vq_version": __version__,
+            "torch_version": str(torch.__version__),
+            "weights": WEIGHTS,
+            "task": task,
+            "spatial_size": size,
+            "divisible_by": step,
+            "preset": payload.get("preset"),
+            "config": {k: payload["config"][k] for k in ("model", "quantizer", "training", "refit") if payload["config"].get(k)},
+            "intensity": payload.get("intensity"),
+            "input": (
+                "one-hot label map [B, 6, H, W] (labels 0..5)"
+                if task == "mask"
+                else "image [B, 1, H, W] scaled to [0, 1] by the intensity scaling below"
+            ),
+            "outputs": {
+                "image": "recon [B, 1, H, W] (unbounded: clamp to [0, 1])",
+                "mask": "seg_logits [B, 6, H, W]",
+                "joint": "recon [B, 1, H, W] and seg_logits [B, 6, H, W]",
+            }[task],
+            "code_shape": list(model.code_shape(size)),
+            "num_codes": int(model.num_codes),
+            "code_levels": [
+                {"name": lv.name, "grid": list(lv.grid), "codebook_size": int(lv.codebook_size)} for lv in model.code_levels(size)
+            ],
+            "bits_per_pixel": float(model.bits_per_pixel(size)),
+            "source_checkpoint": {
+                "name": checkpoint.name,
+                "sha256": digest,
+                "epoch": payload.get("epoch"),
+                "step": (payload.get("metrics") or {}).get("step"),
+            },
+            "seed": payload.get("seed"),
+            "versions": payload.get("versions"),
+        }
+    )
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, fmt: str = "pretrained",
-                      metrics: str | Path | None = None) -> tuple[Path, list[str]]:
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, fmt: str = "pretrained", metrics: str | Path | None = None
+) -> tuple[Path, list[str]]:
     """Write the export of `checkpoint` into the new folder `out`; returns (out, lines on what was left out)."""
     from prostate_vq.runtime.checkpoints import load_model
 

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # The checks every format passes against the eager model (the round-trip tests use the same tolerances).
 IMAGE_ATOL = 1e-5
 
+
 def onnx_unsupported(kind: str) -> str | None:
     """Why a model with quantizer `kind` cannot go to ONNX (the class's `onnx_unsupported`, one line shown by export
     and written to config.json), or None."""

@@ -32,16 +32,23 @@ def skip_reason(kind: str) -> str | None:
     return onnx_unsupported(kind)
 
 
-def onnx_bytes(module: nn.Module, example: Tensor, input_name: str, output_names: list[str],
-               dynamic: dict[int, str]) -> bytes:
+def onnx_bytes(module: nn.Module, example: Tensor, input_name: str, output_names: list[str], dynamic: dict[int, str]) -> bytes:
     """The TorchScript-based exporter (dynamo=False): it follows the same trace TorchScript gets, and needs no
     onnxscript; batch and spatial axes stay dynamic."""
     axes = {input_name: dynamic, **{name: {0: "batch"} for name in output_names}}
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         path = Path(tmp) / "graph.onnx"
-        torch.onnx.export(module.eval(), (example,), str(path), input_names=[input_name], output_names=output_names,
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            module.eval(),
+            (example,),
+            str(path),
+            input_names=[input_name],
+            output_names=output_names,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            dynamo=False,
+        )
         return path.read_bytes()
 
 

@@ -42,11 +42,11 @@ def read_config(folder: str | Path) -> dict:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserInputError(f"unreadable ({type(error).__name__}: {str(error)[:200]})", path) from None
     if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise UserInputError(f"not a {FORMAT} config (format {config.get('format') if isinstance(config, dict) else None!r})",
-                             path)
+        raise UserInputError(
+            f"not a {FORMAT} config (format {config.get('format') if isinstance(config, dict) else None!r})", path
+        )
     if config.get("format_version") != FORMAT_VERSION:
-        raise UserInputError(f"format_version {config.get('format_version')!r}; this prostate-vq reads {FORMAT_VERSION}",
-                             path)
+        raise UserInputError(f"format_version {config.get('format_version')!r}; this prostate-vq reads {FORMAT_VERSION}", path)
     for key in ("config", "task", "spatial_size"):
         if key not in config:
             raise UserInputError(f"no {key!r}", path)

@@ -29,11 +29,18 @@ class MonaiVQVAE(VQVAE):
             raise UserInputError("model.dlcr_stages is not available with model.architecture monai")
 
         def net(in_ch: int, out_ch: int):
-            return MonaiNet(spatial_dims=2, in_channels=in_ch, out_channels=out_ch, channels=tuple(channels),
-                            num_res_layers=int(cfg["res_layers"]), num_res_channels=tuple(channels),
-                            downsample_parameters=((2, 4, 1, 1),) * stages,
-                            upsample_parameters=((2, 4, 1, 1, 0),) * stages,
-                            num_embeddings=int(quantizer_cfg.get("codebook_size", 512)), embedding_dim=d)
+            return MonaiNet(
+                spatial_dims=2,
+                in_channels=in_ch,
+                out_channels=out_ch,
+                channels=tuple(channels),
+                num_res_layers=int(cfg["res_layers"]),
+                num_res_channels=tuple(channels),
+                downsample_parameters=((2, 4, 1, 1),) * stages,
+                upsample_parameters=((2, 4, 1, 1, 0),) * stages,
+                num_embeddings=int(quantizer_cfg.get("codebook_size", 512)),
+                embedding_dim=d,
+            )
 
         main = net(in_channels, NUM_CLASSES if self.task == "mask" else 1)
         self.encoder, self.decoder = main.encoder, main.decoder  # MONAI's quantizer is replaced by ours below

@@ -36,8 +36,9 @@ def he_init(module: nn.Module, output: nn.Conv2d | nn.ConvTranspose2d | None = N
     0.008 on real T2 slices) and every quantizer starts with one or two codes in use."""
     for layer in module.modules():
         if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu",
-                                    mode="fan_out" if isinstance(layer, nn.ConvTranspose2d) else "fan_in")
+            nn.init.kaiming_normal_(
+                layer.weight, nonlinearity="relu", mode="fan_out" if isinstance(layer, nn.ConvTranspose2d) else "fan_in"
+            )
             if layer.bias is not None:
                 nn.init.zeros_(layer.bias)
     if output is not None:
@@ -50,8 +51,11 @@ class ResidualBlock(nn.Module):
     def __init__(self, channels: int, hidden: int, padding_mode: PaddingMode = "zeros"):
         super().__init__()
         self.block = nn.Sequential(
-            nn.ReLU(), nn.Conv2d(channels, hidden, 3, padding=1, padding_mode=padding_mode),
-            nn.ReLU(), nn.Conv2d(hidden, channels, 1))
+            nn.ReLU(),
+            nn.Conv2d(channels, hidden, 3, padding=1, padding_mode=padding_mode),
+            nn.ReLU(),
+            nn.Conv2d(hidden, channels, 1),
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.block(x)
@@ -96,8 +100,17 @@ class Encoder(nn.Module):
     ``padding_mode`` (``model.padding_mode``): what the spatial convolutions see beyond the slice edge; zeros
     (the paper's) make a dark frame the network must learn to undo, replicate/reflect continue the anatomy."""
 
-    def __init__(self, in_channels: int, channels: list[int], downsample: int, res_layers: int,
-                 res_channels: int, out_channels: int, dlcr_stages: int = 0, padding_mode: PaddingMode = "zeros"):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: list[int],
+        downsample: int,
+        res_layers: int,
+        res_channels: int,
+        out_channels: int,
+        dlcr_stages: int = 0,
+        padding_mode: PaddingMode = "zeros",
+    ):
         super().__init__()
         chans = stage_channels(channels, downsample)
         layers: list[nn.Module] = []
@@ -108,8 +121,7 @@ class Encoder(nn.Module):
         layers.append(nn.Conv2d(prev, prev, 3, padding=1, padding_mode=padding_mode))
         layers.append(ResidualStack(prev, res_channels, res_layers, padding_mode))
         self.body = nn.Sequential(*layers)
-        self.head = (DLCRHead(prev, out_channels, dlcr_stages) if dlcr_stages
-                     else nn.Conv2d(prev, out_channels, 1))
+        self.head = DLCRHead(prev, out_channels, dlcr_stages) if dlcr_stages else nn.Conv2d(prev, out_channels, 1)
         he_init(self)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -123,14 +135,25 @@ class Decoder(nn.Module):
     ``nearest`` (nearest-neighbour x2 then a 3x3 convolution, as in the VQGAN/diffusers decoders: no
     checkerboard from uneven kernel overlap, and it honours ``padding_mode`` at the edge)."""
 
-    def __init__(self, in_channels: int, channels: list[int], downsample: int, res_layers: int,
-                 res_channels: int, out_channels: int, padding_mode: PaddingMode = "zeros", upsample: str = "transposed"):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: list[int],
+        downsample: int,
+        res_layers: int,
+        res_channels: int,
+        out_channels: int,
+        padding_mode: PaddingMode = "zeros",
+        upsample: str = "transposed",
+    ):
         super().__init__()
         if upsample not in ("transposed", "nearest"):
             raise ValueError(f"upsample must be transposed or nearest, got {upsample!r}")
         chans = stage_channels(channels, downsample)[::-1]
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, chans[0], 3, padding=1, padding_mode=padding_mode),
-                                   ResidualStack(chans[0], res_channels, res_layers, padding_mode)]
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, chans[0], 3, padding=1, padding_mode=padding_mode),
+            ResidualStack(chans[0], res_channels, res_layers, padding_mode),
+        ]
         conv: nn.Conv2d | nn.ConvTranspose2d | None = None
         for i, ch in enumerate(chans):
             last = i == len(chans) - 1

@@ -81,8 +81,10 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         value = schema.yaml_number(value)
         section, dot, name = key.partition(".")
         if section not in SECTIONS or (not dot and section != "description") or "." in name:
-            raise UserInputError(f"unknown override key {key!r}; keys look like model.channels, "
-                                 f"quantizer.codebook_size, training.lr or refit.codebook_size")
+            raise UserInputError(
+                f"unknown override key {key!r}; keys look like model.channels, "
+                f"quantizer.codebook_size, training.lr or refit.codebook_size"
+            )
         if section == "description":
             cfg["description"] = str(value)
             continue
@@ -100,6 +102,7 @@ def apply_overrides(cfg: dict, overrides: list[str] | None) -> dict:
         else:
             target[name] = schema.check_set(key, value, schema.rules(section, name))
     return cfg
+
 
 def preset_bits_per_pixel(name: str, spatial_size=schema.DEFAULT_SPATIAL_SIZE) -> float:
     """The rate of a preset's final model (after ReFiT for presets that have a `refit` section)."""

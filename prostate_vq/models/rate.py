@@ -53,11 +53,19 @@ def level_health(counts: torch.Tensor, levels: list[CodeLevel], spatial_size) ->
     rows = []
     for level, c in zip(levels, split_counts(counts, levels)):
         entropy = entropy_bits(c)
-        rows.append({"name": level.name, "grid": list(level.grid), "codebook_size": level.codebook_size,
-                     "codes_used": int((c > 0).sum()), "codebook_usage_pct": 100.0 * usage(c),
-                     "perplexity": perplexity(c),
-                     "bits_per_pixel": level.bits / (h * w), "entropy_bits": entropy,
-                     "effective_bits_per_pixel": level.grid[0] * level.grid[1] * entropy / (h * w)})
+        rows.append(
+            {
+                "name": level.name,
+                "grid": list(level.grid),
+                "codebook_size": level.codebook_size,
+                "codes_used": int((c > 0).sum()),
+                "codebook_usage_pct": 100.0 * usage(c),
+                "perplexity": perplexity(c),
+                "bits_per_pixel": level.bits / (h * w),
+                "entropy_bits": entropy,
+                "effective_bits_per_pixel": level.grid[0] * level.grid[1] * entropy / (h * w),
+            }
+        )
     return rows
 
 
@@ -88,7 +96,7 @@ class JointCodes:
             raise ValueError(f"{idx.shape[1]} index levels for code levels of sizes {self.sizes}")
         rows = idx.permute(0, 2, 3, 1).reshape(-1, idx.shape[1]).cpu()
         self.positions += rows.shape[0]
-        if self.possible < 2 ** 62:  # one mixed-radix integer per tuple
+        if self.possible < 2**62:  # one mixed-radix integer per tuple
             key = torch.zeros(rows.shape[0], dtype=torch.long)
             for level, size in enumerate(self.sizes):
                 key = key * size + rows[:, level]
@@ -113,6 +121,10 @@ class JointCodes:
         used = int(hist.numel())
         reachable = min(self.possible, self.positions)
         entropy = entropy_bits(hist)
-        return {"joint_codes_used": used, "joint_codes_possible": self.possible,
-                "joint_usage_pct": 100.0 * used / reachable if reachable else None,
-                "joint_perplexity": 2.0 ** entropy if used else None, "joint_entropy_bits": entropy if used else None}
+        return {
+            "joint_codes_used": used,
+            "joint_codes_possible": self.possible,
+            "joint_usage_pct": 100.0 * used / reachable if reachable else None,
+            "joint_perplexity": 2.0**entropy if used else None,
+            "joint_entropy_bits": entropy if used else None,
+        }

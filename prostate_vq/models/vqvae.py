@@ -49,8 +49,13 @@ class VQVAE(nn.Module):
     # --- construction (VQVAE2 overrides) -------------------------------------------------------
     def _build(self, cfg: dict, quantizer_cfg: dict, in_channels: int) -> None:
         d = int(cfg["embedding_dim"])
-        net = dict(channels=cfg["channels"], downsample=self.downsample, res_layers=cfg["res_layers"],
-                   res_channels=cfg["res_channels"], padding_mode=cfg["padding_mode"])
+        net = dict(
+            channels=cfg["channels"],
+            downsample=self.downsample,
+            res_layers=cfg["res_layers"],
+            res_channels=cfg["res_channels"],
+            padding_mode=cfg["padding_mode"],
+        )
         up = dict(net, upsample=cfg["upsample"])
         self.encoder = Encoder(in_channels, out_channels=d, dlcr_stages=cfg["dlcr_stages"], **net)
         self.quantizer: Quantizer = build_quantizer(quantizer_cfg, d)
@@ -133,9 +138,11 @@ class VQVAE(nn.Module):
         step = self.downsample * getattr(self, "extra_downsample", 1)
         if any(int(s) % step or int(s) < 2 * step for s in size):
             nearest = " ".join(str(max(2 * step, round(int(s) / step) * step)) for s in size)
-            raise UserInputError(f"spatial size {tuple(int(s) for s in size)} must be divisible by {step} "
-                                 f"and at least {2 * step} for this model (downsample {step}): the nearest that "
-                                 f"works is --spatial-size {nearest}, or lower model.downsample")
+            raise UserInputError(
+                f"spatial size {tuple(int(s) for s in size)} must be divisible by {step} "
+                f"and at least {2 * step} for this model (downsample {step}): the nearest that "
+                f"works is --spatial-size {nearest}, or lower model.downsample"
+            )
 
 
 class VQVAE2(VQVAE):
@@ -162,8 +169,7 @@ class VQVAE2(VQVAE):
         self.upsample_top = nn.ConvTranspose2d(d, d, 4, stride=2, padding=1)
         out = NUM_CLASSES if self.task == "mask" else 1
         self.decoder = Decoder(2 * d, ch, self.downsample, out_channels=out, **up)
-        self.seg_decoder = (Decoder(2 * d, ch, self.downsample, out_channels=NUM_CLASSES, **up)
-                            if self.task == "joint" else None)
+        self.seg_decoder = Decoder(2 * d, ch, self.downsample, out_channels=NUM_CLASSES, **up) if self.task == "joint" else None
 
     def _quantize(self, x: Tensor) -> QuantizerOutput:
         h_bottom = self.encoder(x)
@@ -185,8 +191,7 @@ class VQVAE2(VQVAE):
         return self.quantizer_top.num_codes + self.quantizer.num_codes
 
     def code_counts(self, indices: Tensor) -> Tensor:
-        return torch.cat([self.quantizer_top.code_counts(indices[:, 0, ::2, ::2]),
-                          self.quantizer.code_counts(indices[:, 1])])
+        return torch.cat([self.quantizer_top.code_counts(indices[:, 0, ::2, ::2]), self.quantizer.code_counts(indices[:, 1])])
 
     @property
     def supports_refit(self) -> bool:
@@ -201,8 +206,7 @@ class VQVAE2(VQVAE):
         """Top codes on their own (half-resolution) grid, then the bottom codes (code_counts' order)."""
         self._check_size(spatial_size)
         h, w = (int(s) // self.downsample for s in spatial_size)
-        return (self.quantizer_top.code_levels(h // 2, w // 2, "top")
-                + self.quantizer.code_levels(h, w, "bottom"))
+        return self.quantizer_top.code_levels(h // 2, w // 2, "top") + self.quantizer.code_levels(h, w, "bottom")
 
 
 def _repeat2(indices: Tensor) -> Tensor:

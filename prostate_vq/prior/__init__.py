@@ -11,9 +11,22 @@ from prostate_vq.prior.pixelcnn import GatedPixelCNN
 from prostate_vq.prior.sample import decode_codes, load_prior, sample
 from prostate_vq.prior.transformer import CodeTransformer
 
-__all__ = ["ARCHS", "CodeLayout", "CodePrior", "CodeTransformer", "GatedPixelCNN", "build_prior", "decode_codes",
-           "encode_dataset", "encode_dataset_tensors", "load_prior", "read_codes", "sample", "sample_checks",
-           "train_prior"]
+__all__ = [
+    "ARCHS",
+    "CodeLayout",
+    "CodePrior",
+    "CodeTransformer",
+    "GatedPixelCNN",
+    "build_prior",
+    "decode_codes",
+    "encode_dataset",
+    "encode_dataset_tensors",
+    "load_prior",
+    "read_codes",
+    "sample",
+    "sample_checks",
+    "train_prior",
+]
 
 
 def __getattr__(name: str):

@@ -39,8 +39,7 @@ class CodePrior(nn.Module):
         self.dim = dim
         # One table for all levels (offset indices); embeddings of a position's levels are summed.
         self.embed = nn.Embedding(sum(self.vocab_sizes), dim)
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(dim, dim, 1), nn.ReLU(),
-                                  nn.Conv2d(dim, sum(self.vocab_sizes), 1))
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(dim, dim, 1), nn.ReLU(), nn.Conv2d(dim, sum(self.vocab_sizes), 1))
 
     @property
     def depth(self) -> int:
@@ -95,8 +94,10 @@ class CodePrior(nn.Module):
         codes = self._as_4d(codes)
         if logits is None:
             logits = self(codes)
-        per_level = [F.cross_entropy(level_logits.float(), codes[..., level], reduction="none").flatten(1).sum(1)
-                     for level, level_logits in enumerate(self.level_logits(logits))]  # [B, h, w] summed: [B]
+        per_level = [
+            F.cross_entropy(level_logits.float(), codes[..., level], reduction="none").flatten(1).sum(1)
+            for level, level_logits in enumerate(self.level_logits(logits))
+        ]  # [B, h, w] summed: [B]
         bits = reduce(operator.add, per_level) / (codes[0].numel() * math.log(2.0))
         return bits.mean() if reduction == "mean" else bits
 
@@ -126,8 +127,14 @@ class CodePrior(nn.Module):
         """Refuse code-map sizes the network cannot produce (the transformer's positions are finite)."""
 
     @torch.no_grad()
-    def sample(self, n: int, shape: Sequence[int], temperature: float = 1.0,
-               generator: torch.Generator | None = None, device: torch.device | str | None = None) -> torch.Tensor:
+    def sample(
+        self,
+        n: int,
+        shape: Sequence[int],
+        temperature: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
         """Draw ``n`` code maps of ``shape = (h, w)`` position by position in raster order.
 
         Returns ``[n, h, w]`` (one level) or ``[n, h, w, depth]``. Reproducible for a seeded ``generator``
@@ -165,5 +172,5 @@ class CodePrior(nn.Module):
         for i in range(h):
             top = 0 if self.receptive_rows is None else max(0, i - self.receptive_rows)
             for j in range(w):
-                logits = self(codes[:, top:i + 1])[:, :, i - top, j]  # [n, sum K]
+                logits = self(codes[:, top : i + 1])[:, :, i - top, j]  # [n, sum K]
                 codes[:, i, j] = choose(logits)

@@ -55,15 +55,14 @@ def _shortlist(queries: torch.Tensor, train: torch.Tensor, k: int) -> torch.Tens
     return torch.cdist(q, t).topk(min(k, len(t)), dim=1, largest=False).indices
 
 
-def nearest_image(queries: torch.Tensor, train: torch.Tensor,
-                  candidates: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def nearest_image(queries: torch.Tensor, train: torch.Tensor, candidates: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
     """``(best_ssim [N], index [N])`` of each query's SSIM-nearest training slice."""
     from prostate_vq.evaluation.metrics import reconstruction_per_slice
 
     shortlist = _shortlist(queries, train, candidates)
     best, index = torch.empty(len(queries)), torch.empty(len(queries), dtype=torch.long)
     for i, rows in enumerate(shortlist):
-        ssim = reconstruction_per_slice(queries[i:i + 1].expand(len(rows), -1, -1, -1), train[rows].float())["ssim"]
+        ssim = reconstruction_per_slice(queries[i : i + 1].expand(len(rows), -1, -1, -1), train[rows].float())["ssim"]
         j = int(ssim.argmax())
         best[i], index[i] = float(ssim[j]), int(rows[j])
     return best, index

@@ -40,8 +40,7 @@ class CodeLayout:
         shape = tuple(int(s) for s in model.code_shape(tuple(spatial_size)))
         if hasattr(model, "quantizer_top"):  # VQVAE2: indices [B, 2, h, w] (top repeated over 2x2 blocks)
             _, h, w = shape
-            return cls("hierarchy", [int(model.quantizer_top.num_codes)] + [int(model.quantizer.num_codes)] * 4,
-                       [h // 2, w // 2])
+            return cls("hierarchy", [int(model.quantizer_top.num_codes)] + [int(model.quantizer.num_codes)] * 4, [h // 2, w // 2])
         if len(shape) == 3:  # RQ: indices [B, depth, h, w], each level in [0, num_codes / depth)
             depth, h, w = shape
             return cls("residual", [int(model.num_codes) // depth] * depth, [h, w])
@@ -74,10 +73,14 @@ class CodeLayout:
         if self.kind == "single":
             return f"one {h}x{w} map of {self.vocab_sizes[0]} codes"
         if self.kind == "residual":
-            return (f"{self.depth} residual levels of {self.vocab_sizes[0]} codes on a {h}x{w} map, all levels of a "
-                    "position predicted together from the earlier positions")
-        return (f"VQ-VAE-2 top codes ({self.vocab_sizes[0]}) on a {h}x{w} map, each with its 2x2 block of bottom "
-                f"codes ({self.vocab_sizes[1]}), predicted together from the earlier positions")
+            return (
+                f"{self.depth} residual levels of {self.vocab_sizes[0]} codes on a {h}x{w} map, all levels of a "
+                "position predicted together from the earlier positions"
+            )
+        return (
+            f"VQ-VAE-2 top codes ({self.vocab_sizes[0]}) on a {h}x{w} map, each with its 2x2 block of bottom "
+            f"codes ({self.vocab_sizes[1]}), predicted together from the earlier positions"
+        )
 
     def to_prior(self, indices: torch.Tensor) -> torch.Tensor:
         """Model indices -> ``[B, h, w, depth]`` long codes."""
@@ -107,6 +110,7 @@ class CodeLayout:
 
 
 # --- encoding ---------------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def encode_dataset_tensors(model, dataset, batch_size: int = 64, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -150,8 +154,14 @@ def resolve_data_root(data: str | Path | None, payload: dict) -> Path:
     return default_data_root()
 
 
-def encode_split(checkpoint: str | Path, data: str | Path | None = None, split: str = "train", device: str = "auto",
-                 batch_size: int = 64, max_slices: int | None = None) -> tuple:
+def encode_split(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str = "train",
+    device: str = "auto",
+    batch_size: int = 64,
+    max_slices: int | None = None,
+) -> tuple:
     """``(model, dataset, indices [N, ...] numpy, meta)`` of one split: what ``encode_dataset`` and the entropy
     coder (``prior/compress.py``) write."""
     from prostate_vq.data import make_dataset
@@ -165,17 +175,28 @@ def encode_split(checkpoint: str | Path, data: str | Path | None = None, split: 
     if len(dataset) == 0:
         raise UserInputError(f"no {split} slices to encode", root)
     indices = encode_dataset_tensors(model, dataset, batch_size, torch_device).numpy()
-    meta = {"checkpoint": str(Path(checkpoint).resolve()), "preset": payload.get("preset"), "task": payload["task"],
-            "spatial_size": list(spatial), "split": split, "data_root": str(root), "num_codes": int(model.num_codes),
-            "layout": CodeLayout.for_model(model, spatial).to_dict(),
-            "codes_layout": "native indices of model.decode_indices"}
+    meta = {
+        "checkpoint": str(Path(checkpoint).resolve()),
+        "preset": payload.get("preset"),
+        "task": payload["task"],
+        "spatial_size": list(spatial),
+        "split": split,
+        "data_root": str(root),
+        "num_codes": int(model.num_codes),
+        "layout": CodeLayout.for_model(model, spatial).to_dict(),
+        "codes_layout": "native indices of model.decode_indices",
+    }
     return model, dataset, indices, meta
 
 
 def slice_columns(records) -> dict:
     """The per-slice identity columns of a codes file (``files``, ``case``, ``week``, ``slice``)."""
-    return {"files": np.array([r.image.name for r in records]), "case": np.array([r.case for r in records]),
-            "week": np.array([r.week for r in records]), "slice": np.array([r.slice for r in records])}
+    return {
+        "files": np.array([r.image.name for r in records]),
+        "case": np.array([r.case for r in records]),
+        "week": np.array([r.week for r in records]),
+        "slice": np.array([r.slice for r in records]),
+    }
 
 
 def write_codes(out: Path, indices: np.ndarray, columns: dict, meta: dict) -> Path:
@@ -186,9 +207,15 @@ def write_codes(out: Path, indices: np.ndarray, columns: dict, meta: dict) -> Pa
     return out
 
 
-def encode_dataset(checkpoint: str | Path, data: str | Path | None = None, split: str = "train",
-                   out: str | Path = "codes.npz", device: str = "auto", batch_size: int = 64,
-                   max_slices: int | None = None) -> Path:
+def encode_dataset(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    split: str = "train",
+    out: str | Path = "codes.npz",
+    device: str = "auto",
+    batch_size: int = 64,
+    max_slices: int | None = None,
+) -> Path:
     """Write ``codes.npz``: ``codes`` (the model's native index layout, the array ``decode_indices`` takes:
     ``[N, h, w]``; RQ ``[N, depth, h, w]``; VQ-VAE-2 ``[N, 2, h, w]``), ``files``, ``case``, ``week``,
     ``slice`` and ``meta`` (a JSON string: checkpoint, preset, task, spatial size, split, layout)."""

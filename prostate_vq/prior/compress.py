@@ -27,8 +27,10 @@ from prostate_vq.errors import UserInputError
 from prostate_vq.files import atomic_open
 from prostate_vq.prior.codes import CodeLayout, encode_split, slice_columns, write_codes
 
-CODER = ("constriction.stream.queue.RangeEncoder, one Categorical(perfect=False) per code from the float64 softmax "
-         "of the prior's logits, raster order (CodePrior.fill), one stream of 32-bit words per slice")
+CODER = (
+    "constriction.stream.queue.RangeEncoder, one Categorical(perfect=False) per code from the float64 softmax "
+    "of the prior's logits, raster order (CodePrior.fill), one stream of 32-bit words per slice"
+)
 CHUNK = 16  # slices stepped together; encoder and decoder use the same chunks
 
 
@@ -36,8 +38,7 @@ def _constriction():
     try:
         import constriction
     except ImportError:
-        raise UserInputError("entropy coding needs the constriction library: pip install 'prostate-vq[compress]'") \
-            from None
+        raise UserInputError("entropy coding needs the constriction library: pip install 'prostate-vq[compress]'") from None
     return constriction
 
 
@@ -63,7 +64,7 @@ def _encode_chunk(prior, known: torch.Tensor, family, queue) -> list[np.ndarray]
         symbols = flat[:, next(position)]  # [n, depth]
         for level, probs in enumerate(_level_probabilities(prior, logits)):
             for b, encoder in enumerate(encoders):
-                encoder.encode(symbols[b, level:level + 1], family, probs[b:b + 1])
+                encoder.encode(symbols[b, level : level + 1], family, probs[b : b + 1])
         return torch.from_numpy(symbols.astype(np.int64))
 
     prior.fill(torch.zeros_like(known), encode)  # the decoder's partial maps, not the known ones
@@ -77,7 +78,7 @@ def _decode_chunk(prior, streams: list[np.ndarray], grid: tuple[int, int], famil
         out = torch.empty(len(decoders), prior.depth, dtype=torch.long)
         for level, probs in enumerate(_level_probabilities(prior, logits)):
             for b, decoder in enumerate(decoders):
-                out[b, level] = int(decoder.decode(family, probs[b:b + 1])[0])
+                out[b, level] = int(decoder.decode(family, probs[b : b + 1])[0])
         return out
 
     work = torch.zeros(len(decoders), *grid, prior.depth, dtype=torch.long)
@@ -93,7 +94,7 @@ def compress_codes(prior, codes: torch.Tensor, chunk: int = CHUNK) -> list[np.nd
     codes = codes.long().cpu()
     streams: list[np.ndarray] = []
     for start in range(0, len(codes), chunk):
-        streams += _encode_chunk(prior, codes[start:start + chunk], family, stream.queue)
+        streams += _encode_chunk(prior, codes[start : start + chunk], family, stream.queue)
     return streams
 
 
@@ -102,8 +103,12 @@ def decompress_codes(prior, streams: list[np.ndarray], grid: tuple[int, int], ch
     """The inverse of ``compress_codes``: ``[N, h, w, depth]`` codes from the bitstreams."""
     stream = _constriction().stream
     family = stream.model.Categorical(perfect=False)
-    return torch.cat([_decode_chunk(prior, streams[start:start + chunk], grid, family, stream.queue)
-                      for start in range(0, len(streams), chunk)])
+    return torch.cat(
+        [
+            _decode_chunk(prior, streams[start : start + chunk], grid, family, stream.queue)
+            for start in range(0, len(streams), chunk)
+        ]
+    )
 
 
 def _same_weights(a: dict, b: dict) -> bool:
@@ -116,15 +121,24 @@ def _rates(prior, codes: torch.Tensor, streams: list[np.ndarray], layout: CodeLa
     pixels = int(spatial[0]) * int(spatial[1])
     per_map = layout.codes_per_map
     stream_bits = np.asarray([32 * len(s) for s in streams], dtype=np.float64)
-    return {"nominal_bits_per_pixel": layout.uniform_bits_per_code * per_map / pixels,
-            "nll_bits_per_pixel": mean_nll_bits(prior, codes, 64, torch.device("cpu")) * per_map / pixels,
-            "coded_bits_per_pixel": float(stream_bits.mean()) / pixels,
-            "coded_bits_per_pixel_max": float(stream_bits.max()) / pixels,
-            "slices": len(streams), "pixels_per_slice": pixels}
+    return {
+        "nominal_bits_per_pixel": layout.uniform_bits_per_code * per_map / pixels,
+        "nll_bits_per_pixel": mean_nll_bits(prior, codes, 64, torch.device("cpu")) * per_map / pixels,
+        "coded_bits_per_pixel": float(stream_bits.mean()) / pixels,
+        "coded_bits_per_pixel_max": float(stream_bits.max()) / pixels,
+        "slices": len(streams),
+        "pixels_per_slice": pixels,
+    }
 
 
-def compress_dataset(checkpoint: str | Path, prior_path: str | Path, data: str | Path | None = None,
-                     split: str = "train", out: str | Path = "codes.npz", max_slices: int | None = None) -> dict:
+def compress_dataset(
+    checkpoint: str | Path,
+    prior_path: str | Path,
+    data: str | Path | None = None,
+    split: str = "train",
+    out: str | Path = "codes.npz",
+    max_slices: int | None = None,
+) -> dict:
     """`prostate-vq encode --compress PRIOR`: write the split's codes entropy-coded under the prior; returns
     the rates (nominal, prior NLL, coded streams and whole file, in bits per pixel)."""
     from prostate_vq.prior.sample import load_prior
@@ -140,13 +154,25 @@ def compress_dataset(checkpoint: str | Path, prior_path: str | Path, data: str |
     codes = layout.to_prior(torch.from_numpy(indices))
     streams = compress_codes(prior, codes)
     rates = _rates(prior, codes, streams, layout, meta["spatial_size"])
-    meta.update({"codes_layout": "entropy-coded: run `prostate-vq decode`", "coder": CODER, "chunk": CHUNK,
-                 "prior": str(Path(prior_path).resolve()), "prior_fingerprint": prior_fingerprint(prior),
-                 "rates": rates})
+    meta.update(
+        {
+            "codes_layout": "entropy-coded: run `prostate-vq decode`",
+            "coder": CODER,
+            "chunk": CHUNK,
+            "prior": str(Path(prior_path).resolve()),
+            "prior_fingerprint": prior_fingerprint(prior),
+            "rates": rates,
+        }
+    )
     offsets = np.cumsum([0] + [len(s) for s in streams]).astype(np.int64)
     with atomic_open(out, "wb") as handle:
-        np.savez(handle, streams=np.concatenate(streams).astype(np.uint32), offsets=offsets,
-                 **slice_columns(dataset.records), meta=np.array(json.dumps(meta)))
+        np.savez(
+            handle,
+            streams=np.concatenate(streams).astype(np.uint32),
+            offsets=offsets,
+            **slice_columns(dataset.records),
+            meta=np.array(json.dumps(meta)),
+        )
     rates["file_bits_per_pixel"] = out.stat().st_size * 8 / (len(streams) * rates["pixels_per_slice"])
     return rates
 
@@ -167,9 +193,11 @@ def decode_dataset(path: str | Path, prior_path: str | Path, out: str | Path) ->
         raise UserInputError(f"not an entropy-coded codes file ({type(error).__name__})", path) from None
     prior, _, layout, _ = load_prior(prior_path, "cpu")
     if prior_fingerprint(prior) != meta.get("prior_fingerprint"):
-        raise UserInputError("these codes were coded under another prior (weights differ); pass the one in the "
-                             f"file's meta: {meta.get('prior')}", prior_path)
-    streams = [words[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+        raise UserInputError(
+            f"these codes were coded under another prior (weights differ); pass the one in the file's meta: {meta.get('prior')}",
+            prior_path,
+        )
+    streams = [words[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
     codes = decompress_codes(prior, streams, tuple(layout.grid), int(meta.get("chunk", CHUNK)))
     meta = {k: v for k, v in meta.items() if k not in ("coder", "chunk", "rates", "prior_fingerprint")}
     meta["codes_layout"] = "native indices of model.decode_indices"

@@ -46,7 +46,7 @@ class GatedLayer(nn.Module):
 
     def horizontal(self, h: torch.Tensor, link: torch.Tensor) -> torch.Tensor:
         """The horizontal stack given ``link = v_to_h(v_down)``; ``first``: columns < j, else <= j."""
-        h_pre = self.h_conv(F.pad(h, (self.pad, 0, 0, 0)))[..., :h.shape[-1]]
+        h_pre = self.h_conv(F.pad(h, (self.pad, 0, 0, 0)))[..., : h.shape[-1]]
         h_new = self.h_out(_gate(h_pre + link))
         return h_new if self.first else h + h_new
 
@@ -60,16 +60,21 @@ class GatedPixelCNN(CodePrior):
 
     arch = "pixelcnn"
 
-    def __init__(self, vocab_sizes: Sequence[int] | int, dim: int = 64, layers: int = 8,
-                 kernel: int = 3, first_kernel: int = 7):
+    def __init__(self, vocab_sizes: Sequence[int] | int, dim: int = 64, layers: int = 8, kernel: int = 3, first_kernel: int = 7):
         super().__init__(vocab_sizes, dim)
         if layers < 1:
             raise UserInputError(f"PixelCNN needs at least one layer, got {layers}")
-        self.config = {"arch": self.arch, "vocab_sizes": list(self.vocab_sizes), "dim": dim, "layers": layers,
-                       "kernel": kernel, "first_kernel": first_kernel}
+        self.config = {
+            "arch": self.arch,
+            "vocab_sizes": list(self.vocab_sizes),
+            "dim": dim,
+            "layers": layers,
+            "kernel": kernel,
+            "first_kernel": first_kernel,
+        }
         self.layers = nn.ModuleList(
-            [GatedLayer(dim, first_kernel, first=True)]
-            + [GatedLayer(dim, kernel, first=False) for _ in range(layers - 1)])
+            [GatedLayer(dim, first_kernel, first=True)] + [GatedLayer(dim, kernel, first=False) for _ in range(layers - 1)]
+        )
 
     def gated_layers(self) -> Iterator[GatedLayer]:
         """``self.layers`` as the GatedLayers they are (a ModuleList yields plain Modules to a type checker)."""
@@ -95,12 +100,12 @@ class GatedPixelCNN(CodePrior):
         per position."""
         n, h, w = codes.shape[:3]
         for i in range(h):
-            links = self._row_links(codes[:, max(0, i - self.receptive_rows):i], n, w, codes.device)
+            links = self._row_links(codes[:, max(0, i - self.receptive_rows) : i], n, w, codes.device)
             for j in range(w):
-                x = self.embed_codes(codes[:, i:i + 1])  # [n, C, 1, w]; columns >= j are not seen
+                x = self.embed_codes(codes[:, i : i + 1])  # [n, C, 1, w]; columns >= j are not seen
                 for layer, link in zip(self.gated_layers(), links):
                     x = layer.horizontal(x, link)
-                logits = self.head(x[..., j:j + 1])[:, :, 0, 0]
+                logits = self.head(x[..., j : j + 1])[:, :, 0, 0]
                 codes[:, i, j] = choose(logits)
 
     def _row_links(self, above: torch.Tensor, n: int, w: int, device) -> list[torch.Tensor]:

@@ -57,7 +57,7 @@ def decode_codes(vqvae, layout: CodeLayout, codes: torch.Tensor, batch_size: int
     """Prior codes -> ``(images [N, 1, H, W] in [0, 1] or None, labels [N, 1, H, W] uint8 or None)``."""
     images, labels = [], []
     for start in range(0, len(codes), batch_size):
-        output = vqvae.decode_indices(layout.to_model(codes[start:start + batch_size]))
+        output = vqvae.decode_indices(layout.to_model(codes[start : start + batch_size]))
         if output.recon is not None:
             images.append(output.recon.float().clamp(0, 1).cpu())
         if output.seg_logits is not None:
@@ -73,12 +73,18 @@ def _stacked(dataset, key: str) -> torch.Tensor:
 
 def _summary(values: torch.Tensor) -> dict:
     v = values.double()
-    return {"mean": float(v.mean()), "std": float(v.std()) if len(v) > 1 else 0.0, "min": float(v.min()),
-            "max": float(v.max())}
+    return {"mean": float(v.mean()), "std": float(v.std()) if len(v) > 1 else 0.0, "min": float(v.min()), "max": float(v.max())}
 
 
-def memorisation_check(generated: torch.Tensor, root: Path, task: str, spatial: tuple[int, int],
-                       max_slices: int | None, n_reference: int, candidates: int = 16):
+def memorisation_check(
+    generated: torch.Tensor,
+    root: Path,
+    task: str,
+    spatial: tuple[int, int],
+    max_slices: int | None,
+    n_reference: int,
+    candidates: int = 16,
+):
     """Compare generated slices with the training slices the prior saw, and (as the reference a real unseen
     slice reaches) up to ``n_reference`` validation slices with the same training slices.
     Returns ``(per-sample dicts, summary, reference or None, number of training slices)``."""
@@ -89,11 +95,15 @@ def memorisation_check(generated: torch.Tensor, root: Path, task: str, spatial: 
     train_ref = _stacked(train_ds, compare)
     checks = sample_checks(generated, train_ref, task, candidates)
     names = [r.image.name for r in train_ds.records]
-    per_sample = [{"nearest_train_file": names[int(checks["index"][k])],
-                   "nearest_train_similarity": float(checks["similarity"][k]),
-                   "distribution_distance": float(checks["distance"][k])} for k in range(len(generated))]
-    summary = {"nearest_train_similarity": _summary(checks["similarity"]),
-               "distribution_distance": _summary(checks["distance"])}
+    per_sample = [
+        {
+            "nearest_train_file": names[int(checks["index"][k])],
+            "nearest_train_similarity": float(checks["similarity"][k]),
+            "distribution_distance": float(checks["distance"][k]),
+        }
+        for k in range(len(generated))
+    ]
+    summary = {"nearest_train_similarity": _summary(checks["similarity"]), "distribution_distance": _summary(checks["distance"])}
     try:
         val_ds = make_dataset(root, "validate", task, spatial_size=spatial, max_slices=n_reference)
     except UserInputError:
@@ -103,10 +113,13 @@ def memorisation_check(generated: torch.Tensor, root: Path, task: str, spatial: 
     val_checks = sample_checks(_stacked(val_ds, compare), train_ref, task, candidates)
     # Memorisation flag: closer to some training slice than any real unseen slice gets.
     closer = checks["similarity"] > val_checks["similarity"].max()
-    reference = {"split": "validate", "n": len(val_ds),
-                 "nearest_train_similarity": _summary(val_checks["similarity"]),
-                 "distribution_distance": _summary(val_checks["distance"]),
-                 "samples_closer_than_any_validation_slice": float(closer.double().mean())}
+    reference = {
+        "split": "validate",
+        "n": len(val_ds),
+        "nearest_train_similarity": _summary(val_checks["similarity"]),
+        "distribution_distance": _summary(val_checks["distance"]),
+        "samples_closer_than_any_validation_slice": float(closer.double().mean()),
+    }
     return per_sample, summary, reference, len(train_ds)
 
 
@@ -140,12 +153,25 @@ def _remove_stale(out: Path, earlier: list[Path], records: list[dict]) -> None:
     stale = [p for p in earlier if p not in now]
     for path in stale:
         path.unlink(missing_ok=True)
-    log.info("replaced the earlier samples in %s (%d slice files overwritten, %d left over removed)", out,
-             len(earlier) - len(stale), len(stale))
+    log.info(
+        "replaced the earlier samples in %s (%d slice files overwritten, %d left over removed)",
+        out,
+        len(earlier) - len(stale),
+        len(stale),
+    )
 
 
-def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0, device: str = "auto",
-           data=None, candidates: int = 16, fid_weights=None) -> Path:
+def sample(
+    prior,
+    n: int = 16,
+    out=None,
+    temperature: float = 1.0,
+    seed: int = 0,
+    device: str = "auto",
+    data=None,
+    candidates: int = 16,
+    fid_weights=None,
+) -> Path:
     """Sample ``n`` slices from the prior checkpoint ``prior`` into the folder ``out`` (see module docstring).
     Same seed, temperature and device -> the same samples. ``fid_weights`` (a TorchScript feature network
     on disk, evaluation.perceptual) adds FID against the validation slices."""
@@ -186,22 +212,36 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
     spatial = (height, width)
     generated = labels if task == "mask" else images
     per_sample, summary, reference, n_train = memorisation_check(
-        generated, root, task, spatial, payload.get("max_slices"), n_reference=n, candidates=candidates)
+        generated, root, task, spatial, payload.get("max_slices"), n_reference=n, candidates=candidates
+    )
     for record, extra in zip(records, per_sample):
         record.update(extra)
     summary["nll_bits_per_code"] = _summary(sample_bits)
-    quality = None if images is None else sample_quality(
-        images, _real_slices(root, task, spatial, n), fid_net, None if fid_weights is None else Path(fid_weights))
+    quality = (
+        None
+        if images is None
+        else sample_quality(
+            images, _real_slices(root, task, spatial, n), fid_net, None if fid_weights is None else Path(fid_weights)
+        )
+    )
 
     info = {
-        "n": n, "arch": payload.get("arch"), "temperature": temperature, "seed": seed, "device": str(torch_device),
-        "prior": str(Path(prior).resolve()), "checkpoint": payload.get("vqvae_checkpoint"), "task": task,
-        "layout": layout.describe(), "data_root": str(root), "n_train_reference": n_train,
+        "n": n,
+        "arch": payload.get("arch"),
+        "temperature": temperature,
+        "seed": seed,
+        "device": str(torch_device),
+        "prior": str(Path(prior).resolve()),
+        "checkpoint": payload.get("vqvae_checkpoint"),
+        "task": task,
+        "layout": layout.describe(),
+        "data_root": str(root),
+        "n_train_reference": n_train,
         "similarity": "label_agreement" if task == "mask" else "ssim",
-        "distribution_distance": ("total_variation_label_frequencies" if task == "mask"
-                                  else "wasserstein1_intensity_histogram"),
-        "nearest_search": ("exhaustive" if task == "mask" else
-                           f"exact SSIM among the {candidates} training slices nearest in L2 (4x pooled)"),
+        "distribution_distance": ("total_variation_label_frequencies" if task == "mask" else "wasserstein1_intensity_histogram"),
+        "nearest_search": (
+            "exhaustive" if task == "mask" else f"exact SSIM among the {candidates} training slices nearest in L2 (4x pooled)"
+        ),
         "summary": summary,
         "reference": reference,
         "quality": quality,
@@ -220,7 +260,8 @@ def sample(prior, n: int = 16, out=None, temperature: float = 1.0, seed: int = 0
         with atomic_open(stage / "codes.npz", "wb") as handle:
             np.savez_compressed(handle, codes=layout.to_model(codes.cpu()).numpy().astype(np.int32))
         write_json_atomic(stage / "samples.json", info)
-        sample_grid(images, labels, stage / "samples_grid.png",
-                    f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}")
+        sample_grid(
+            images, labels, stage / "samples_grid.png", f"{n} samples, {payload.get('arch')} prior, T={temperature}, seed {seed}"
+        )
     _remove_stale(out, earlier, records)
     return out

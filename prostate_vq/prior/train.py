@@ -37,8 +37,19 @@ HISTORY_COLUMNS = ("epoch", "train_nll_bits", "val_nll_bits", "lr", "seconds")
 
 def _vqvae_copy(payload: dict) -> dict:
     """What `sample` needs to rebuild and run the VQ-VAE (no optimizer or history)."""
-    keys = ("format_version", "model_state", "config", "preset", "task", "spatial_size", "intensity", "data_root",
-            "seed", "epoch", "metrics")
+    keys = (
+        "format_version",
+        "model_state",
+        "config",
+        "preset",
+        "task",
+        "spatial_size",
+        "intensity",
+        "data_root",
+        "seed",
+        "epoch",
+        "metrics",
+    )
     return {k: payload[k] for k in keys if k in payload}
 
 
@@ -51,7 +62,7 @@ def mean_nll_bits(prior, codes: torch.Tensor, batch_size: int, device: torch.dev
     prior.eval()
     total = 0.0
     for start in range(0, len(codes), batch_size):
-        batch = codes[start:start + batch_size].to(device)
+        batch = codes[start : start + batch_size].to(device)
         with autocast(device):
             total += float(prior.nll(batch, reduction="none").sum())
     prior.train(was_training)
@@ -71,8 +82,9 @@ def unigram_bits(train_codes: torch.Tensor, codes: torch.Tensor, vocab_sizes: li
     return bits / len(vocab_sizes)
 
 
-def train_epoch(prior, codes: torch.Tensor, optimizer, training: dict, device: torch.device, shuffle_seed: int,
-                deadline: float | None) -> tuple[float, bool, int]:
+def train_epoch(
+    prior, codes: torch.Tensor, optimizer, training: dict, device: torch.device, shuffle_seed: int, deadline: float | None
+) -> tuple[float, bool, int]:
     """One pass over ``codes`` in a seeded order; ``(mean train bits per code, ran out of time, steps)``.
     The loss stays on the device (one host sync per epoch, not per step)."""
     prior.train()
@@ -81,7 +93,7 @@ def train_epoch(prior, codes: torch.Tensor, optimizer, training: dict, device: t
     total = torch.zeros((), device=device)
     seen, steps, out_of_time = 0, 0, False
     for start in range(0, len(order), batch):
-        x = codes[order[start:start + batch]]
+        x = codes[order[start : start + batch]]
         with autocast(device):
             loss = prior.nll(x)
         optimizer.zero_grad(set_to_none=True)
@@ -120,11 +132,24 @@ def _encode_splits(model, root: Path, payload: dict, layout: CodeLayout, device,
     return splits
 
 
-def train_prior(checkpoint, data=None, out=None, arch: str = "pixelcnn", epochs: int | None = None,
-                max_minutes: float | None = None, device: str = "auto", seed: int = 0, resume: bool = False,
-                batch_size: int | None = None, lr: float | None = None, patience: int | None = None,
-                max_slices: int | None = None, progress: bool = True, arch_options: dict | None = None,
-                tensorboard: bool = False) -> Path:
+def train_prior(
+    checkpoint,
+    data=None,
+    out=None,
+    arch: str = "pixelcnn",
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    patience: int | None = None,
+    max_slices: int | None = None,
+    progress: bool = True,
+    arch_options: dict | None = None,
+    tensorboard: bool = False,
+) -> Path:
     """Train a prior over the codes of the VQ-VAE ``checkpoint``; returns the run folder (best.pt, last.pt,
     history.csv, metrics.json). ``arch_options`` overrides network sizes (e.g. ``{"dim": 32}``); ``tensorboard``
     also logs the history and, at the end, the hparams with the final NLLs to ``out/tb``. The folder is locked
@@ -132,12 +157,44 @@ def train_prior(checkpoint, data=None, out=None, arch: str = "pixelcnn", epochs:
     if out is None:
         raise UserInputError("train-prior needs --out")
     with folder_lock(out, create=not resume):
-        return _train_prior(checkpoint, data, Path(out), arch, epochs, max_minutes, device, seed, resume, batch_size,
-                            lr, patience, max_slices, progress, arch_options, tensorboard)
+        return _train_prior(
+            checkpoint,
+            data,
+            Path(out),
+            arch,
+            epochs,
+            max_minutes,
+            device,
+            seed,
+            resume,
+            batch_size,
+            lr,
+            patience,
+            max_slices,
+            progress,
+            arch_options,
+            tensorboard,
+        )
 
 
-def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device, seed, resume, batch_size, lr,
-                 patience, max_slices, progress, arch_options, tensorboard=False) -> Path:
+def _train_prior(
+    checkpoint,
+    data,
+    out: Path,
+    arch,
+    epochs,
+    max_minutes,
+    device,
+    seed,
+    resume,
+    batch_size,
+    lr,
+    patience,
+    max_slices,
+    progress,
+    arch_options,
+    tensorboard=False,
+) -> Path:
     started = time.monotonic()
     last_path = out / "last.pt"
     device = resolve_device(device)
@@ -163,15 +220,19 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         checkpoint_path = resume_payload["vqvae_checkpoint"]
     else:
         if last_path.exists():
-            raise UserInputError("the folder already holds a prior run (last.pt): pass --resume or choose "
-                                 "another --out", out)
+            raise UserInputError("the folder already holds a prior run (last.pt): pass --resume or choose another --out", out)
         if arch not in PRIOR_ARCH_DEFAULTS:
             raise UserInputError(f"unknown prior architecture {arch!r}; choose pixelcnn or transformer")
         model, vq_payload = load_vqvae(checkpoint, device)
         checkpoint_path = str(Path(checkpoint).resolve())
         training = {**PRIOR_COMMON_TRAINING, **PRIOR_TRAINING_DEFAULTS[arch]}
-        training.update({k: v for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
-                                            ("patience", patience)) if v is not None})
+        training.update(
+            {
+                k: v
+                for k, v in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr), ("patience", patience))
+                if v is not None
+            }
+        )
         prior_cfg = None
     training = check_training_values(training)
 
@@ -180,8 +241,7 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
     root = resolve_data_root(data, resume_payload if resume_payload is not None else vq_payload)
     # Code maps are small (16 KiB per 64x32 map as int64, 190 MB for the HipMRI train split): keep them
     # on the device so a training step never waits for a host copy.
-    codes = {split: c.to(device) for split, c in _encode_splits(model, root, vq_payload, layout, device,
-                                                                max_slices).items()}
+    codes = {split: c.to(device) for split, c in _encode_splits(model, root, vq_payload, layout, device, max_slices).items()}
     del model
 
     seed_everything(seed)
@@ -203,26 +263,61 @@ def _train_prior(checkpoint, data, out: Path, arch, epochs, max_minutes, device,
         restore_rng_state(resume_payload["rng_state"])
 
     base_payload = {
-        "kind": "prior", "arch": prior_cfg["arch"], "config": prior_cfg,
-        "training": training, "layout": layout.to_dict(), "vqvae_checkpoint": checkpoint_path,
-        "vqvae": _vqvae_copy(vq_payload), "task": vq_payload["task"], "spatial_size": list(spatial),
-        "data_root": str(root), "seed": seed, "max_slices": max_slices, "versions": versions(),
+        "kind": "prior",
+        "arch": prior_cfg["arch"],
+        "config": prior_cfg,
+        "training": training,
+        "layout": layout.to_dict(),
+        "vqvae_checkpoint": checkpoint_path,
+        "vqvae": _vqvae_copy(vq_payload),
+        "task": vq_payload["task"],
+        "spatial_size": list(spatial),
+        "data_root": str(root),
+        "seed": seed,
+        "max_slices": max_slices,
+        "versions": versions(),
     }
     plugin = PriorTraining(prior, codes, optimizer, training, device, seed)
     writer = RunWriter(out, active=True, tensorboard=tensorboard)  # also clears our own writes cut short by a kill -9
-    engine = Engine(plugin, prior, optimizer, scheduler, stopper, writer, plain(base_payload),
-                    epochs=int(training["epochs"]), state=state, deadline=budget_deadline(started, max_minutes),
-                    progress=progress, budget_text=f"{max_minutes} min")
+    engine = Engine(
+        plugin,
+        prior,
+        optimizer,
+        scheduler,
+        stopper,
+        writer,
+        plain(base_payload),
+        epochs=int(training["epochs"]),
+        state=state,
+        deadline=budget_deadline(started, max_minutes),
+        progress=progress,
+        budget_text=f"{max_minutes} min",
+    )
     try:
         stop_reason = engine.run()
-        return _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path,
-                             root, seed, device, writer, spatial)
+        return _finish_prior(
+            out,
+            prior,
+            codes,
+            layout,
+            training,
+            prior_cfg,
+            state,
+            stop_reason,
+            checkpoint_path,
+            root,
+            seed,
+            device,
+            writer,
+            spatial,
+        )
     finally:
         writer.close()
 
 
-def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path, root, seed,
-                  device, writer, spatial) -> Path:
+def _finish_prior(
+    out, prior, codes, layout, training, prior_cfg, state, stop_reason, checkpoint_path, root, seed, device, writer, spatial
+) -> Path:
     """metrics.json of the best checkpoint (and the TensorBoard hparams with its NLLs)."""
     history = state.history
     batch = int(training["batch_size"])
@@ -233,15 +328,24 @@ def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_re
     best = load_checkpoint(out / "best.pt", map_location="cpu", kind="prior")
     prior.load_state_dict(best["model_state"])
     metrics = {
-        "kind": "prior", "arch": prior_cfg["arch"], "layout": layout.describe(), "vocab_sizes": layout.vocab_sizes,
+        "kind": "prior",
+        "arch": prior_cfg["arch"],
+        "layout": layout.describe(),
+        "vocab_sizes": layout.vocab_sizes,
         "codes_per_slice": layout.codes_per_map,
         "val_nll_bits_per_code": mean_nll_bits(prior, codes["validate"], batch, device),
         "test_nll_bits_per_code": mean_nll_bits(prior, codes["test"], batch, device),
         "uniform_bits_per_code": layout.uniform_bits_per_code,
         "unigram_val_bits_per_code": unigram_bits(train_codes, codes["validate"], layout.vocab_sizes),
-        "n_train": len(codes["train"]), "n_val": len(codes["validate"]), "n_test": len(codes["test"]),
-        "best_epoch": int(best["epoch"]), "epochs_run": len(history), "stop_reason": stop_reason,
-        "checkpoint": checkpoint_path, "data_root": str(root), "seed": seed,
+        "n_train": len(codes["train"]),
+        "n_val": len(codes["validate"]),
+        "n_test": len(codes["test"]),
+        "best_epoch": int(best["epoch"]),
+        "epochs_run": len(history),
+        "stop_reason": stop_reason,
+        "checkpoint": checkpoint_path,
+        "data_root": str(root),
+        "seed": seed,
         "parameters": sum(p.numel() for p in prior.parameters()),
     }
     metrics["test_bits_per_slice"] = metrics["test_nll_bits_per_code"] * metrics["codes_per_slice"]
@@ -250,11 +354,18 @@ def _finish_prior(out, prior, codes, layout, training, prior_cfg, state, stop_re
     metrics["test_nll_bits_per_pixel"] = metrics["test_bits_per_slice"] / pixels
     metrics["nominal_bits_per_pixel"] = metrics["uniform_bits_per_code"] * metrics["codes_per_slice"] / pixels
     write_json_atomic(out / "metrics.json", metrics)
-    writer.hparams({"arch": prior_cfg["arch"], "seed": seed, "prior": prior_cfg, "training": training},
-                   {k: metrics[k] for k in ("val_nll_bits_per_code", "test_nll_bits_per_code", "best_epoch", "epochs_run")})
-    log.info("prior: val %.4f, test %.4f bits/code (uniform %.2f); test %.4f bits per pixel under the prior "
-             "(nominal %.4f)", metrics["val_nll_bits_per_code"], metrics["test_nll_bits_per_code"],
-             metrics["uniform_bits_per_code"], metrics["test_nll_bits_per_pixel"], metrics["nominal_bits_per_pixel"])
+    writer.hparams(
+        {"arch": prior_cfg["arch"], "seed": seed, "prior": prior_cfg, "training": training},
+        {k: metrics[k] for k in ("val_nll_bits_per_code", "test_nll_bits_per_code", "best_epoch", "epochs_run")},
+    )
+    log.info(
+        "prior: val %.4f, test %.4f bits/code (uniform %.2f); test %.4f bits per pixel under the prior (nominal %.4f)",
+        metrics["val_nll_bits_per_code"],
+        metrics["test_nll_bits_per_code"],
+        metrics["uniform_bits_per_code"],
+        metrics["test_nll_bits_per_pixel"],
+        metrics["nominal_bits_per_pixel"],
+    )
     return out
 
 
@@ -268,14 +379,20 @@ class PriorTraining:
         self.device, self.seed = device, seed
 
     def run_epoch(self, epoch: int, epochs: int, deadline: float | None, steps_before: int) -> EpochResult:
-        train_bits, out_of_time, steps = train_epoch(self.prior, self.codes["train"], self.optimizer, self.training,
-                                                     self.device, self.seed * 100_003 + epoch, deadline)
+        train_bits, out_of_time, steps = train_epoch(
+            self.prior, self.codes["train"], self.optimizer, self.training, self.device, self.seed * 100_003 + epoch, deadline
+        )
         if not math.isfinite(train_bits):
             raise TrainingDiverged(f"the prior's loss became {train_bits} in epoch {epoch}. Lower --lr")
         t_val = time.monotonic()
         val_bits = mean_nll_bits(self.prior, self.codes["validate"], int(self.training["batch_size"]), self.device)
-        return EpochResult({"train_nll_bits": train_bits, "val_nll_bits": val_bits}, val_bits, steps, out_of_time,
-                           val_seconds=time.monotonic() - t_val)
+        return EpochResult(
+            {"train_nll_bits": train_bits, "val_nll_bits": val_bits},
+            val_bits,
+            steps,
+            out_of_time,
+            val_seconds=time.monotonic() - t_val,
+        )
 
     def after_epoch(self, epoch: int, result: EpochResult) -> None:
         pass

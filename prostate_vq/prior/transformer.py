@@ -57,13 +57,27 @@ class CodeTransformer(CodePrior):
 
     arch = "transformer"
 
-    def __init__(self, vocab_sizes: Sequence[int] | int, code_shape: Sequence[int], dim: int = 128,
-                 layers: int = 4, heads: int = 4, dropout: float = 0.1):
+    def __init__(
+        self,
+        vocab_sizes: Sequence[int] | int,
+        code_shape: Sequence[int],
+        dim: int = 128,
+        layers: int = 4,
+        heads: int = 4,
+        dropout: float = 0.1,
+    ):
         super().__init__(vocab_sizes, dim)
         h, w = (int(s) for s in code_shape)
         self.max_positions = h * w
-        self.config = {"arch": self.arch, "vocab_sizes": list(self.vocab_sizes), "code_shape": [h, w], "dim": dim,
-                       "layers": layers, "heads": heads, "dropout": dropout}
+        self.config = {
+            "arch": self.arch,
+            "vocab_sizes": list(self.vocab_sizes),
+            "code_shape": [h, w],
+            "dim": dim,
+            "layers": layers,
+            "heads": heads,
+            "dropout": dropout,
+        }
         self.start = nn.Parameter(torch.zeros(1, 1, dim))
         self.position = nn.Parameter(torch.randn(1, self.max_positions, dim) * 0.02)
         self.drop = nn.Dropout(dropout)
@@ -74,8 +88,9 @@ class CodeTransformer(CodePrior):
         b, c, h, w = embedded.shape
         length = h * w
         if length > self.max_positions:
-            raise UserInputError(f"code map {h}x{w} is longer than the {self.max_positions} positions this "
-                                 "transformer was built for")
+            raise UserInputError(
+                f"code map {h}x{w} is longer than the {self.max_positions} positions this transformer was built for"
+            )
         tokens = embedded.flatten(2).transpose(1, 2)  # [B, L, C], raster order
         x = self.drop(torch.cat([self.start.expand(b, 1, c), tokens[:, :-1]], dim=1) + self.position[:, :length])
         for block in self.blocks:
@@ -90,8 +105,7 @@ class CodeTransformer(CodePrior):
 
     def _check_shape(self, h: int, w: int) -> None:
         if h * w > self.max_positions:
-            raise UserInputError(f"cannot sample {h}x{w} maps from a transformer built for "
-                                 f"{self.max_positions} positions")
+            raise UserInputError(f"cannot sample {h}x{w} maps from a transformer built for {self.max_positions} positions")
 
     def _fill(self, codes: torch.Tensor, choose) -> None:
         """Raster order with a key/value cache (the same distributions as ``CodePrior._fill``)."""
@@ -102,4 +116,4 @@ class CodeTransformer(CodePrior):
         for t in range(h * w):
             flat[:, t] = choose(self._step_logits(x, caches))
             if t + 1 < h * w:
-                x = self.embed(flat[:, t] + self.offsets).sum(1, keepdim=True) + self.position[:, t + 1:t + 2]
+                x = self.embed(flat[:, t] + self.offsets).sum(1, keepdim=True) + self.position[:, t + 1 : t + 2]

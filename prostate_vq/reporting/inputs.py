@@ -182,8 +182,7 @@ def _check_history(history, path: Path) -> None:
         values = pd.to_numeric(history[column], errors="coerce")
         wrong = history[column][values.isna() & history[column].notna()]
         if len(wrong):
-            raise UserInputError(f"column {column} must hold numbers, row {wrong.index[0] + 1} holds "
-                                 f"{wrong.iloc[0]!r:.40}", path)
+            raise UserInputError(f"column {column} must hold numbers, row {wrong.index[0] + 1} holds {wrong.iloc[0]!r:.40}", path)
     if "epoch" in history and history["epoch"].isna().any():
         raise UserInputError(f"row {int(history['epoch'].isna().idxmax()) + 1} has no epoch", path)
 
@@ -205,8 +204,7 @@ def load_eval(folder: Path) -> EvalFolder:
     if (folder / "per_slice.csv").is_file():
         _check_per_slice(folder / "per_slice.csv", metrics["n_slices"])
     else:
-        log.warning("%s: no per_slice.csv: the report has this evaluation's means but links no per-slice results",
-                    folder)
+        log.warning("%s: no per_slice.csv: the report has this evaluation's means but links no per-slice results", folder)
     return EvalFolder(folder, metrics)
 
 
@@ -222,8 +220,9 @@ def _check_per_slice(path: Path, n_slices) -> None:
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise UserInputError(f"unreadable per_slice.csv ({error})", path) from None
     if rows != n_slices:
-        raise UserInputError(f"{rows} rows but metrics.json counts {n_slices} slices: the folder mixes two "
-                             "evaluations; run evaluate again", path)
+        raise UserInputError(
+            f"{rows} rows but metrics.json counts {n_slices} slices: the folder mixes two evaluations; run evaluate again", path
+        )
 
 
 def load_samples(folder: Path) -> SampleFolder:
@@ -232,8 +231,7 @@ def load_samples(folder: Path) -> SampleFolder:
         raise UserInputError(f"must be a mapping of sampling settings, got {info!r:.40}", folder / "samples.json")
     check_shape(info, SAMPLES if isinstance(info, dict) else None, folder / "samples.json")
     grid = folder / "samples_grid.png"
-    return SampleFolder(folder, info if isinstance(info, dict) else {"samples": info},
-                        grid if grid.is_file() else None)
+    return SampleFolder(folder, info if isinstance(info, dict) else {"samples": info}, grid if grid.is_file() else None)
 
 
 def _display_name(folder: Path) -> str:
@@ -257,15 +255,21 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
         given = Path(given).expanduser()
         if given.is_file():  # best.pt or metrics.json: its folder is meant; any other file is a mistake
             if given.name not in FOLDER_FILES:
-                raise UserInputError(f"a file, not a run, evaluation or samples folder (a file given stands for its "
-                                     f"folder only if it is one of {', '.join(FOLDER_FILES)})", given)
+                raise UserInputError(
+                    f"a file, not a run, evaluation or samples folder (a file given stands for its "
+                    f"folder only if it is one of {', '.join(FOLDER_FILES)})",
+                    given,
+                )
             given = given.parent
         if not given.exists():
             raise UserInputError("folder not found", given)
         found = _expand(given)
         if not found:
-            raise UserInputError("not a run, evaluation, prior or samples folder (expected best.pt, "
-                                 "metrics.json or samples.json, here or in a sub-folder)", given)
+            raise UserInputError(
+                "not a run, evaluation, prior or samples folder (expected best.pt, "
+                "metrics.json or samples.json, here or in a sub-folder)",
+                given,
+            )
         for kind, folder in found:
             key = folder.resolve()
             if kind == "run" and key not in runs:
@@ -293,9 +297,12 @@ def collect(inputs) -> tuple[list[Entry], list[SampleFolder], list[PriorFolder]]
     result = list(entries.values())
     for entry in result:
         if entry.run is not None and not entry.evaluations:
-            log.warning("%s: a run without an evaluation (no per-slice test results): the report shows its best "
-                        "validation epoch; run prostate-vq evaluate --checkpoint %s and add its folder",
-                        entry.run.path, entry.run.checkpoint)
+            log.warning(
+                "%s: a run without an evaluation (no per-slice test results): the report shows its best "
+                "validation epoch; run prostate-vq evaluate --checkpoint %s and add its folder",
+                entry.run.path,
+                entry.run.checkpoint,
+            )
     _name(result)
     return result, samples, priors
 

@@ -33,10 +33,14 @@ from prostate_vq.reporting.references import Citations
 from prostate_vq.reporting.tables import DASH, fmt, hyperparameters, md_code, md_table
 from prostate_vq.reporting.tables import md_escape as esc
 
-EVAL_FIGURES = (("reconstructions", "Input / reconstruction / absolute error"),
-                ("best_slices", "Best slices"), ("worst_slices", "Worst slices"),
-                ("ssim_histogram", "Per-slice SSIM"), ("segmentation_overlays", "Segmentation overlays"),
-                ("codebook_usage", "Codebook usage"))
+EVAL_FIGURES = (
+    ("reconstructions", "Input / reconstruction / absolute error"),
+    ("best_slices", "Best slices"),
+    ("worst_slices", "Worst slices"),
+    ("ssim_histogram", "Per-slice SSIM"),
+    ("segmentation_overlays", "Segmentation overlays"),
+    ("codebook_usage", "Codebook usage"),
+)
 
 
 class _Report:
@@ -63,6 +67,7 @@ class _Report:
 
 
 # --- helpers -------------------------------------------------------------------------------
+
 
 def _epochs_run(entry: Entry) -> int | None:
     run = entry.run
@@ -102,8 +107,7 @@ def _row(entry: Entry) -> list[str]:
     count joint code tuples (one code per level), comparable across one- and multi-level quantizers."""
     config = entry.run.payload.get("config", {}) if entry.run else {}
     refit_info = entry.run.payload.get("refit") if entry.run else None
-    params = hyperparameters(config, _epochs_run(entry), refit_info if isinstance(refit_info, dict) else None) \
-        if config else DASH
+    params = hyperparameters(config, _epochs_run(entry), refit_info if isinstance(refit_info, dict) else None) if config else DASH
     if entry.task not in ("image", "?"):
         params = f"task={entry.task}, {params}"
     ev = entry.evaluation
@@ -114,25 +118,55 @@ def _row(entry: Entry) -> list[str]:
         ssim = DASH if recon is None else f"{fmt(recon.ssim_mean, '.4f')} ± {fmt(recon.ssim_std, '.3f')}"
         codes_used, usage_pct, perplexity = r.joint_or_pooled()
         rate = f"{_rate(entry, r)} / {fmt(r.effective_bits_per_pixel, '.3f')}"
-        return [name, params, rate, _steps(entry, r), ssim, fmt(r.ssim_region_mean, ".4f"),
-                fmt(None if recon is None else recon.psnr_mean, ".2f"),
-                fmt(None if seg is None else seg.dice_mean, ".2f", 100),
-                fmt(r.dice_conventions.prostate_monai, ".2f", 100), fmt(codes_used, ".0f"),
-                fmt(usage_pct, ".2f"), fmt(perplexity, ".1f")]
+        return [
+            name,
+            params,
+            rate,
+            _steps(entry, r),
+            ssim,
+            fmt(r.ssim_region_mean, ".4f"),
+            fmt(None if recon is None else recon.psnr_mean, ".2f"),
+            fmt(None if seg is None else seg.dice_mean, ".2f", 100),
+            fmt(r.dice_conventions.prostate_monai, ".2f", 100),
+            fmt(codes_used, ".0f"),
+            fmt(usage_pct, ".2f"),
+            fmt(perplexity, ".1f"),
+        ]
     assert entry.run is not None  # an entry has a run, an evaluation or both
     m = entry.run.payload.get("metrics", {}) or {}  # no evaluation given: the best epoch's validation numbers
     counts = entry.run.payload.get("code_counts")
     used = None if counts is None else int((torch.as_tensor(counts) > 0).sum())
-    return [f"{entry.name} (validation)", params, f"{_rate(entry, None)} / {DASH}", _steps(entry, None),
-            fmt(m.get("val_ssim"), ".4f"), DASH, DASH,
-            fmt(m.get("val_dice"), ".2f", 100), DASH,
-            fmt(used, ".0f"), fmt(m.get("codebook_usage_pct"), ".2f"), fmt(m.get("perplexity"), ".1f")]
+    return [
+        f"{entry.name} (validation)",
+        params,
+        f"{_rate(entry, None)} / {DASH}",
+        _steps(entry, None),
+        fmt(m.get("val_ssim"), ".4f"),
+        DASH,
+        DASH,
+        fmt(m.get("val_dice"), ".2f", 100),
+        DASH,
+        fmt(used, ".0f"),
+        fmt(m.get("codebook_usage_pct"), ".2f"),
+        fmt(m.get("perplexity"), ".1f"),
+    ]
 
 
 def comparison_table(entries: list[Entry]) -> str:
-    header = ["Model", "Parameters", "Bits per pixel (nominal / effective)", "Steps", "SSIM", "SSIM in region", "PSNR",
-              "Dice (%, per slice)", "Prostate Dice (%, MONAI)", "Codes used (joint)", "Code usage (%, joint)",
-              "Perplexity (joint)"]
+    header = [
+        "Model",
+        "Parameters",
+        "Bits per pixel (nominal / effective)",
+        "Steps",
+        "SSIM",
+        "SSIM in region",
+        "PSNR",
+        "Dice (%, per slice)",
+        "Prostate Dice (%, MONAI)",
+        "Codes used (joint)",
+        "Code usage (%, joint)",
+        "Perplexity (joint)",
+    ]
     return md_table(header, [_row(e) for e in entries], ["l", "l"] + ["c"] * 10)
 
 
@@ -177,15 +211,24 @@ def _dataset_section(report: _Report, entries: list[Entry]) -> None:
         if counts:
             rows, leaks = counts
             report.add(md_table(["Split", "Patients", "Slices"], rows, ["l", "r", "r"]), "")
-            report.add(f"**Warning: patients in more than one split: {', '.join(sorted(leaks))}.** Their "
-                       "test numbers are optimistic." if leaks else "Checked: no patient is in two splits.", "")
-    sizes = sorted({tuple(e.run.payload.get("spatial_size", ())) for e in entries if e.run}
-                   | {tuple(ev.result.spatial_size) for e in entries for ev in e.evaluations})
+            report.add(
+                f"**Warning: patients in more than one split: {', '.join(sorted(leaks))}.** Their test numbers are optimistic."
+                if leaks
+                else "Checked: no patient is in two splits.",
+                "",
+            )
+    sizes = sorted(
+        {tuple(e.run.payload.get("spatial_size", ())) for e in entries if e.run}
+        | {tuple(ev.result.spatial_size) for e in entries for ev in e.evaluations}
+    )
     sizes = [s for s in sizes if s]
     if sizes:
-        report.add("**Pre-processing.** Slice size " + ", ".join(f"{h}x{w}" for h, w in sizes) + " (rows x columns): "
-                   "each slice is zoomed so that its rows fit (aspect ratio kept), then its columns are centre "
-                   "padded or cropped; masks use nearest-neighbour interpolation so labels stay labels.", "")
+        report.add(
+            "**Pre-processing.** Slice size " + ", ".join(f"{h}x{w}" for h, w in sizes) + " (rows x columns): "
+            "each slice is zoomed so that its rows fit (aspect ratio kept), then its columns are centre "
+            "padded or cropped; masks use nearest-neighbour interpolation so labels stay labels.",
+            "",
+        )
     intensity = next((e.run.payload.get("intensity") for e in entries if e.run and e.run.payload.get("intensity")), None)
     if intensity:
         report.add(_intensity_text(intensity), "")
@@ -194,12 +237,17 @@ def _dataset_section(report: _Report, entries: list[Entry]) -> None:
 
 def _intensity_text(intensity: dict) -> str:
     if intensity.get("method") == "percentile":
-        return esc(f"**Intensity scaling** (stored in the checkpoint, repeated by evaluation): per "
-                   f"{intensity.get('per', 'slice')}, the {intensity.get('lower')}th-{intensity.get('upper')}th "
-                   f"percentile range maps to [{intensity.get('b_min')}, {intensity.get('b_max')}]"
-                   + (", clipped." if intensity.get("clip") else "."))
-    return ("**Intensity scaling** (stored in the checkpoint, repeated by evaluation): "
-            + ", ".join(f"{esc(k)} = {md_code(v)}" for k, v in intensity.items()) + ".")
+        return esc(
+            f"**Intensity scaling** (stored in the checkpoint, repeated by evaluation): per "
+            f"{intensity.get('per', 'slice')}, the {intensity.get('lower')}th-{intensity.get('upper')}th "
+            f"percentile range maps to [{intensity.get('b_min')}, {intensity.get('b_max')}]"
+            + (", clipped." if intensity.get("clip") else ".")
+        )
+    return (
+        "**Intensity scaling** (stored in the checkpoint, repeated by evaluation): "
+        + ", ".join(f"{esc(k)} = {md_code(v)}" for k, v in intensity.items())
+        + "."
+    )
 
 
 def _split_counts(root: str) -> tuple[list[list], set[str]] | None:
@@ -213,7 +261,7 @@ def _split_counts(root: str) -> tuple[list[list], set[str]] | None:
     cases = {split: {r.case for r in records} for split, records in found.items()}
     rows = [[split, len(cases[split]), len(records)] for split, records in found.items()]
     splits = list(cases)
-    leaks = {c for i, a in enumerate(splits) for b in splits[i + 1:] for c in cases[a] & cases[b]}
+    leaks = {c for i, a in enumerate(splits) for b in splits[i + 1 :] for c in cases[a] & cases[b]}
     return rows, leaks
 
 
@@ -229,14 +277,19 @@ def _model_section(report: _Report, entry: Entry) -> None:
     if params is not None:
         report.add(f"Trainable parameters: **{params:,}**.", "")
     report.add("**Loss.** " + esc(loss_text(entry.task, config, report.cite)), "")
-    rows = [[section, key, value] for section in ("model", "quantizer", "training", "refit")
-            for key, value in (config.get(section) or {}).items()]
+    rows = [
+        [section, key, value]
+        for section in ("model", "quantizer", "training", "refit")
+        for key, value in (config.get(section) or {}).items()
+    ]
     if rows:
-        report.add("<details><summary>Hyperparameters</summary>", "",
-                   md_table(["Section", "Key", "Value"], rows), "", "</details>", "")
+        report.add(
+            "<details><summary>Hyperparameters</summary>", "", md_table(["Section", "Key", "Value"], rows), "", "</details>", ""
+        )
     if summary:
-        report.add("<details><summary>Architecture (torchinfo)</summary>", "", "```text", summary.rstrip(),
-                   "```", "", "</details>", "")
+        report.add(
+            "<details><summary>Architecture (torchinfo)</summary>", "", "```text", summary.rstrip(), "```", "", "</details>", ""
+        )
 
 
 def _training_section(report: _Report, entry: Entry) -> None:
@@ -246,12 +299,19 @@ def _training_section(report: _Report, entry: Entry) -> None:
     report.add(f"### {esc(entry.name)}", "")
     epochs = _epochs_run(entry)
     best = run.payload.get("epoch")
-    facts = [f"{epochs} epochs run" if epochs is not None else None,
-             f"best epoch {best} (kept as `best.pt`)" if best is not None else None,
-             f"seed {run.payload.get('seed')}" if run.payload.get("seed") is not None else None]
+    facts = [
+        f"{epochs} epochs run" if epochs is not None else None,
+        f"best epoch {best} (kept as `best.pt`)" if best is not None else None,
+        f"seed {run.payload.get('seed')}" if run.payload.get("seed") is not None else None,
+    ]
     if run.stop_reason:
-        facts.append({"max_minutes": "stopped by the time budget", "early_stopping": "stopped early",
-                      "epochs": "all planned epochs done"}.get(run.stop_reason, esc(run.stop_reason)))
+        facts.append(
+            {
+                "max_minutes": "stopped by the time budget",
+                "early_stopping": "stopped early",
+                "epochs": "all planned epochs done",
+            }.get(run.stop_reason, esc(run.stop_reason))
+        )
     if run.history is not None and "seconds" in run.history:
         facts.append(f"{run.history['seconds'].fillna(0).sum() / 60:.1f} min of training")
     report.add(", ".join(f for f in facts if f) + ".", "")
@@ -276,8 +336,7 @@ def _testing_section(report: _Report, entry: Entry) -> None:
                 report.add(f"*{caption}*", "")
                 report.image(path, f"{caption} - {esc(entry.name)}")
         if (ev.path / "per_slice.csv").is_file():
-            report.add(f"Per-slice values: [{esc(ev.path.name)}/per_slice.csv]"
-                       f"({report.link(ev.path / 'per_slice.csv')}).", "")
+            report.add(f"Per-slice values: [{esc(ev.path.name)}/per_slice.csv]({report.link(ev.path / 'per_slice.csv')}).", "")
         else:
             report.add("No per-slice values: the evaluation folder has no `per_slice.csv`.", "")
 
@@ -285,18 +344,38 @@ def _testing_section(report: _Report, entry: Entry) -> None:
 def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[SampleFolder]) -> None:
     if not priors and not samples:
         return
-    report.add("## Generative prior", "",
-               "An autoregressive prior over the code maps turns the VQ-VAE into a generator: sample codes, "
-               "decode them. Lower negative log-likelihood (bits per code) than the uniform and unigram "
-               "baselines means the prior learned the spatial structure of the codes.", "")
+    report.add(
+        "## Generative prior",
+        "",
+        "An autoregressive prior over the code maps turns the VQ-VAE into a generator: sample codes, "
+        "decode them. Lower negative log-likelihood (bits per code) than the uniform and unigram "
+        "baselines means the prior learned the spatial structure of the codes.",
+        "",
+    )
     if priors:
-        rows = [[p.path.name, p.metrics.get("arch", DASH), fmt(p.metrics.get("parameters"), ",.0f"),
-                 fmt(p.metrics.get("val_nll_bits_per_code"), ".3f"), fmt(p.metrics.get("test_nll_bits_per_code"), ".3f"),
-                 fmt(p.metrics.get("unigram_val_bits_per_code"), ".3f"), fmt(p.metrics.get("uniform_bits_per_code"), ".3f"),
-                 p.metrics.get("epochs_run", DASH)] for p in priors]
-        report.add(md_table(["Prior", "Architecture", "Parameters", "Val NLL", "Test NLL", "Unigram (val)",
-                             "Uniform", "Epochs"], rows, ["l", "l", "r", "r", "r", "r", "r", "r"]),
-                   "", "NLL in bits per code; unigram: the training code frequencies scored on the validation codes.", "")
+        rows = [
+            [
+                p.path.name,
+                p.metrics.get("arch", DASH),
+                fmt(p.metrics.get("parameters"), ",.0f"),
+                fmt(p.metrics.get("val_nll_bits_per_code"), ".3f"),
+                fmt(p.metrics.get("test_nll_bits_per_code"), ".3f"),
+                fmt(p.metrics.get("unigram_val_bits_per_code"), ".3f"),
+                fmt(p.metrics.get("uniform_bits_per_code"), ".3f"),
+                p.metrics.get("epochs_run", DASH),
+            ]
+            for p in priors
+        ]
+        report.add(
+            md_table(
+                ["Prior", "Architecture", "Parameters", "Val NLL", "Test NLL", "Unigram (val)", "Uniform", "Epochs"],
+                rows,
+                ["l", "l", "r", "r", "r", "r", "r", "r"],
+            ),
+            "",
+            "NLL in bits per code; unigram: the training code frequencies scored on the validation codes.",
+            "",
+        )
     for folder in samples:
         info = folder.info
         facts = [f"{k} = {md_code(info[k])}" for k in ("n", "arch", "temperature", "seed") if k in info]
@@ -304,16 +383,21 @@ def _prior_section(report: _Report, priors: list[PriorFolder], samples: list[Sam
         nearest = (info.get("summary") or {}).get("nearest_train_similarity")
         reference = (info.get("reference") or {}).get("nearest_train_similarity")
         if isinstance(nearest, dict) and "mean" in nearest:
-            line = (f"Memorisation check: similarity ({info.get('similarity', 'similarity')}) of each sample to its "
-                    f"nearest training slice: mean {nearest['mean']:.3f}, max {nearest.get('max', math.nan):.3f}")
+            line = (
+                f"Memorisation check: similarity ({info.get('similarity', 'similarity')}) of each sample to its "
+                f"nearest training slice: mean {nearest['mean']:.3f}, max {nearest.get('max', math.nan):.3f}"
+            )
             if isinstance(reference, dict) and "mean" in reference:
                 line += f"; unseen validation slices reach {reference['mean']:.3f} on average"
             report.add(line + ".", "")
         quality = info.get("quality") or {}
         if quality:
-            parts = [f"diversity (mean pairwise MS-SSIM, lower is more diverse) {fmt(quality.get('diversity_ms_ssim'), '.3f')} "
-                     f"against {fmt(quality.get('diversity_ms_ssim_real'), '.3f')} among {quality.get('n_real', 0)} "
-                     "validation slices", f"MMD (MONAI) {fmt(quality.get('mmd'), '.4g')}"]
+            parts = [
+                f"diversity (mean pairwise MS-SSIM, lower is more diverse) {fmt(quality.get('diversity_ms_ssim'), '.3f')} "
+                f"against {fmt(quality.get('diversity_ms_ssim_real'), '.3f')} among {quality.get('n_real', 0)} "
+                "validation slices",
+                f"MMD (MONAI) {fmt(quality.get('mmd'), '.4g')}",
+            ]
             if "fid" in quality:
                 parts.append(f"FID {fmt(quality.get('fid'), '.2f')} ({esc((quality.get('fid_weights') or {}).get('file', '?'))})")
             report.add("Sample quality: " + "; ".join(parts) + ".", "")
@@ -333,15 +417,26 @@ def _reproduce_section(report: _Report, entries: list[Entry]) -> None:
             report.add(" \\\n    ".join(_train_command(e.run)))
         for ev in e.evaluations:
             r = ev.result
-            report.add(f"prostate-vq evaluate --checkpoint {_q(r.checkpoint)} --data {_q(r.data_root)} "
-                       f"--split {_q(r.split)} --out {_q(ev.path.resolve())}")
+            report.add(
+                f"prostate-vq evaluate --checkpoint {_q(r.checkpoint)} --data {_q(r.data_root)} "
+                f"--split {_q(r.split)} --out {_q(ev.path.resolve())}"
+            )
     inputs = " ".join(_q(p.resolve()) for p in _inputs_of(entries))
     report.add(f"prostate-vq report {inputs} --out {_q(report.out.resolve())}", "```", "")
-    versions = {"prostate_vq": __version__, "torch": torch.__version__, "monai": monai.__version__,
-                "python": platform.python_version()}
-    rows = [[name, now, ", ".join(sorted({str((e.run.payload.get('versions') or {}).get(name, DASH))
-                                           for e in entries if e.run})) or DASH]
-            for name, now in versions.items()]
+    versions = {
+        "prostate_vq": __version__,
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+    }
+    rows = [
+        [
+            name,
+            now,
+            ", ".join(sorted({str((e.run.payload.get("versions") or {}).get(name, DASH)) for e in entries if e.run})) or DASH,
+        ]
+        for name, now in versions.items()
+    ]
     report.add(md_table(["Package", "Report", "Training"], rows), "")
 
 
@@ -376,6 +471,7 @@ def _slug(name: str) -> str:
 
 # --- entry point ----------------------------------------------------------------------------
 
+
 def write_report(inputs, out: str | Path, title: str = "prostate-vq report", preamble: list[str] | None = None) -> Path:
     """Write one Markdown report comparing every run/evaluation in ``inputs``; returns its path. ``preamble``
     (Markdown lines, e.g. a sweep's comparison table) goes first, under the title."""
@@ -389,8 +485,9 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
         out = out / "report.md"
     _refuse_overwriting_inputs(out, entries, samples, priors)
     if not _is_utf8(str(out.resolve())):
-        raise UserInputError("--out: the name is not valid UTF-8, and the report names itself and its figures; "
-                             "choose a UTF-8 name", out)
+        raise UserInputError(
+            "--out: the name is not valid UTF-8, and the report names itself and its figures; choose a UTF-8 name", out
+        )
     ensure_dir(out.parent)
     report = _Report(out)
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -398,40 +495,55 @@ def write_report(inputs, out: str | Path, title: str = "prostate-vq report", pre
     if preamble:
         report.add(*preamble)
 
-    report.add("## Aim", "",
-               f"Train a VQ-VAE on 2-D prostate MRI slices whose reconstructions are reasonably clear: mean "
-               f"structural similarity (SSIM {report.cite('ssim')}) above {SSIM_THRESHOLD} on the held-out test "
-               "split.", "")
+    report.add(
+        "## Aim",
+        "",
+        f"Train a VQ-VAE on 2-D prostate MRI slices whose reconstructions are reasonably clear: mean "
+        f"structural similarity (SSIM {report.cite('ssim')}) above {SSIM_THRESHOLD} on the held-out test "
+        "split.",
+        "",
+    )
     if entries:
         verdicts = [[e.name, *_verdict(e)] for e in entries]
         report.add(md_table(["Model", "Test SSIM", f"SSIM > {SSIM_THRESHOLD}"], verdicts), "")
 
-        report.add("## Results", "", comparison_table(entries), "",
-                   "SSIM: mean ± std over slices, images in [0, 1], 11x11 Gaussian window (sigma 1.5), MONAI "
-                   f"`SSIMMetric` {report.cite('monai')}; SSIM in region: the SSIM map averaged inside the body (label > 0) or, "
-                   "without masks, inside the unpadded foreground. PSNR (dB, peak 1): mean over slices with a "
-                   "finite value. Dice (per slice): mean over the foreground classes of the per-class mean over "
-                   "slices where the class is in the reference or the prediction. Prostate Dice (MONAI): "
-                   "`DiceMetric(ignore_empty=True)`, slices without prostate in the reference not scored. "
-                   "Bits per pixel: nominal = code map size x log2 K over input pixels, all levels; effective = "
-                   "per level, positions x entropy of its code histogram on the split. Steps: optimizer steps of "
-                   "the run. Codes used, usage and perplexity count joint code tuples (one code per level at a "
-                   "position; for one level, the codes): usage = tuples seen over min(possible tuples, positions); "
-                   "perplexity exp(H) of the tuple histogram (= number of tuples under uniform use). Per-level "
-                   "numbers are in each model's section.", "")
+        report.add(
+            "## Results",
+            "",
+            comparison_table(entries),
+            "",
+            "SSIM: mean ± std over slices, images in [0, 1], 11x11 Gaussian window (sigma 1.5), MONAI "
+            f"`SSIMMetric` {report.cite('monai')}; SSIM in region: the SSIM map averaged inside the body (label > 0) or, "
+            "without masks, inside the unpadded foreground. PSNR (dB, peak 1): mean over slices with a "
+            "finite value. Dice (per slice): mean over the foreground classes of the per-class mean over "
+            "slices where the class is in the reference or the prediction. Prostate Dice (MONAI): "
+            "`DiceMetric(ignore_empty=True)`, slices without prostate in the reference not scored. "
+            "Bits per pixel: nominal = code map size x log2 K over input pixels, all levels; effective = "
+            "per level, positions x entropy of its code histogram on the split. Steps: optimizer steps of "
+            "the run. Codes used, usage and perplexity count joint code tuples (one code per level at a "
+            "position; for one level, the codes): usage = tuples seen over min(possible tuples, positions); "
+            "perplexity exp(H) of the tuple histogram (= number of tuples under uniform use). Per-level "
+            "numbers are in each model's section.",
+            "",
+        )
         perceptual = perceptual_table([(e.name, ev.result) for e in entries if (ev := e.evaluation) is not None])
         if perceptual:
             report.add("### Multi-scale and perceptual metrics", "", perceptual, "")
         _dataset_section(report, entries)
-        report.add("## Models", "",
-                   f"A VQ-VAE {report.cite('vq')} encodes a slice into a grid of vectors, replaces each by its nearest codebook "
-                   "entry (a discrete code) and decodes the codes back; a small, fully used codebook is what "
-                   "makes the codes useful to a generative prior.", "")
+        report.add(
+            "## Models",
+            "",
+            f"A VQ-VAE {report.cite('vq')} encodes a slice into a grid of vectors, replaces each by its nearest codebook "
+            "entry (a discrete code) and decodes the codes back; a small, fully used codebook is what "
+            "makes the codes useful to a generative prior.",
+            "",
+        )
         for entry in entries:
             _model_section(report, entry)
         if any(e.run for e in entries):
-            report.add("## Training", "", f"Early stopping on the validation split {report.cite('stop')}; curves "
-                       "from `history.csv`.", "")
+            report.add(
+                "## Training", "", f"Early stopping on the validation split {report.cite('stop')}; curves from `history.csv`.", ""
+            )
             for entry in entries:
                 _training_section(report, entry)
         if any(e.evaluations for e in entries):

@@ -13,6 +13,7 @@ SPLIT_RATIONALE = (
     "`prostate-vq evaluate`."
 )
 
+
 def _weight(section: dict, key: str, default: float) -> float:
     try:
         return float(section.get(key, default))
@@ -42,8 +43,11 @@ def loss_text(task: str, config: dict, cite=None) -> str:
     kind = str(quantizer.get("kind", "vq"))
     cls = QUANTIZERS.get(kind)
     weighted = cls.loss_weights if cls is not None else ()
-    weights = [f"{key.replace('_', ' ')} {quantizer[key]:g}" for key in weighted
-               if isinstance(quantizer.get(key), (int, float)) and quantizer.get(key)]
+    weights = [
+        f"{key.replace('_', ' ')} {quantizer[key]:g}"
+        for key in weighted
+        if isinstance(quantizer.get(key), (int, float)) and quantizer.get(key)
+    ]
     own = f"{cls.loss_text} {cite(*cls.references)}" if cls is not None and cite else cls.loss_text if cls else kind
     text = (" + ".join(terms) or task) + "; plus the quantiser's terms: " + own
     text += f" ({', '.join(weights)})." if weights else "."
@@ -53,4 +57,3 @@ def loss_text(task: str, config: dict, cite=None) -> str:
     if _weight(training, "mask_ratio", 0.0):
         shaping.append(f"{_weight(training, 'mask_ratio', 0.0):.0%} of the input patches are masked")
     return text + (" Input: " + "; ".join(shaping) + "." if shaping else "")
-

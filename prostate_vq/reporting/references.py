@@ -9,15 +9,12 @@ from prostate_vq.models.quantizers import QUANTIZERS
 
 GENERAL = {
     "ssim": "Z. Wang, A. C. Bovik, H. R. Sheikh, E. P. Simoncelli. *Image quality assessment: from error "
-            "visibility to structural similarity.* IEEE TIP 13(4), 2004.",
+    "visibility to structural similarity.* IEEE TIP 13(4), 2004.",
     "data": "J. Dowling, P. Greer. *Labelled weekly MR images of the male pelvis* (HipMRI). CSIRO Data "
-            "Access Portal, 2021. doi:10.25919/45t8-p065",
-    "monai": "M. J. Cardoso et al. *MONAI: An open-source framework for deep learning in healthcare.* "
-             "arXiv:2211.02701, 2022.",
-    "stop": "L. Prechelt. *Early Stopping - But When?* In: Neural Networks: Tricks of the Trade, "
-            "Springer, 1998.",
-    "vqlib": "P. Wang (lucidrains). *vector-quantize-pytorch.* "
-             "https://github.com/lucidrains/vector-quantize-pytorch",
+    "Access Portal, 2021. doi:10.25919/45t8-p065",
+    "monai": "M. J. Cardoso et al. *MONAI: An open-source framework for deep learning in healthcare.* arXiv:2211.02701, 2022.",
+    "stop": "L. Prechelt. *Early Stopping - But When?* In: Neural Networks: Tricks of the Trade, Springer, 1998.",
+    "vqlib": "P. Wang (lucidrains). *vector-quantize-pytorch.* https://github.com/lucidrains/vector-quantize-pytorch",
 }
 # Listed after the cited ones even when the text cites them nowhere: the data and the software every run uses.
 ALWAYS = ("data", "vqlib")
@@ -40,7 +37,7 @@ class Citations:
         self.order: list[str] = []
 
     def cite(self, *keys: str) -> str:
-        """"[2]" or "[2, 5]"; a key with no reference is a bug in the caller or a quantizer, refused here."""
+        """ "[2]" or "[2, 5]"; a key with no reference is a bug in the caller or a quantizer, refused here."""
         unknown = [key for key in keys if key not in self.table]
         if unknown:
             raise KeyError(f"no reference for citation key(s) {', '.join(unknown)}")

@@ -16,30 +16,66 @@ NUMBER, TEXT = "a number", "a text or number"
 _INTERVAL = [NUMBER]
 _STAT = {"mean": NUMBER, "ci95": _INTERVAL, "n_units": NUMBER, "unit": TEXT}
 METRICS = {
-    "split": TEXT, "preset": TEXT, "task": TEXT, "checkpoint": TEXT, "data_root": TEXT, "n_slices": NUMBER,
+    "split": TEXT,
+    "preset": TEXT,
+    "task": TEXT,
+    "checkpoint": TEXT,
+    "data_root": TEXT,
+    "n_slices": NUMBER,
     "spatial_size": [NUMBER],
-    **{key: NUMBER for key in (
-        "ssim_mean", "ssim_std", "ssim_pass_rate", "ssim_region_mean", "psnr_mean", "dice_mean", "dice_mean_monai",
-        "dice_mean_case3d", "dice_prostate_monai", "codebook_size", "codes_used", "codebook_usage_pct", "perplexity",
-        "bits_per_pixel", "effective_bits_per_pixel", "joint_codes_used", "joint_codes_possible", "joint_usage_pct",
-        "joint_perplexity", "run_steps")},
-    **{key: {"*": NUMBER} for key in ("dice_per_class", "dice_per_class_monai", "dice_per_class_case3d",
-                                      "dice_slices_scored")},
+    **{
+        key: NUMBER
+        for key in (
+            "ssim_mean",
+            "ssim_std",
+            "ssim_pass_rate",
+            "ssim_region_mean",
+            "psnr_mean",
+            "dice_mean",
+            "dice_mean_monai",
+            "dice_mean_case3d",
+            "dice_prostate_monai",
+            "codebook_size",
+            "codes_used",
+            "codebook_usage_pct",
+            "perplexity",
+            "bits_per_pixel",
+            "effective_bits_per_pixel",
+            "joint_codes_used",
+            "joint_codes_possible",
+            "joint_usage_pct",
+            "joint_perplexity",
+            "run_steps",
+        )
+    },
+    **{key: {"*": NUMBER} for key in ("dice_per_class", "dice_per_class_monai", "dice_per_class_case3d", "dice_slices_scored")},
     "figures": {"*": TEXT},
     "per_patient": {"cases": {"*": {"*": NUMBER}}, "n_patients": NUMBER, "*": _STAT},
     "levels": [{"name": TEXT, "grid": [NUMBER], "*": NUMBER}],
-    "baselines": {"codecs": {"*": {"*": None, "bpp_mean": NUMBER, "fit_pct": NUMBER, "ssim_mean": NUMBER,
-                                   "psnr_mean": NUMBER}},
-                  "ours_minus_best": {"*": _STAT}, "bits_per_pixel": NUMBER, "best": TEXT, "rule": TEXT, "*": None},
+    "baselines": {
+        "codecs": {"*": {"*": None, "bpp_mean": NUMBER, "fit_pct": NUMBER, "ssim_mean": NUMBER, "psnr_mean": NUMBER}},
+        "ours_minus_best": {"*": _STAT},
+        "bits_per_pixel": NUMBER,
+        "best": TEXT,
+        "rule": TEXT,
+        "*": None,
+    },
 }
 _SIMILARITY = {"mean": NUMBER, "max": NUMBER, "*": None}
-SAMPLES = {"n": NUMBER, "arch": TEXT, "temperature": NUMBER, "seed": NUMBER, "similarity": TEXT,
-           "summary": {"nearest_train_similarity": _SIMILARITY, "*": None},
-           "reference": {"nearest_train_similarity": _SIMILARITY, "*": None}}
+SAMPLES = {
+    "n": NUMBER,
+    "arch": TEXT,
+    "temperature": NUMBER,
+    "seed": NUMBER,
+    "similarity": TEXT,
+    "summary": {"nearest_train_similarity": _SIMILARITY, "*": None},
+    "reference": {"nearest_train_similarity": _SIMILARITY, "*": None},
+}
 
 
 def check_shape(value, shape, path: str | Path, where: str = "") -> None:
     """Raise a UserInputError naming `path` and the key when `value` does not have `shape` (None: anything)."""
+
     def bad(expected: str):
         raise UserInputError(f"{where or 'the file'} must be {expected}, got {value!r:.80}", path)
 

@@ -38,8 +38,7 @@ def md_table(header: list[str], rows: list[list], align: list[str] | None = None
     """GitHub-flavoured table; ``align`` per column: 'l', 'c' or 'r'."""
     align = align or ["l"] * len(header)
     rule = {"l": ":---", "c": ":---:", "r": "---:"}
-    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |",
-             "|" + "|".join(rule[a] for a in align) + "|"]
+    lines = ["| " + " | ".join(md_escape(h) for h in header) + " |", "|" + "|".join(rule[a] for a in align) + "|"]
     lines += ["| " + " | ".join(md_escape(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 

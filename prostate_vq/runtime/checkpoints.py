@@ -35,11 +35,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     except Exception as error:  # truncated zip, foreign pickle, random bytes...
         lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         # torch's first line advises weights_only=False (running the file): keep the line that says why instead
-        reason = next((line for line in lines if any(k in line.lower() for k in ("unpickler error", "unsupported",
-                                                                                    "global"))), lines[0])
+        reason = next(
+            (line for line in lines if any(k in line.lower() for k in ("unpickler error", "unsupported", "global"))), lines[0]
+        )
         reason = " ".join(reason.split())
-        raise UserInputError(f"not a readable prostate-vq checkpoint, refused without running it ({reason[:400]})",
-                             path) from None
+        raise UserInputError(
+            f"not a readable prostate-vq checkpoint, refused without running it ({reason[:400]})", path
+        ) from None
     if not isinstance(payload, dict) or "model_state" not in payload or "config" not in payload:
         raise UserInputError("not a prostate-vq checkpoint (no model_state/config)", path)
     check_payload(payload, kind, path)
@@ -50,19 +52,39 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 _NEEDS = {
     "any": (),
     "model": (("task", str), ("spatial_size", list)),
-    "resume": (("task", str), ("spatial_size", list), ("epoch", int), ("optimizer_state", dict),
-               ("rng_state", dict), ("early_stopping", dict), ("history", list)),
+    "resume": (
+        ("task", str),
+        ("spatial_size", list),
+        ("epoch", int),
+        ("optimizer_state", dict),
+        ("rng_state", dict),
+        ("early_stopping", dict),
+        ("history", list),
+    ),
     "prior": (("layout", dict), ("vqvae", dict)),
-    "prior_resume": (("layout", dict), ("vqvae", dict), ("training", dict), ("epoch", int),
-                     ("optimizer_state", dict), ("rng_state", dict), ("early_stopping", dict)),
+    "prior_resume": (
+        ("layout", dict),
+        ("vqvae", dict),
+        ("training", dict),
+        ("epoch", int),
+        ("optimizer_state", dict),
+        ("rng_state", dict),
+        ("early_stopping", dict),
+    ),
 }
-_WHAT = {"any": "checkpoint", "model": "VQ-VAE checkpoint", "resume": "run's last.pt for --resume",
-         "prior": "prior checkpoint", "prior_resume": "prior run's last.pt for --resume"}
+_WHAT = {
+    "any": "checkpoint",
+    "model": "VQ-VAE checkpoint",
+    "resume": "run's last.pt for --resume",
+    "prior": "prior checkpoint",
+    "prior_resume": "prior run's last.pt for --resume",
+}
 
 
 def check_payload(payload: dict, kind: str, path: str | Path) -> None:
     """Refuse, in one line, a payload of another format version or lacking what `kind` needs, before any
     use of it can fail with a KeyError deep inside."""
+
     def bad(problem: str):
         raise UserInputError(f"not a usable {_WHAT[kind]}: {problem}", path)
 
@@ -73,8 +95,12 @@ def check_payload(payload: dict, kind: str, path: str | Path) -> None:
         bad("model_state and config must be mappings")
     is_prior = payload.get("kind") == "prior"
     if kind.startswith("prior") != is_prior and kind != "any":
-        raise UserInputError("this is a prior checkpoint; pass the VQ-VAE's best.pt (from prostate-vq train)"
-                             if is_prior else "not a prior checkpoint (train one with prostate-vq train-prior)", path)
+        raise UserInputError(
+            "this is a prior checkpoint; pass the VQ-VAE's best.pt (from prostate-vq train)"
+            if is_prior
+            else "not a prior checkpoint (train one with prostate-vq train-prior)",
+            path,
+        )
     for key, expected in _NEEDS[kind]:
         if key not in payload:
             hint = "; best.pt holds the weights only, --resume reads last.pt" if kind == "resume" else ""
@@ -123,8 +149,7 @@ def model_of(payload: dict, path: str | Path | None):
         check_model_config(payload["config"])
         model = build_model(payload["config"], payload["task"])
     except (KeyError, TypeError, ValueError, UserInputError) as error:
-        raise UserInputError(f"not a usable VQ-VAE checkpoint: its config does not build a model ({error})",
-                             path) from None
+        raise UserInputError(f"not a usable VQ-VAE checkpoint: its config does not build a model ({error})", path) from None
     load_weights(model, payload["model_state"], path)
     return model
 
@@ -132,15 +157,20 @@ def model_of(payload: dict, path: str | Path | None):
 def load_weights(module: torch.nn.Module, state: dict, path: str | Path | None, what: str = "checkpoint") -> None:
     """`module.load_state_dict(state)`, refusing in one line weights that do not fit the checkpoint's own config
     or that hold NaN/Inf (a diverged run's: evaluating or encoding them gives numbers that mean nothing)."""
-    bad = [name for name, value in state.items()
-           if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    bad = [
+        name
+        for name, value in state.items()
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all())
+    ]
     if bad:
-        raise UserInputError(f"the {what} is inconsistent: non-finite (NaN or Inf) weights in {', '.join(bad[:3])}"
-                             + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-                             + "; use an earlier checkpoint of the run", path)
+        raise UserInputError(
+            f"the {what} is inconsistent: non-finite (NaN or Inf) weights in {', '.join(bad[:3])}"
+            + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            + "; use an earlier checkpoint of the run",
+            path,
+        )
     try:
         module.load_state_dict(state)
     except RuntimeError as error:
         detail = " ".join(str(error).split())[:300]
-        raise UserInputError(f"the {what} is inconsistent: its weights do not match its own config ({detail})",
-                             path) from None
+        raise UserInputError(f"the {what} is inconsistent: its weights do not match its own config ({detail})", path) from None

@@ -53,8 +53,10 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device, b
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserInputError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) on this node: "
-                                 "use --nproc_per_node <= the number of GPUs")
+            raise UserInputError(
+                f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) on this node: "
+                "use --nproc_per_node <= the number of GPUs"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
@@ -62,8 +64,9 @@ def init_distributed(device: torch.device) -> tuple[DistContext, torch.device, b
         backend = "gloo"
     created = not dist.is_initialized()
     if created:
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30),
-                                device_id=device if backend == "nccl" else None)
+        dist.init_process_group(
+            backend=backend, timeout=datetime.timedelta(minutes=30), device_id=device if backend == "nccl" else None
+        )
     return DistContext(rank=rank, world_size=world, local_rank=local_rank, backend=backend), device, created
 
 
@@ -95,8 +98,9 @@ def wrap_model(model: torch.nn.Module, ctx: DistContext, device: torch.device, f
     # (torch 2.13 calls it deprecated but recommends it until `init_sync_buffers` exists.)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*broadcast_buffers.*", category=FutureWarning)
-        return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True,
-                                       find_unused_parameters=find_unused)
+        return DistributedDataParallel(
+            model, device_ids=ids, broadcast_buffers=False, gradient_as_bucket_view=True, find_unused_parameters=find_unused
+        )
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

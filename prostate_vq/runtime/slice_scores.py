@@ -34,9 +34,16 @@ SSIM_K2 = 0.03
 
 def ssim_map(recon: Tensor, image: Tensor) -> Tensor:
     """MONAI's SSIM map [B, 1, H - 10, W - 10] (valid region) of [B, 1, H, W] slices, recon clamped to [0, 1]."""
-    ssim, _ = compute_ssim_and_cs(recon.float().clamp(0, 1), image.float(), spatial_dims=2,
-                                  kernel_size=(SSIM_WINDOW, SSIM_WINDOW), kernel_sigma=(SSIM_SIGMA, SSIM_SIGMA),
-                                  data_range=SSIM_DATA_RANGE, k1=SSIM_K1, k2=SSIM_K2)
+    ssim, _ = compute_ssim_and_cs(
+        recon.float().clamp(0, 1),
+        image.float(),
+        spatial_dims=2,
+        kernel_size=(SSIM_WINDOW, SSIM_WINDOW),
+        kernel_sigma=(SSIM_SIGMA, SSIM_SIGMA),
+        data_range=SSIM_DATA_RANGE,
+        k1=SSIM_K1,
+        k2=SSIM_K2,
+    )
     return ssim
 
 
@@ -51,7 +58,7 @@ def ssim_mean(x: Tensor, y: Tensor) -> Tensor:
     The formula, window and constants of ``ssim_per_slice``, with two 1-D passes instead of MONAI's 2-D kernel."""
     c1, c2 = (SSIM_K1 * SSIM_DATA_RANGE) ** 2, (SSIM_K2 * SSIM_DATA_RANGE) ** 2
     g = torch.arange(SSIM_WINDOW, dtype=x.dtype, device=x.device) - (SSIM_WINDOW - 1) / 2
-    g = torch.exp(-g.pow(2) / (2 * SSIM_SIGMA ** 2))
+    g = torch.exp(-g.pow(2) / (2 * SSIM_SIGMA**2))
     g = g / g.sum()
     stats = torch.cat([x, y, x * x, y * y, x * y], 1)
     stats = F.conv2d(stats, g.view(1, 1, 1, -1).expand(5, 1, 1, -1), groups=5)

@@ -15,5 +15,17 @@ from prostate_vq.training.refit import refit
 from prostate_vq.training.stages import train
 from prostate_vq.training.vqvae import TrainOptions, fit
 
-__all__ = ["HISTORY_COLUMNS", "EarlyStopping", "RunRequest", "TrainOptions", "fit", "kmeans", "load_checkpoint",
-           "load_model", "refit", "resolve", "save_checkpoint", "train"]
+__all__ = [
+    "HISTORY_COLUMNS",
+    "EarlyStopping",
+    "RunRequest",
+    "TrainOptions",
+    "fit",
+    "kmeans",
+    "load_checkpoint",
+    "load_model",
+    "refit",
+    "resolve",
+    "save_checkpoint",
+    "train",
+]

@@ -14,15 +14,22 @@ from prostate_vq.files import plain
 from prostate_vq.schema import RunConfig, check_option, check_section
 
 # Keys with a command-line option of their own: messages name the option.
-FLAGS = {"epochs": "--epochs", "max_steps": "--max-steps", "batch_size": "--batch-size", "lr": "--lr", "patience": "--patience",
-         "mask_ratio": "--mask-ratio", "spatial_size": "--spatial-size", "monitor": "--monitor"}
+FLAGS = {
+    "epochs": "--epochs",
+    "max_steps": "--max-steps",
+    "batch_size": "--batch-size",
+    "lr": "--lr",
+    "patience": "--patience",
+    "mask_ratio": "--mask-ratio",
+    "spatial_size": "--spatial-size",
+    "monitor": "--monitor",
+}
 MONITOR_KEYS = {"loss": "val_loss", "ssim": "val_ssim", "dice": "val_dice"}
 
 
 # `schedule` is what a run's config.yaml says about the learning-rate plan it followed: informational, ignored
 # here (the run that reads the file plans its own from its budget).
-CONFIG_FILE_KEYS = ("base", "task", "seed", "data_root", "description", "model", "quantizer", "training", "refit",
-                    "schedule")
+CONFIG_FILE_KEYS = ("base", "task", "seed", "data_root", "description", "model", "quantizer", "training", "refit", "schedule")
 
 
 @dataclass
@@ -66,8 +73,9 @@ def read_config_file(path) -> dict:
         raise UserInputError("--config: not a mapping of base/model/quantizer/training/refit", path)
     unknown = sorted(set(data) - set(CONFIG_FILE_KEYS))
     if unknown:
-        raise UserInputError(f"--config: unknown key(s) {', '.join(map(str, unknown))}; "
-                             f"valid: {', '.join(CONFIG_FILE_KEYS)}", path)
+        raise UserInputError(
+            f"--config: unknown key(s) {', '.join(map(str, unknown))}; valid: {', '.join(CONFIG_FILE_KEYS)}", path
+        )
     return data
 
 
@@ -84,14 +92,24 @@ def resolve(request: RunRequest | None = None) -> RunConfig:
     path = request.config_file
     file = read_config_file(path) if path is not None else None
     if file is not None and request.preset is not None:
-        raise UserInputError(f"--preset {request.preset} and --config: the file names its own preset (base: "
-                             f"{file.get('base', 'default')}); give one of them", path)
+        raise UserInputError(
+            f"--preset {request.preset} and --config: the file names its own preset (base: "
+            f"{file.get('base', 'default')}); give one of them",
+            path,
+        )
     preset = str(file.get("base", "default")) if file is not None else (request.preset or "default")
     cfg = apply_overrides(_sections(preset, file, path), list(request.overrides or []))
     training = cfg["training"]
-    explicit = {"epochs": request.epochs, "max_steps": request.max_steps, "batch_size": request.batch_size,
-                "lr": request.lr, "patience": request.patience, "mask_ratio": request.mask_ratio,
-                "monitor": request.monitor, "spatial_size": list(request.spatial_size) if request.spatial_size else None}
+    explicit = {
+        "epochs": request.epochs,
+        "max_steps": request.max_steps,
+        "batch_size": request.batch_size,
+        "lr": request.lr,
+        "patience": request.patience,
+        "mask_ratio": request.mask_ratio,
+        "monitor": request.monitor,
+        "spatial_size": list(request.spatial_size) if request.spatial_size else None,
+    }
     training.update({k: v for k, v in explicit.items() if v is not None})
     if training.get("max_steps") and request.epochs is None:
         # A step budget is the run's length: a preset's nominal epochs must not end it first on a small training
@@ -102,8 +120,13 @@ def resolve(request: RunRequest | None = None) -> RunConfig:
     file = file or {}
     task = request.task or str(file.get("task") or "image")
     check_training_config(training, task)
-    return RunConfig.from_sections(plain(cfg), preset=preset, task=task, seed=_seed(request, file),
-                                   data_root=str(file["data_root"]) if file.get("data_root") else None)
+    return RunConfig.from_sections(
+        plain(cfg),
+        preset=preset,
+        task=task,
+        seed=_seed(request, file),
+        data_root=str(file["data_root"]) if file.get("data_root") else None,
+    )
 
 
 RESUME_APPLIES = ("epochs", "max_steps", "patience", "lr")  # a resumed run may be extended, more patient, slower
@@ -123,8 +146,9 @@ def resumed(request: RunRequest, payload: dict, path: Path) -> RunConfig:
         check_training_config(cfg["training"], payload["task"])
     except UserInputError as error:
         raise UserInputError(f"--resume: its stored config is broken ({error})", path) from None
-    return RunConfig.from_sections(cfg, preset=payload["preset"], task=payload["task"],
-                                   seed=int(payload.get("seed", request.seed or 0)))
+    return RunConfig.from_sections(
+        cfg, preset=payload["preset"], task=payload["task"], seed=int(payload.get("seed", request.seed or 0))
+    )
 
 
 def _sections(preset: str, file: dict | None, path) -> dict:

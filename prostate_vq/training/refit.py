@@ -33,10 +33,21 @@ log = logging.getLogger("prostate_vq.training")
 MAX_KMEANS_POINTS = 200_000  # latent vectors sampled for k-means (the full HipMRI train split has ~23 M)
 
 
-def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = None,
-          max_minutes: float | None = None, device: str = "auto", seed: int = 0, progress: bool = True,
-          max_slices: int | None = None, num_workers: int = 0, max_steps: int | None = None,
-          tensorboard: bool = False) -> Path | None:
+def refit(
+    checkpoint,
+    out,
+    codebook_size: int,
+    data=None,
+    epochs: int | None = None,
+    max_minutes: float | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: bool = True,
+    max_slices: int | None = None,
+    num_workers: int = 0,
+    max_steps: int | None = None,
+    tensorboard: bool = False,
+) -> Path | None:
     """ReFiT run folder (best.pt/last.pt/history.csv/refit.json) fine-tuned from `checkpoint` (None on torchrun
     ranks > 0, as `fit`).
 
@@ -51,27 +62,42 @@ def refit(checkpoint, out, codebook_size: int, data=None, epochs: int | None = N
         kind = base["config"]["quantizer"].get("kind")
         architecture = base["config"].get("model", {}).get("architecture", "vqvae")
         able = " or ".join(kind for kind, cls in QUANTIZERS.items() if cls.supports_refit)
-        raise UserInputError(f"ReFiT needs a single learned codebook (quantizer {able}, architecture vqvae); "
-                             f"this checkpoint uses {kind}/{architecture}", checkpoint)
-    config = RunConfig.from_sections(copy.deepcopy(base["config"]), preset=base.get("preset", "custom"),
-                                     task=base["task"], seed=int(seed))
+        raise UserInputError(
+            f"ReFiT needs a single learned codebook (quantizer {able}, architecture vqvae); "
+            f"this checkpoint uses {kind}/{architecture}",
+            checkpoint,
+        )
+    config = RunConfig.from_sections(
+        copy.deepcopy(base["config"]), preset=base.get("preset", "custom"), task=base["task"], seed=int(seed)
+    )
     recipe, quantizer, training = config.refit or RefitConfig(), config.quantizer.options, config.training
     quantizer["codebook_size"] = int(codebook_size)
     # Fine-tuning moves the encoder away from the k-means centroids; codes that fall out of use are
     # re-seeded from current encoder outputs, so the re-built codebook stays in use (reference: 100%).
-    quantizer["dead_code_threshold"] = max(float(recipe.dead_code_threshold),
-                                           float(quantizer.get("dead_code_threshold") or 0))
+    quantizer["dead_code_threshold"] = max(float(recipe.dead_code_threshold), float(quantizer.get("dead_code_threshold") or 0))
     training.epochs = int(epochs or recipe.epochs or training.epochs)
     max_steps = max_steps or recipe.max_steps  # the base run's budget is not the fine-tuning's
     training.max_steps = int(max_steps) if max_steps else None
     if recipe.lr:
         training.lr = float(recipe.lr)
-    info = {"base_checkpoint": str(checkpoint.resolve()), "base_epoch": int(base.get("epoch", 0)),
-            "codebook_size_before": int(base["config"]["quantizer"]["codebook_size"]),
-            "codebook_size_after": int(codebook_size), "kmeans_points_max": MAX_KMEANS_POINTS}
+    info = {
+        "base_checkpoint": str(checkpoint.resolve()),
+        "base_epoch": int(base.get("epoch", 0)),
+        "codebook_size_before": int(base["config"]["quantizer"]["codebook_size"]),
+        "codebook_size_after": int(codebook_size),
+        "kmeans_points_max": MAX_KMEANS_POINTS,
+    }
     # The configuration is `config` (the base run's, rebuilt for K codes); the options only say how the run runs.
-    options = TrainOptions(out=Path(out), data=Path(data) if data else None, max_minutes=max_minutes, device=device,
-                           progress=progress, max_slices=max_slices, num_workers=num_workers, tensorboard=tensorboard)
+    options = TrainOptions(
+        out=Path(out),
+        data=Path(data) if data else None,
+        max_minutes=max_minutes,
+        device=device,
+        progress=progress,
+        max_slices=max_slices,
+        num_workers=num_workers,
+        tensorboard=tensorboard,
+    )
     root = None if data else Path(base["data_root"])
 
     def init(model, ctx: InitContext) -> dict:
@@ -96,26 +122,32 @@ def _rebuild_codebook(model, base: dict, ctx: InitContext) -> dict:
     cosine = model.quantizer.cosine_codes
     k = int(model.quantizer.codebook_size)
     if latents.shape[0] < k:
-        raise UserInputError(f"ReFiT: only {latents.shape[0]} latent vectors for {k} codes; "
-                             "use more training slices or a smaller --codebook-size")
+        raise UserInputError(
+            f"ReFiT: only {latents.shape[0]} latent vectors for {k} codes; use more training slices or a smaller --codebook-size"
+        )
     centroids = kmeans(latents, k, iters=25, seed=ctx.seed, cosine=cosine)
     if ctx.dist.enabled:  # identical codebooks on every rank whatever the device arithmetic did
         torch.distributed.broadcast(centroids, src=0)
 
     # Everything but the codebook (and its K-sized statistics) comes from the base model.
     state = model.state_dict()
-    compatible = {name: value for name, value in base["model_state"].items()
-                  if name in state and state[name].shape == value.shape}
+    compatible = {
+        name: value for name, value in base["model_state"].items() if name in state and state[name].shape == value.shape
+    }
     model.load_state_dict(compatible, strict=False)
     model.quantizer.set_codebook(centroids.to(ctx.device))
     after_kmeans = validate(model, _val_loader(ctx), ctx.criterion, ctx.settings)
     return {
-        "usage_before_pct": before["codebook_usage_pct"], "perplexity_before": before["perplexity"],
-        "val_ssim_before": before["val_ssim"], "val_dice_before": before["val_dice"],
+        "usage_before_pct": before["codebook_usage_pct"],
+        "perplexity_before": before["perplexity"],
+        "val_ssim_before": before["val_ssim"],
+        "val_dice_before": before["val_dice"],
         "usage_after_kmeans_pct": after_kmeans["codebook_usage_pct"],
         "perplexity_after_kmeans": after_kmeans["perplexity"],
-        "val_ssim_after_kmeans": after_kmeans["val_ssim"], "val_dice_after_kmeans": after_kmeans["val_dice"],
-        "kmeans_points": int(latents.shape[0]), "kmeans_seconds": time.monotonic() - started,
+        "val_ssim_after_kmeans": after_kmeans["val_ssim"],
+        "val_dice_after_kmeans": after_kmeans["val_dice"],
+        "kmeans_points": int(latents.shape[0]),
+        "kmeans_seconds": time.monotonic() - started,
     }
 
 
@@ -155,12 +187,21 @@ def write_summary(out: Path) -> None:
         return
     best = load_checkpoint(out / "best.pt", kind="model")
     info = dict(best.get("refit", {}))
-    info.update({"usage_after_finetune_pct": best["metrics"].get("codebook_usage_pct"),
-                 "perplexity_after_finetune": best["metrics"].get("perplexity"),
-                 "val_ssim_after_finetune": best["metrics"].get("val_ssim"),
-                 "val_dice_after_finetune": best["metrics"].get("val_dice"), "best_epoch": best["epoch"]})
+    info.update(
+        {
+            "usage_after_finetune_pct": best["metrics"].get("codebook_usage_pct"),
+            "perplexity_after_finetune": best["metrics"].get("perplexity"),
+            "val_ssim_after_finetune": best["metrics"].get("val_ssim"),
+            "val_dice_after_finetune": best["metrics"].get("val_dice"),
+            "best_epoch": best["epoch"],
+        }
+    )
     write_json_atomic(out / "refit.json", info)
-    log.info("ReFiT: codebook usage %.1f%% (K=%d) -> %.1f%% after k-means -> %.1f%% after fine-tuning (K=%d)",
-             info.get("usage_before_pct", math.nan), info.get("codebook_size_before", 0),
-             info.get("usage_after_kmeans_pct", math.nan), info.get("usage_after_finetune_pct") or math.nan,
-             info.get("codebook_size_after", 0))
+    log.info(
+        "ReFiT: codebook usage %.1f%% (K=%d) -> %.1f%% after k-means -> %.1f%% after fine-tuning (K=%d)",
+        info.get("usage_before_pct", math.nan),
+        info.get("codebook_size_before", 0),
+        info.get("usage_after_kmeans_pct", math.nan),
+        info.get("usage_after_finetune_pct") or math.nan,
+        info.get("codebook_size_after", 0),
+    )

@@ -32,8 +32,11 @@ def train(options: TrainOptions, config: RunRequest | RunConfig | None = None) -
     base_last = Path(options.out) / "base" / "last.pt"
     if options.resume and base_last.exists():
         base = load_checkpoint(base_last, kind="resume")
-        return train_then_refit(options, request, RunConfig.from_sections(
-            base["config"], preset=base["preset"], task=base["task"], seed=int(base.get("seed", 0))))
+        return train_then_refit(
+            options,
+            request,
+            RunConfig.from_sections(base["config"], preset=base["preset"], task=base["task"], seed=int(base.get("seed", 0))),
+        )
     if options.resume:
         return fit(options, request)
     resolved = config if isinstance(config, RunConfig) else resolve(request)
@@ -59,28 +62,42 @@ def train_then_refit(options: TrainOptions, request: RunRequest, config: RunConf
         raise ValueError("train_then_refit needs a config with a refit section")
     with ddp.process_group(resolve_device(device)):
         # The step budget is split in the config (stage 1 resumes with its stored share, not the whole).
-        stage1 = replace(options, out=base_dir, resume=options.resume and base_last.exists(),
-                         max_minutes=None if budget is None else 0.75 * budget)
+        stage1 = replace(
+            options,
+            out=base_dir,
+            resume=options.resume and base_last.exists(),
+            max_minutes=None if budget is None else 0.75 * budget,
+        )
         if not (stage1.resume and load_checkpoint(base_last).get("finished")):
             fit(stage1, replace(request, max_steps=None) if stage1.resume else config)
         remaining = None if budget is None else max(0.05, budget - (time.monotonic() - started) / 60.0)
         if options.resume and (out / "last.pt").exists():
-            run = fit(replace(options, resume=True, max_minutes=remaining),
-                      replace(request, epochs=None, max_steps=None))
+            run = fit(replace(options, resume=True, max_minutes=remaining), replace(request, epochs=None, max_steps=None))
             write_summary(out)
         else:
             run = _refit_stage(options, request, config, recipe, remaining)
         return run
 
 
-def _refit_stage(options: TrainOptions, request: RunRequest, config: RunConfig, recipe: RefitConfig,
-                 remaining: float | None) -> Path | None:
+def _refit_stage(
+    options: TrainOptions, request: RunRequest, config: RunConfig, recipe: RefitConfig, remaining: float | None
+) -> Path | None:
     """Stage 2: ReFiT of RUN/base/best.pt into RUN for the time left."""
     out = Path(options.out)
-    return refit(out / "base" / "best.pt", out, int(recipe.codebook_size), data=options.data,
-                 epochs=request.epochs or recipe.epochs, max_minutes=remaining, device=options.device,
-                 seed=config.seed, progress=options.progress, max_slices=options.max_slices,
-                 num_workers=options.num_workers, tensorboard=options.tensorboard)
+    return refit(
+        out / "base" / "best.pt",
+        out,
+        int(recipe.codebook_size),
+        data=options.data,
+        epochs=request.epochs or recipe.epochs,
+        max_minutes=remaining,
+        device=options.device,
+        seed=config.seed,
+        progress=options.progress,
+        max_slices=options.max_slices,
+        num_workers=options.num_workers,
+        tensorboard=options.tensorboard,
+    )
 
 
 def split_step_budget(config: RunConfig) -> RunConfig:
@@ -91,5 +108,6 @@ def split_step_budget(config: RunConfig) -> RunConfig:
     if not steps or recipe is None or recipe.max_steps:
         return config
     stage1 = max(1, round(0.75 * int(steps)))
-    return replace(config, training=replace(config.training, max_steps=stage1),
-                   refit=replace(recipe, max_steps=max(1, int(steps) - stage1)))
+    return replace(
+        config, training=replace(config.training, max_steps=stage1), refit=replace(recipe, max_steps=max(1, int(steps) - stage1))
+    )

@@ -29,8 +29,7 @@ class Cell:
 
     @classmethod
     def from_dict(cls, data: dict) -> Cell:
-        return cls(str(data["name"]), str(data["preset"]), tuple(data.get("overrides") or ()),
-                   dict(data.get("values") or {}))
+        return cls(str(data["name"]), str(data["preset"]), tuple(data.get("overrides") or ()), dict(data.get("values") or {}))
 
 
 @dataclass(frozen=True)
@@ -106,8 +105,9 @@ def expand(presets: list[str], axes: list[tuple[str, list[str]]]) -> list[Cell]:
             cells.append(Cell(cell_name(preset, values), preset, tuple(f"{k}={v}" for k, v in values.items()), values))
     names = [c.name for c in cells]
     if len(set(names)) != len(names):
-        raise UserInputError("two cells of the sweep would share a folder: " + ", ".join(sorted(
-            {n for n in names if names.count(n) > 1})))
+        raise UserInputError(
+            "two cells of the sweep would share a folder: " + ", ".join(sorted({n for n in names if names.count(n) > 1}))
+        )
     return cells
 
 
@@ -126,7 +126,7 @@ def parse_seeds(text: str | None, default: int = 0) -> list[int]:
                 seeds.append(int(part))
         except ValueError:
             raise UserInputError(f"--seeds {text!r}: use whole numbers like 0,1,2 or 0-4") from None
-    if not seeds or any(s < 0 or s >= 2 ** 32 for s in seeds) or len(set(seeds)) != len(seeds):
+    if not seeds or any(s < 0 or s >= 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
         raise UserInputError(f"--seeds {text!r}: give distinct seeds from 0 to 2^32 - 1")
     return seeds
 

@@ -112,8 +112,11 @@ def level_usage(results: dict[int, JobResult]) -> list[tuple[str, float | None]]
     names = [lv.get("name") for lv in first.metrics.get("levels") or []]
     out = []
     for i, name in enumerate(names):
-        values = [(r.metrics.get("levels") or [{}] * len(names))[i].get("codebook_usage_pct") for r in results.values()
-                  if len(r.metrics.get("levels") or []) == len(names)]
+        values = [
+            (r.metrics.get("levels") or [{}] * len(names))[i].get("codebook_usage_pct")
+            for r in results.values()
+            if len(r.metrics.get("levels") or []) == len(names)
+        ]
         out.append((name, mean_sd(values)[0]))
     return out
 
@@ -125,8 +128,12 @@ def paired(results: SweepResults, cell: Cell, reference: Cell, metric: str) -> P
         return None
     rows = next(iter(theirs.values())).rows
     unit, units = _units(rows)
-    return paired_difference({s: r.slices.get(metric, {}) for s, r in mine.items()},
-                             {s: r.slices.get(metric, {}) for s, r in theirs.items()}, units, unit)
+    return paired_difference(
+        {s: r.slices.get(metric, {}) for s, r in mine.items()},
+        {s: r.slices.get(metric, {}) for s, r in theirs.items()},
+        units,
+        unit,
+    )
 
 
 def best_codec(results: dict[int, JobResult]) -> str | None:
@@ -143,8 +150,12 @@ def versus_codec(results: dict[int, JobResult], metric: str = "ssim") -> PairedD
         return None
     first = next(iter(results.values()))
     unit, units = _units(first.rows)
-    return paired_difference({s: r.slices.get(metric, {}) for s, r in results.items()},
-                             {s: r.slices.get(f"{codec}:{metric}", {}) for s, r in results.items()}, units, unit)
+    return paired_difference(
+        {s: r.slices.get(metric, {}) for s, r in results.items()},
+        {s: r.slices.get(f"{codec}:{metric}", {}) for s, r in results.items()},
+        units,
+        unit,
+    )
 
 
 def reference_for(cell: Cell, cells: list[Cell], reference: str | None) -> Cell | None:

@@ -19,9 +19,26 @@ def finished(run: Path) -> bool:
     return last.is_file() and (run / "best.pt").is_file() and bool(load_checkpoint(last).get("finished"))
 
 
-def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_minutes, spatial_size, seed: int,
-              device: str, max_slices, progress: bool, overrides=None, max_steps=None, label: str | None = None,
-              compile: bool = False, tensorboard: bool = False) -> Path:
+def train_run(
+    tag: str,
+    run: Path,
+    *,
+    data,
+    preset: str,
+    task: str,
+    epochs,
+    max_minutes,
+    spatial_size,
+    seed: int,
+    device: str,
+    max_slices,
+    progress: bool,
+    overrides=None,
+    max_steps=None,
+    label: str | None = None,
+    compile: bool = False,
+    tensorboard: bool = False,
+) -> Path:
     from prostate_vq.training import RunRequest, TrainOptions, train
 
     label = label or preset
@@ -32,22 +49,58 @@ def train_run(tag: str, run: Path, *, data, preset: str, task: str, epochs, max_
     budget = (f", {max_steps} steps" if max_steps else "") + (f", at most {max_minutes:g} min" if max_minutes else "")
     say(tag, f"{label}: {'resuming' if resume else 'training'} ({task} task{budget}) -> {run}")
     start = time.monotonic()
-    train(TrainOptions(out=run, data=None if data is None else Path(data), max_minutes=max_minutes, device=device,
-                       resume=resume, max_slices=max_slices, progress=progress, compile=compile,
-                       tensorboard=tensorboard),
-          RunRequest(preset=preset, task=task, seed=seed, overrides=list(overrides or []), epochs=epochs,
-                     max_steps=max_steps, spatial_size=tuple(spatial_size) if spatial_size else None))
+    train(
+        TrainOptions(
+            out=run,
+            data=None if data is None else Path(data),
+            max_minutes=max_minutes,
+            device=device,
+            resume=resume,
+            max_slices=max_slices,
+            progress=progress,
+            compile=compile,
+            tensorboard=tensorboard,
+        ),
+        RunRequest(
+            preset=preset,
+            task=task,
+            seed=seed,
+            overrides=list(overrides or []),
+            epochs=epochs,
+            max_steps=max_steps,
+            spatial_size=tuple(spatial_size) if spatial_size else None,
+        ),
+    )
     say(tag, f"{label}: trained in {(time.monotonic() - start) / 60:.1f} min")
     return run
 
 
-def evaluate_run(tag: str, run: Path, out: Path, *, data, device: str, max_slices, label: str | None = None,
-                 codecs=None, lpips_weights=None, fid_weights=None):
+def evaluate_run(
+    tag: str,
+    run: Path,
+    out: Path,
+    *,
+    data,
+    device: str,
+    max_slices,
+    label: str | None = None,
+    codecs=None,
+    lpips_weights=None,
+    fid_weights=None,
+):
     from prostate_vq.evaluation import evaluate_checkpoint
 
-    result = evaluate_checkpoint(run / "best.pt", data=data, split="test", out=out, device=device,
-                                 max_slices=max_slices, codecs=codecs, lpips_weights=lpips_weights,
-                                 fid_weights=fid_weights)
+    result = evaluate_checkpoint(
+        run / "best.pt",
+        data=data,
+        split="test",
+        out=out,
+        device=device,
+        max_slices=max_slices,
+        codecs=codecs,
+        lpips_weights=lpips_weights,
+        fid_weights=fid_weights,
+    )
     m = result.to_dict()
     parts = [f"{result.n_slices} test slices"]
     if m.get("ssim_mean") is not None:

@@ -42,8 +42,7 @@ def study_cells(study: dict) -> list[Cell]:
         for item in study["cells"]:
             overrides = tuple(item.get("set") or ())
             values = dict(o.split("=", 1) for o in overrides)
-            cells.append(Cell(str(item.get("name") or cell_name(item["preset"], values)), str(item["preset"]),
-                              overrides, values))
+            cells.append(Cell(str(item.get("name") or cell_name(item["preset"], values)), str(item["preset"]), overrides, values))
         return cells
     axes = [(key, [value_text(v) for v in values]) for key, values in (study.get("grid") or {}).items()]
     return expand(list(study["presets"]), axes)

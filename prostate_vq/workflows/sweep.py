@@ -23,16 +23,43 @@ CELL_FILE = "cell.json"
 SWEEP_FORMAT = 1
 # What every job of one sweep folder must share: a comparison mixes nothing else.
 SHARED = ("task", "spatial_size", "max_steps", "max_minutes", "epochs", "overrides", "max_slices")
-FLAG = {"task": "--task", "spatial_size": "--spatial-size", "max_steps": "--max-steps", "max_minutes": "--max-minutes",
-        "epochs": "--epochs", "overrides": "--set", "max_slices": "--max-slices"}
+FLAG = {
+    "task": "--task",
+    "spatial_size": "--spatial-size",
+    "max_steps": "--max-steps",
+    "max_minutes": "--max-minutes",
+    "epochs": "--epochs",
+    "overrides": "--set",
+    "max_slices": "--max-slices",
+}
 
 
-def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: str | None = None,
-          epochs: int | None = None, device: str = "auto", seed: int = 0, spatial_size=None,
-          max_slices: int | None = None, progress: bool = True, overrides=None, *, max_steps: int | None = None,
-          seeds=None, grid=None, reference: str | None = None, study: str | None = None, shard_spec: str | None = None,
-          collect_only: bool = False, codecs=None, tensorboard: bool = False, lpips_weights=None,
-          fid_weights=None) -> Path:
+def sweep(
+    data,
+    presets=None,
+    out=None,
+    max_minutes: float | None = None,
+    task: str | None = None,
+    epochs: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    spatial_size=None,
+    max_slices: int | None = None,
+    progress: bool = True,
+    overrides=None,
+    *,
+    max_steps: int | None = None,
+    seeds=None,
+    grid=None,
+    reference: str | None = None,
+    study: str | None = None,
+    shard_spec: str | None = None,
+    collect_only: bool = False,
+    codecs=None,
+    tensorboard: bool = False,
+    lpips_weights=None,
+    fid_weights=None,
+) -> Path:
     """Train and evaluate every (cell, seed) into ``out/<cell>/seed<k>/{run,eval}``; returns ``out/report.md``.
 
     ``presets`` x ``grid`` (``["section.key=v1,v2"]``) make the cells, or ``study`` names a reference-table study
@@ -93,10 +120,16 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
 
         data = default_data_root()
     if not max_steps:
-        say("sweep", "no --max-steps: the cells are not compared at equal optimizer steps (the table lists each "
-                     "run's steps)")
-    given = {"task": task, "spatial_size": list(spatial_size) if spatial_size else None, "max_steps": max_steps,
-             "max_minutes": max_minutes, "epochs": epochs, "overrides": list(overrides or []), "max_slices": max_slices}
+        say("sweep", "no --max-steps: the cells are not compared at equal optimizer steps (the table lists each run's steps)")
+    given = {
+        "task": task,
+        "spatial_size": list(spatial_size) if spatial_size else None,
+        "max_steps": max_steps,
+        "max_minutes": max_minutes,
+        "epochs": epochs,
+        "overrides": list(overrides or []),
+        "max_slices": max_slices,
+    }
     settings = _merge_settings(out, given, cells, seed_list, reference, study, data)
     jobs = jobs_of(cells, seed_list)
     if part is not None:
@@ -105,8 +138,18 @@ def sweep(data, presets=None, out=None, max_minutes: float | None = None, task: 
     for cell in cells:
         write_json_atomic(ensure_dir(out / cell.name) / CELL_FILE, cell.to_dict())
     for i, job in enumerate(jobs, 1):
-        _run_job(f"sweep {i}/{len(jobs)}", out, job, data=data, device=device, progress=progress, codecs=codecs,
-                 tensorboard=tensorboard, perceptual=perceptual, **given)
+        _run_job(
+            f"sweep {i}/{len(jobs)}",
+            out,
+            job,
+            data=data,
+            device=device,
+            progress=progress,
+            codecs=codecs,
+            tensorboard=tensorboard,
+            perceptual=perceptual,
+            **given,
+        )
     return write_sweep_report(out, settings)
 
 
@@ -122,22 +165,58 @@ def _check_budget(max_steps, max_minutes, epochs) -> None:
         raise UserInputError(f"--epochs must be at least 1, got {epochs}")
 
 
-def _run_job(tag: str, out: Path, job: Job, *, data, device, progress, codecs, task, spatial_size, max_steps,
-             max_minutes, epochs, overrides, max_slices, tensorboard=False, perceptual=None) -> None:
+def _run_job(
+    tag: str,
+    out: Path,
+    job: Job,
+    *,
+    data,
+    device,
+    progress,
+    codecs,
+    task,
+    spatial_size,
+    max_steps,
+    max_minutes,
+    epochs,
+    overrides,
+    max_slices,
+    tensorboard=False,
+    perceptual=None,
+) -> None:
     folder = job.folder(out)
     label = f"{job.cell.name} seed {job.seed}"
-    run = train_run(tag, folder / "run", data=data, preset=job.cell.preset, task=task, epochs=epochs,
-                    max_minutes=max_minutes, max_steps=max_steps, spatial_size=spatial_size, seed=job.seed,
-                    device=device, max_slices=max_slices, progress=progress,
-                    overrides=[*overrides, *job.cell.overrides], label=label, tensorboard=tensorboard)
+    run = train_run(
+        tag,
+        folder / "run",
+        data=data,
+        preset=job.cell.preset,
+        task=task,
+        epochs=epochs,
+        max_minutes=max_minutes,
+        max_steps=max_steps,
+        spatial_size=spatial_size,
+        seed=job.seed,
+        device=device,
+        max_slices=max_slices,
+        progress=progress,
+        overrides=[*overrides, *job.cell.overrides],
+        label=label,
+        tensorboard=tensorboard,
+    )
     metrics = folder / "eval" / "metrics.json"
     perceptual = perceptual or {}
-    if metrics.is_file() and metrics.stat().st_mtime >= (run / "best.pt").stat().st_mtime and _has_codecs(metrics, codecs) \
-            and _has_perceptual(metrics, perceptual):
+    if (
+        metrics.is_file()
+        and metrics.stat().st_mtime >= (run / "best.pt").stat().st_mtime
+        and _has_codecs(metrics, codecs)
+        and _has_perceptual(metrics, perceptual)
+    ):
         say(tag, f"{label}: reusing its evaluation in {metrics.parent}")
         return
-    evaluate_run(tag, run, folder / "eval", data=data, device=device, max_slices=max_slices, label=label,
-                 codecs=codecs, **perceptual)
+    evaluate_run(
+        tag, run, folder / "eval", data=data, device=device, max_slices=max_slices, label=label, codecs=codecs, **perceptual
+    )
 
 
 def _has_perceptual(metrics: Path, perceptual: dict) -> bool:
@@ -182,9 +261,12 @@ def _merge_settings(out: Path, given: dict, cells: list[Cell], seeds: list[int],
     if old is not None:
         for key in SHARED:
             if old.get(key) != given[key]:
-                raise UserInputError(f"this folder's sweep ran with {FLAG[key]} {_show(old.get(key))}, not "
-                                     f"{_show(given[key])}: a comparison needs one setting for every job; use the same "
-                                     "one, or another --out", out / SWEEP_FILE)
+                raise UserInputError(
+                    f"this folder's sweep ran with {FLAG[key]} {_show(old.get(key))}, not "
+                    f"{_show(given[key])}: a comparison needs one setting for every job; use the same "
+                    "one, or another --out",
+                    out / SWEEP_FILE,
+                )
         known = {c["name"]: c for c in old["cells"]}
         for cell in cells:
             if cell.name in known and Cell.from_dict(known[cell.name]) != cell:
@@ -196,8 +278,15 @@ def _merge_settings(out: Path, given: dict, cells: list[Cell], seeds: list[int],
     else:
         merged = [c.to_dict() for c in cells]
         seeds = sorted(seeds)
-    settings = {"format_version": SWEEP_FORMAT, **given, "cells": merged, "seeds": seeds, "reference": reference,
-                "study": study, "data": str(Path(data).resolve())}
+    settings = {
+        "format_version": SWEEP_FORMAT,
+        **given,
+        "cells": merged,
+        "seeds": seeds,
+        "reference": reference,
+        "study": study,
+        "data": str(Path(data).resolve()),
+    }
     write_json_atomic(ensure_dir(out) / SWEEP_FILE, settings, indent=2)
     return settings
 
@@ -219,8 +308,16 @@ def write_sweep_report(out: Path, settings: dict) -> Path:
     cells = [Cell.from_dict(c) for c in settings["cells"]]
     results = collect(out, cells, list(settings["seeds"]))
     reference = settings.get("reference")
-    lines = [_settings_line(settings, results), "", "## Comparison at equal steps", "", sweep_table(results, reference),
-             "", table_notes(results, reference), ""]
+    lines = [
+        _settings_line(settings, results),
+        "",
+        "## Comparison at equal steps",
+        "",
+        sweep_table(results, reference),
+        "",
+        table_notes(results, reference),
+        "",
+    ]
     from prostate_vq.workflows.rate_distortion import rd_section
 
     lines += rd_section(results, out)
@@ -228,15 +325,30 @@ def write_sweep_report(out: Path, settings: dict) -> Path:
         from prostate_vq.workflows.studies import get_study
 
         study = get_study(settings["study"])
-        lines += [f"## Study `{study['name']}`: {study['title']}", "", f"Reference table: {study['source']}.",
-                  f"Its finding: {study['claim']}.", "", study_table(study, results, settings.get("overrides") or ()), ""]
+        lines += [
+            f"## Study `{study['name']}`: {study['title']}",
+            "",
+            f"Reference table: {study['source']}.",
+            f"Its finding: {study['claim']}.",
+            "",
+            study_table(study, results, settings.get("overrides") or ()),
+            "",
+        ]
     if results.missing:
-        lines += ["## Missing", "", f"{len(results.missing)} of {len(cells) * len(settings['seeds'])} jobs have not "
-                  "finished (run the sweep again, or its shards, then `prostate-vq sweep --collect --out DIR`):", ""]
+        lines += [
+            "## Missing",
+            "",
+            f"{len(results.missing)} of {len(cells) * len(settings['seeds'])} jobs have not "
+            "finished (run the sweep again, or its shards, then `prostate-vq sweep --collect --out DIR`):",
+            "",
+        ]
         lines += [f"- {item}" for item in results.missing] + [""]
     write_json_atomic(out / "results.json", results_data(results, reference), indent=2)
-    title = f"prostate-vq sweep: {settings['study']}" if settings.get("study") else \
-        f"prostate-vq sweep: {', '.join(c.name for c in cells)}"
+    title = (
+        f"prostate-vq sweep: {settings['study']}"
+        if settings.get("study")
+        else f"prostate-vq sweep: {', '.join(c.name for c in cells)}"
+    )
     firsts = [out / c.name / f"seed{min(results.of(c))}" for c in cells if results.of(c)]
     if not firsts:
         from prostate_vq.files import write_text_atomic
@@ -258,6 +370,8 @@ def _settings_line(settings: dict, results) -> str:
         budget.append(f"{settings['epochs']} epochs")
     size = "x".join(map(str, settings["spatial_size"])) if settings.get("spatial_size") else "each preset's size"
     extra = f"; every cell with {md_code('--set ' + ' '.join(settings['overrides']))}" if settings.get("overrides") else ""
-    return (f"Sweep of {len(settings['cells'])} cells x seeds {','.join(map(str, settings['seeds']))} "
-            f"({settings['task']} task, {size}, {', '.join(budget)}) on {md_code(settings.get('data', '?'))}{extra}; "
-            f"{sum(len(v) for v in results.done.values())} jobs finished. Settings: `sweep.json`; numbers: `results.json`.")
+    return (
+        f"Sweep of {len(settings['cells'])} cells x seeds {','.join(map(str, settings['seeds']))} "
+        f"({settings['task']} task, {size}, {', '.join(budget)}) on {md_code(settings.get('data', '?'))}{extra}; "
+        f"{sum(len(v) for v in results.done.values())} jobs finished. Settings: `sweep.json`; numbers: `results.json`."
+    )

@@ -64,6 +64,7 @@ def _rate_cell(per_seed) -> str:
 
 def _steps_cell(per_seed) -> str:
     """Optimizer steps of the runs (one number when equal) and their epochs."""
+
     def distinct(key):
         values = sorted({r.metrics.get(key) for r in per_seed.values()}, key=lambda s: (s is None, s))
         return "/".join("-" if v is None else str(int(v)) for v in values)
@@ -100,16 +101,19 @@ def sweep_table(results: SweepResults, reference: str | None) -> str:
         row = [md_escape(cell.name), _rate_cell(per_seed), _steps_cell(per_seed), ",".join(map(str, sorted(per_seed)))]
         for m in scores:
             key, _, digits = SCORES[m]
-            row.append(mean_sd_text(*over_seeds(per_seed, key), digits=digits if m != "dice" else 2,
-                                    scale=100.0 if m == "dice" else 1.0))
+            row.append(
+                mean_sd_text(*over_seeds(per_seed, key), digits=digits if m != "dice" else 2, scale=100.0 if m == "dice" else 1.0)
+            )
         row += list(_usage_cells(per_seed))
         if reference:
             ref = reference_for(cell, results.cells, reference)
             for m in scores:
                 digits = SCORES[m][2] if m != "dice" else 2
-                row.append("(reference)" if ref is None and _is_reference(cell, reference)
-                           else delta_text(paired(results, cell, ref, m) if ref else None, digits,
-                                           100.0 if m == "dice" else 1.0))
+                row.append(
+                    "(reference)"
+                    if ref is None and _is_reference(cell, reference)
+                    else delta_text(paired(results, cell, ref, m) if ref else None, digits, 100.0 if m == "dice" else 1.0)
+                )
         if codecs:
             row += _codec_cells(per_seed)
         rows.append(row)
@@ -143,12 +147,18 @@ def table_notes(results: SweepResults, reference: str | None) -> str:
         "that is the share of the codebook used. Usage per level: each code map's own codebook.",
     ]
     if reference:
-        notes.append(f"Δ: the cell minus the reference `{md_escape(reference)}` (the same preset's cell with the "
-                     "same grid values when the reference is a preset) on the same test slices with matched seeds; "
-                     f"95% percentile bootstrap interval resampling the {n_units} {unit} and the seeds together; "
-                     "* marks an interval that excludes 0."
-                     + ("" if unit == "patients" else " With a single test patient the interval is not over patients: "
-                        "it says how stable the difference is on this patient, not whether it holds for others."))
+        notes.append(
+            f"Δ: the cell minus the reference `{md_escape(reference)}` (the same preset's cell with the "
+            "same grid values when the reference is a preset) on the same test slices with matched seeds; "
+            f"95% percentile bootstrap interval resampling the {n_units} {unit} and the seeds together; "
+            "* marks an interval that excludes 0."
+            + (
+                ""
+                if unit == "patients"
+                else " With a single test patient the interval is not over patients: "
+                "it says how stable the difference is on this patient, not whether it holds for others."
+            )
+        )
     return "\n\n".join(notes)
 
 
@@ -161,8 +171,12 @@ def _config_value(cell: Cell, key: str, per_seed, sweep_overrides) -> str:
     cfg = apply_overrides(get_preset(cell.preset), [*sweep_overrides, *cell.overrides])
     if key == "parameters":
         q, m = cfg["quantizer"], cfg["model"]
-        parts = [f"D={m['embedding_dim']}", f"K={q.get('codebook_size')}", f"downsample={m['downsample']}",
-                 f"beta={q.get('beta')}"]
+        parts = [
+            f"D={m['embedding_dim']}",
+            f"K={q.get('codebook_size')}",
+            f"downsample={m['downsample']}",
+            f"beta={q.get('beta')}",
+        ]
         if cfg.get("refit"):
             parts.append(f"ReFiT to K={cfg['refit']['codebook_size']}")
         return ", ".join(parts)
@@ -180,13 +194,24 @@ def _config_value(cell: Cell, key: str, per_seed, sweep_overrides) -> str:
 def study_table(study: dict, results: SweepResults, sweep_overrides=()) -> str:
     """Columns of the reference table (its parameters, then its metrics), then the rate, steps, seeds and the
     paired differences to the study's reference cell."""
-    metric_heads = {"usage": "Codebook usage (%)", "psnr": "PSNR (dB)", "ssim": "SSIM", "dice": "Dice Score (%)",
-                    "codes_used": "N° codes used"}
+    metric_heads = {
+        "usage": "Codebook usage (%)",
+        "psnr": "PSNR (dB)",
+        "ssim": "SSIM",
+        "dice": "Dice Score (%)",
+        "codes_used": "N° codes used",
+    }
     columns = dict(study.get("columns") or {})
     metrics = list(study.get("metrics") or ["usage", "psnr", "ssim"])
     reference = study.get("reference")
-    headers = ["Cell", *columns, *(metric_heads[m] for m in metrics), "Bits per pixel (nominal / effective)",
-               "Steps (epochs)", "Seeds"]
+    headers = [
+        "Cell",
+        *columns,
+        *(metric_heads[m] for m in metrics),
+        "Bits per pixel (nominal / effective)",
+        "Steps (epochs)",
+        "Seeds",
+    ]
     paired_metrics = [m for m in metrics if m in ("ssim", "psnr", "dice")]
     headers += [f"Δ {metric_heads[m]} vs reference [95% CI]" for m in paired_metrics] + ["Δ usage (pp), mean ± sd"]
     rows = []
@@ -209,8 +234,11 @@ def study_table(study: dict, results: SweepResults, sweep_overrides=()) -> str:
         row += [_rate_cell(per_seed), _steps_cell(per_seed), ",".join(map(str, sorted(per_seed)))]
         ref = reference_for(cell, results.cells, reference)
         for m in paired_metrics:
-            row.append("-" if ref is None else delta_text(paired(results, cell, ref, m), SCORES[m][2] if m != "dice"
-                                                          else 2, 100.0 if m == "dice" else 1.0))
+            row.append(
+                "-"
+                if ref is None
+                else delta_text(paired(results, cell, ref, m), SCORES[m][2] if m != "dice" else 2, 100.0 if m == "dice" else 1.0)
+            )
         row.append("-" if ref is None else _usage_delta(per_seed, results.of(ref)))
         rows.append(row)
     return md_table(headers, rows)
@@ -220,8 +248,11 @@ def _usage_delta(mine, theirs) -> str:
     from prostate_vq.evaluation.stats import mean_sd
 
     seeds = sorted(set(mine) & set(theirs))
-    diffs = [mine[s].metrics.get("joint_usage_pct") - theirs[s].metrics.get("joint_usage_pct") for s in seeds
-             if mine[s].metrics.get("joint_usage_pct") is not None and theirs[s].metrics.get("joint_usage_pct") is not None]
+    diffs = [
+        mine[s].metrics.get("joint_usage_pct") - theirs[s].metrics.get("joint_usage_pct")
+        for s in seeds
+        if mine[s].metrics.get("joint_usage_pct") is not None and theirs[s].metrics.get("joint_usage_pct") is not None
+    ]
     mean, sd = mean_sd(diffs)
     if mean is None:
         return "-"
@@ -234,8 +265,18 @@ def results_data(results: SweepResults, reference: str | None) -> dict:
     for cell in results.cells:
         per_seed = results.of(cell)
         entry = {**cell.to_dict(), "seeds": sorted(per_seed)}
-        for key in ("ssim_mean", "psnr_mean", "dice_mean", "joint_usage_pct", "codebook_usage_pct", "joint_perplexity",
-                    "bits_per_pixel", "effective_bits_per_pixel", "run_steps", "run_epochs"):
+        for key in (
+            "ssim_mean",
+            "psnr_mean",
+            "dice_mean",
+            "joint_usage_pct",
+            "codebook_usage_pct",
+            "joint_perplexity",
+            "bits_per_pixel",
+            "effective_bits_per_pixel",
+            "run_steps",
+            "run_epochs",
+        ):
             mean, sd = over_seeds(per_seed, key)
             entry[key] = {"mean": mean, "sd": sd, "per_seed": {str(s): r.metrics.get(key) for s, r in per_seed.items()}}
         entry["levels_usage_pct"] = dict(level_usage(per_seed))

@@ -54,8 +54,7 @@ def nearest_code(z: Tensor, codebook: Tensor, max_elements: int = 1 << 22) -> Te
         rows = max(1, max_elements // max(1, codebook.shape[0]))
         if z.shape[0] <= rows:
             return torch.addmm(e2, z, codebook.t(), beta=1.0, alpha=-2.0).argmin(1)
-        return torch.cat([torch.addmm(e2, chunk, codebook.t(), beta=1.0, alpha=-2.0).argmin(1)
-                          for chunk in z.split(rows)])
+        return torch.cat([torch.addmm(e2, chunk, codebook.t(), beta=1.0, alpha=-2.0).argmin(1) for chunk in z.split(rows)])
 
 
 def entropy_loss(neg_distance: Tensor, temperature: float) -> Tensor:

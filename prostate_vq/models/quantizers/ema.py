@@ -25,20 +25,38 @@ class EMAQuantizer(Quantizer):
 
     summary = "EMA codebook with Laplace smoothing, `decay`"
     implementation = "vector-quantize-pytorch `VectorQuantize`"
-    loss_text = ("beta times the commitment loss only; the codebook follows an exponential moving average of "
-                 "the encoder outputs assigned to each code")
+    loss_text = (
+        "beta times the commitment loss only; the codebook follows an exponential moving average of "
+        "the encoder outputs assigned to each code"
+    )
     references = ("ema",)
-    citations = {"ema": "A. Razavi, A. van den Oord, O. Vinyals. *Generating Diverse High-Fidelity Images with "
-                        "VQ-VAE-2.* NeurIPS 2019. arXiv:1906.00446"}
-    option_limits = {"codebook_size": CODEBOOK_SIZE, "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
-                     "decay": {"maximum": 1}, "kmeans_iters": {"minimum": 0}}
+    citations = {
+        "ema": "A. Razavi, A. van den Oord, O. Vinyals. *Generating Diverse High-Fidelity Images with "
+        "VQ-VAE-2.* NeurIPS 2019. arXiv:1906.00446"
+    }
+    option_limits = {
+        "codebook_size": CODEBOOK_SIZE,
+        "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
+        "decay": {"maximum": 1},
+        "kmeans_iters": {"minimum": 0},
+    }
     supports_refit = True
     loss_weights = ("beta", "entropy_weight")
     small_options = {"codebook_size": 16, "decay": 0.8}
 
-    def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, decay: float = 0.99,
-                 codebook_dim: int | None = None, l2_normalize: bool = False, entropy_weight: float = 0.0,
-                 dead_code_threshold: float = 0.0, kmeans_init: bool = False, kmeans_iters: int = 10):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 512,
+        beta: float = 0.25,
+        decay: float = 0.99,
+        codebook_dim: int | None = None,
+        l2_normalize: bool = False,
+        entropy_weight: float = 0.0,
+        dead_code_threshold: float = 0.0,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+    ):
         super().__init__()
         self.dim = dim
         self.code_dim = codebook_dim or dim
@@ -46,13 +64,21 @@ class EMAQuantizer(Quantizer):
         self.dead_code_threshold = float(dead_code_threshold)
         self.l2_normalize = l2_normalize
         self.vq = VectorQuantize(
-            dim=dim, codebook_size=codebook_size, codebook_dim=self.code_dim, decay=decay,
-            commitment_weight=beta, use_cosine_sim=l2_normalize, kmeans_init=kmeans_init,
-            kmeans_iters=kmeans_iters, threshold_ema_dead_code=self.dead_code_threshold,
+            dim=dim,
+            codebook_size=codebook_size,
+            codebook_dim=self.code_dim,
+            decay=decay,
+            commitment_weight=beta,
+            use_cosine_sim=l2_normalize,
+            kmeans_init=kmeans_init,
+            kmeans_iters=kmeans_iters,
+            threshold_ema_dead_code=self.dead_code_threshold,
             codebook_diversity_loss_weight=entropy_weight,
             rotation_trick=False,  # plain straight-through, as in the paper
-            accept_image_fmap=False, channel_last=True,
-            sync_kmeans=False)  # local sampling; broadcast_buffers keeps the ranks identical
+            accept_image_fmap=False,
+            channel_last=True,
+            sync_kmeans=False,
+        )  # local sampling; broadcast_buffers keeps the ranks identical
         self.entropy_weight = entropy_weight
 
     @property

@@ -22,8 +22,10 @@ class FSQQuantizer(Quantizer):
     implementation = "vector-quantize-pytorch `FSQ`"
     loss_text = "none: finite scalar quantisation has an implicit, fixed codebook"
     references = ("fsq",)
-    citations = {"fsq": "F. Mentzer, D. Minnen, E. Agustsson, M. Tschannen. *Finite Scalar Quantization: VQ-VAE "
-                        "Made Simple.* ICLR 2024. arXiv:2309.15505"}
+    citations = {
+        "fsq": "F. Mentzer, D. Minnen, E. Agustsson, M. Tschannen. *Finite Scalar Quantization: VQ-VAE "
+        "Made Simple.* ICLR 2024. arXiv:2309.15505"
+    }
     option_limits = {"levels": {"item_minimum": 2}}  # a level of 1 divides by zero inside FSQ
     small_options = {"levels": [5, 3]}
 

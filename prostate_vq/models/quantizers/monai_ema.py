@@ -13,27 +13,48 @@ from .registry import register_quantizer
 
 @register_quantizer("monai-ema")
 class MonaiEMAQuantizer(Quantizer):
-    summary = ("MONAI's own `EMAQuantizer` (the one inside `monai.networks.nets.VQVAE`): commitment `beta`, EMA "
-               "`decay` (MONAI's default 0.5), normal initialisation")
+    summary = (
+        "MONAI's own `EMAQuantizer` (the one inside `monai.networks.nets.VQVAE`): commitment `beta`, EMA "
+        "`decay` (MONAI's default 0.5), normal initialisation"
+    )
     implementation = "MONAI `monai.networks.layers.EMAQuantizer`"
-    loss_text = ("MONAI's EMAQuantizer: beta times the commitment loss; the codebook follows an exponential moving "
-                 "average (decay 0.5) of the encoder outputs assigned to each code")
+    loss_text = (
+        "MONAI's EMAQuantizer: beta times the commitment loss; the codebook follows an exponential moving "
+        "average (decay 0.5) of the encoder outputs assigned to each code"
+    )
     references = ("ema", "monai")
-    option_limits = {"codebook_size": CODEBOOK_SIZE, "decay": {"maximum": 1},
-                     "embedding_init": {"choices": ("normal", "kaiming_uniform")}}
+    option_limits = {
+        "codebook_size": CODEBOOK_SIZE,
+        "decay": {"maximum": 1},
+        "embedding_init": {"choices": ("normal", "kaiming_uniform")},
+    }
     loss_weights = ("beta",)
     small_options = {"codebook_size": 16}
 
-    def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, decay: float = 0.5,
-                 epsilon: float = 1e-5, embedding_init: str = "normal"):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 512,
+        beta: float = 0.25,
+        decay: float = 0.5,
+        epsilon: float = 1e-5,
+        embedding_init: str = "normal",
+    ):
         super().__init__()
         from monai.networks.layers.vector_quantizer import EMAQuantizer
 
         self.codebook_size = codebook_size
         # MONAI's defaults (decay 0.5, normal init); ddp_sync keeps the codebooks equal across torchrun ranks.
-        self.ema = EMAQuantizer(spatial_dims=2, num_embeddings=codebook_size, embedding_dim=dim,
-                                commitment_cost=beta, decay=decay, epsilon=epsilon, embedding_init=embedding_init,
-                                ddp_sync=True)
+        self.ema = EMAQuantizer(
+            spatial_dims=2,
+            num_embeddings=codebook_size,
+            embedding_dim=dim,
+            commitment_cost=beta,
+            decay=decay,
+            epsilon=epsilon,
+            embedding_init=embedding_init,
+            ddp_sync=True,
+        )
 
     def forward(self, z: Tensor) -> QuantizerOutput:
         quantized, loss, indices = self.ema(z.float())

@@ -30,8 +30,10 @@ def register_quantizer(kind: str):
         if not cls.references or not all(isinstance(key, str) and key for key in cls.references):
             missing.append("references")
         if missing:
-            raise TypeError(f"quantizer {kind!r} ({cls.__name__}) must set {', '.join(missing)}: the report, "
-                            "the docs and the config check read them")
+            raise TypeError(
+                f"quantizer {kind!r} ({cls.__name__}) must set {', '.join(missing)}: the report, "
+                "the docs and the config check read them"
+            )
         cls.kind = kind
         _rules(cls)  # a keyword without a type is refused now, not when a config meets it
         QUANTIZERS[kind] = cls
@@ -67,8 +69,7 @@ def check_options(kind: str, values: dict, as_key: bool = True) -> dict:
     rules = option_rules(kind)
     unknown = sorted(set(values) - set(rules))
     if unknown:
-        raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; "
-                             f"valid: {', '.join(rules)}")
+        raise UserInputError(f"quantizer kind {kind!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(rules)}")
     out = {}
     for name, value in values.items():
         key = f"quantizer.{name}"
@@ -98,8 +99,10 @@ def _rule(cls, name: str, default, limits: dict) -> dict:
     `limits` overrides (a range, choices, a power of two)."""
     kind = limits.get("kind") or type(default)
     if default is None and "kind" not in limits:
-        raise TypeError(f"quantizer {cls.__name__}: option {name!r} defaults to None; give its type in "
-                        f"option_limits ({{{name!r}: {{'kind': int}}}})")
+        raise TypeError(
+            f"quantizer {cls.__name__}: option {name!r} defaults to None; give its type in "
+            f"option_limits ({{{name!r}: {{'kind': int}}}})"
+        )
     base: dict = {}
     if kind is int and not isinstance(default, bool):
         base = {"minimum": 1}

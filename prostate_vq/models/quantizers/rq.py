@@ -30,37 +30,64 @@ from .registry import register_quantizer
 
 @register_quantizer("rq")
 class ResidualQuantizer(Quantizer):
-    summary = ("RQ-VAE (Lee 2022), `depth` EMA codebooks on successive residuals, one straight-through estimator "
-               "on the sum of the codes (the library's one per level would multiply the encoder's gradient by the "
-               "depth)")
+    summary = (
+        "RQ-VAE (Lee 2022), `depth` EMA codebooks on successive residuals, one straight-through estimator "
+        "on the sum of the codes (the library's one per level would multiply the encoder's gradient by the "
+        "depth)"
+    )
     implementation = "vector-quantize-pytorch `ResidualVQ`"
     loss_text = "commitment losses of every residual level; codebooks updated by EMA"
     references = ("rq",)
-    citations = {"rq": "D. Lee, C. Kim, S. Kim, M. Cho, W.-S. Han. *Autoregressive Image Generation using Residual "
-                       "Quantization.* CVPR 2022. arXiv:2203.01941"}
-    option_limits = {"codebook_size": CODEBOOK_SIZE, "depth": {"maximum": 64},
-                     "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096}, "decay": {"maximum": 1}}
+    citations = {
+        "rq": "D. Lee, C. Kim, S. Kim, M. Cho, W.-S. Han. *Autoregressive Image Generation using Residual "
+        "Quantization.* CVPR 2022. arXiv:2203.01941"
+    }
+    option_limits = {
+        "codebook_size": CODEBOOK_SIZE,
+        "depth": {"maximum": 64},
+        "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
+        "decay": {"maximum": 1},
+    }
     loss_weights = ("beta",)
     small_options = {"codebook_size": 16, "depth": 3}
 
-    def __init__(self, dim: int, codebook_size: int = 512, depth: int = 4, beta: float = 0.25, decay: float = 0.99,
-                 codebook_dim: int | None = None, l2_normalize: bool = False, dead_code_threshold: float = 0.0,
-                 kmeans_init: bool = False, shared_codebook: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 512,
+        depth: int = 4,
+        beta: float = 0.25,
+        decay: float = 0.99,
+        codebook_dim: int | None = None,
+        l2_normalize: bool = False,
+        dead_code_threshold: float = 0.0,
+        kmeans_init: bool = False,
+        shared_codebook: bool = False,
+    ):
         super().__init__()
         if codebook_dim not in (None, dim):
-            raise ValueError("rq: codebook_dim must equal the embedding dimension (one straight-through "
-                             "estimator on the sum of the codes needs codes in the encoder's space)")
+            raise ValueError(
+                "rq: codebook_dim must equal the embedding dimension (one straight-through "
+                "estimator on the sum of the codes needs codes in the encoder's space)"
+            )
         self.depth = depth
         self.level_size = codebook_size
         self.codebook_size = codebook_size
         self.dead_code_threshold = float(dead_code_threshold)
         self.rvq = ResidualVQ(
-            dim=dim, num_quantizers=depth, codebook_size=codebook_size, codebook_dim=codebook_dim,
-            shared_codebook=shared_codebook, decay=decay, commitment_weight=beta,
-            use_cosine_sim=l2_normalize, kmeans_init=kmeans_init,
+            dim=dim,
+            num_quantizers=depth,
+            codebook_size=codebook_size,
+            codebook_dim=codebook_dim,
+            shared_codebook=shared_codebook,
+            decay=decay,
+            commitment_weight=beta,
+            use_cosine_sim=l2_normalize,
+            kmeans_init=kmeans_init,
             threshold_ema_dead_code=self.dead_code_threshold,
             rotation_trick=False,  # plain straight-through; replaced by one on the sum in forward()
-            sync_kmeans=False)  # the library's cross-rank sampling races; see ema.py
+            sync_kmeans=False,
+        )  # the library's cross-rank sampling races; see ema.py
 
     @property
     def num_codes(self) -> int:

@@ -23,20 +23,31 @@ from .vq import VectorQuantizer
 
 @register_quantizer("soft")
 class SoftQuantizer(VectorQuantizer):
-    summary = ("softmax over cosine distances (unit vectors: squared distances in [0, 4], so `temperature` means "
-               "the same at any encoder scale) at `temperature` in training; with `hard_forward` (default) the "
-               "decoder sees the hard code and the gradient flows through the soft weights, so training and "
-               "evaluation decode the same vectors; hard codes at evaluation")
+    summary = (
+        "softmax over cosine distances (unit vectors: squared distances in [0, 4], so `temperature` means "
+        "the same at any encoder scale) at `temperature` in training; with `hard_forward` (default) the "
+        "decoder sees the hard code and the gradient flows through the soft weights, so training and "
+        "evaluation decode the same vectors; hard codes at evaluation"
+    )
     implementation = "hand-written (no library equivalent)"
-    loss_text = ("codebook and commitment losses on a softmax-weighted (soft) assignment during training; "
-                 "hard nearest-code assignment at evaluation")
+    loss_text = (
+        "codebook and commitment losses on a softmax-weighted (soft) assignment during training; "
+        "hard nearest-code assignment at evaluation"
+    )
     references = ("vq",)
     option_limits = {"temperature": {"above": 0}, "l2_normalize": {"choices": (True,)}}
     supports_refit = False  # ReFiT's fine-tuning is defined for hard assignment (vq, ema)
     small_options = {"codebook_size": 16, "temperature": 0.5}
 
-    def __init__(self, dim: int, codebook_size: int = 512, temperature: float = 0.1, hard_forward: bool = True,
-                 l2_normalize: bool = True, **kwargs):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 512,
+        temperature: float = 0.1,
+        hard_forward: bool = True,
+        l2_normalize: bool = True,
+        **kwargs,
+    ):
         if not temperature > 0:
             raise ValueError(f"soft: temperature must be positive, got {temperature}")
         if not l2_normalize:

@@ -43,13 +43,19 @@ class VectorQuantizer(Quantizer):
 
     summary = "van den Oord 2017: codebook loss + `beta` x commitment, straight-through"
     implementation = "hand-written (the library's learnable codebook has one loss weight)"
-    loss_text = ("codebook loss ||sg[z_e] - e||² plus beta times the commitment loss ||z_e - sg[e]||² "
-                 "(straight-through gradients)")
+    loss_text = "codebook loss ||sg[z_e] - e||² plus beta times the commitment loss ||z_e - sg[e]||² (straight-through gradients)"
     references = ("vq",)
-    citations = {"vq": "A. van den Oord, O. Vinyals, K. Kavukcuoglu. *Neural Discrete Representation Learning.* "
-                       "NeurIPS 2017. arXiv:1711.00937"}
-    option_limits = {"codebook_size": CODEBOOK_SIZE, "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
-                     "entropy_temperature": {"above": 0}, "decay": {"maximum": 1}, "kmeans_iters": {"minimum": 0}}
+    citations = {
+        "vq": "A. van den Oord, O. Vinyals, K. Kavukcuoglu. *Neural Discrete Representation Learning.* "
+        "NeurIPS 2017. arXiv:1711.00937"
+    }
+    option_limits = {
+        "codebook_size": CODEBOOK_SIZE,
+        "codebook_dim": {"kind": int, "minimum": 1, "maximum": 4096},
+        "entropy_temperature": {"above": 0},
+        "decay": {"maximum": 1},
+        "kmeans_iters": {"minimum": 0},
+    }
     supports_refit = True
     loss_weights = ("beta", "entropy_weight")
     small_options = {"codebook_size": 16}
@@ -58,10 +64,20 @@ class VectorQuantizer(Quantizer):
     usage_ema: Tensor
     initted: Tensor
 
-    def __init__(self, dim: int, codebook_size: int = 512, beta: float = 0.25, codebook_dim: int | None = None,
-                 l2_normalize: bool = False, entropy_weight: float = 0.0, entropy_temperature: float = 0.01,
-                 dead_code_threshold: float = 0.0, decay: float = 0.99, kmeans_init: bool = False,
-                 kmeans_iters: int = 10):
+    def __init__(
+        self,
+        dim: int,
+        codebook_size: int = 512,
+        beta: float = 0.25,
+        codebook_dim: int | None = None,
+        l2_normalize: bool = False,
+        entropy_weight: float = 0.0,
+        entropy_temperature: float = 0.01,
+        dead_code_threshold: float = 0.0,
+        decay: float = 0.99,
+        kmeans_init: bool = False,
+        kmeans_iters: int = 10,
+    ):
         super().__init__()
         self.dim = dim
         self.code_dim = codebook_dim or dim
@@ -106,8 +122,7 @@ class VectorQuantizer(Quantizer):
             raise ValueError(f"codebook must be [K, {self.code_dim}], got {list(new_codebook.shape)}")
         self.codebook_size = new_codebook.shape[0]
         self.embedding = nn.Parameter(new_codebook.clone())
-        self.usage_ema = torch.full((self.codebook_size,), max(self.dead_code_threshold, 1.0),
-                                    device=new_codebook.device)
+        self.usage_ema = torch.full((self.codebook_size,), max(self.dead_code_threshold, 1.0), device=new_codebook.device)
         self.initted.fill_(True)
 
     # --- forward -----------------------------------------------------------------------------

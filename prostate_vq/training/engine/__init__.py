@@ -15,6 +15,18 @@ from prostate_vq.training.engine.loop import (
 from prostate_vq.training.engine.optim import make_optimizer, make_scheduler, retune_schedule
 from prostate_vq.training.engine.run_folder import RunWriter, versions
 
-__all__ = ["MONITOR_MODES", "EarlyStopping", "Engine", "EpochResult", "LoopState", "Plugin", "RunWriter",
-           "budget_deadline", "make_optimizer", "make_scheduler", "restore_training_state", "retune_schedule",
-           "versions"]
+__all__ = [
+    "MONITOR_MODES",
+    "EarlyStopping",
+    "Engine",
+    "EpochResult",
+    "LoopState",
+    "Plugin",
+    "RunWriter",
+    "budget_deadline",
+    "make_optimizer",
+    "make_scheduler",
+    "restore_training_state",
+    "retune_schedule",
+    "versions",
+]

@@ -18,10 +18,10 @@ MONITOR_MODES: dict[str, Literal["min", "max"]] = {"loss": "min", "ssim": "max",
 @dataclass
 class EarlyStopping:
     monitor: str = "loss"
-    patience: int = 10          # validations (epochs) without improvement; <= 0 disables early stopping
+    patience: int = 10  # validations (epochs) without improvement; <= 0 disables early stopping
     min_delta: float = 0.0
-    patience_steps: int = 0     # optimizer steps since the best validation
-    min_steps: int = 0          # never stop before this many optimizer steps
+    patience_steps: int = 0  # optimizer steps since the best validation
+    min_steps: int = 0  # never stop before this many optimizer steps
     best: float | None = None
     best_epoch: int = 0
     best_step: int = 0
@@ -48,8 +48,13 @@ class EarlyStopping:
             self.best, self.best_epoch, self.best_step, self.bad_epochs = float(value), int(epoch), step, 0
             return True
         self.bad_epochs += 1
-        if (self.patience is not None and self.patience > 0 and self.bad_epochs >= self.patience
-                and step - self.best_step >= self.patience_steps and step >= self.min_steps):
+        if (
+            self.patience is not None
+            and self.patience > 0
+            and self.bad_epochs >= self.patience
+            and step - self.best_step >= self.patience_steps
+            and step >= self.min_steps
+        ):
             self.stopped = True
         return False
 

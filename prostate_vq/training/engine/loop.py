@@ -25,6 +25,7 @@ from prostate_vq.training.engine.run_folder import RunWriter
 
 log = logging.getLogger("prostate_vq.training")
 
+
 @dataclass
 class EpochResult:
     """What a plug-in's epoch gives the engine."""
@@ -104,8 +105,15 @@ class Engine:
     def _run(self) -> str | None:
         state, epochs = self.state, self.epochs
         bar = epoch_bar(self.progress and self.dist.is_main, state.start_epoch, epochs)
-        stop_reason = ("early_stopping" if self.stopper.stopped else "epochs" if state.start_epoch > epochs
-                       else "max_steps" if self.max_steps is not None and state.step >= self.max_steps else None)
+        stop_reason = (
+            "early_stopping"
+            if self.stopper.stopped
+            else "epochs"
+            if state.start_epoch > epochs
+            else "max_steps"
+            if self.max_steps is not None and state.step >= self.max_steps
+            else None
+        )
         val_seconds = 0.0
         try:
             for epoch in range(state.start_epoch, epochs + 1):
@@ -123,8 +131,17 @@ class Engine:
                 row = self._record(epoch, result, t0, lr)
                 improved = self.stopper.update(result.monitor, epoch, state.step)
                 out_of_steps = result.out_of_steps or (self.max_steps is not None and state.step >= self.max_steps)
-                stop_reason = ("max_minutes" if result.out_of_time else "max_steps" if out_of_steps
-                               else "early_stopping" if self.stopper.stopped else "epochs" if epoch == epochs else None)
+                stop_reason = (
+                    "max_minutes"
+                    if result.out_of_time
+                    else "max_steps"
+                    if out_of_steps
+                    else "early_stopping"
+                    if self.stopper.stopped
+                    else "epochs"
+                    if epoch == epochs
+                    else None
+                )
                 if self.dist.is_main:
                     self.plugin.after_epoch(epoch, result)
                     self._save(epoch, row, result, improved, stop_reason)
@@ -134,8 +151,11 @@ class Engine:
                 ddp.barrier(self.dist)
         except TrainingDiverged as error:
             good = state.history[-1]["epoch"] if state.history else None
-            kept = (f"kept the last good checkpoint {self.writer.out / 'last.pt'} (epoch {good}) and best.pt"
-                    if good else "no checkpoint was written")
+            kept = (
+                f"kept the last good checkpoint {self.writer.out / 'last.pt'} (epoch {good}) and best.pt"
+                if good
+                else "no checkpoint was written"
+            )
             raise TrainingDiverged(f"{error}; {kept}") from None
         finally:
             if bar is not None:
@@ -158,29 +178,51 @@ class Engine:
         """best.pt (when improved) before last.pt: a kill between the two only replays this epoch."""
         scalars = plain({k: v for k, v in row.items() if k != "epoch"})
         state = {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
-        payload = {"format_version": FORMAT_VERSION, **self.base_payload, "model_state": state, "epoch": epoch,
-                   "metrics": {**scalars, **result.metrics}, **result.checkpoint}
+        payload = {
+            "format_version": FORMAT_VERSION,
+            **self.base_payload,
+            "model_state": state,
+            "epoch": epoch,
+            "metrics": {**scalars, **result.metrics},
+            **result.checkpoint,
+        }
         if improved:
             self.writer.checkpoint("best.pt", payload)
-        self.writer.checkpoint("last.pt", {
-            **payload, "optimizer_state": self.optimizer.state_dict(),
-            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "rng_state": capture_rng_state(), "early_stopping": self.stopper.state_dict(),
-            "history": plain(self.state.history), "finished": stop_reason is not None, "stop_reason": stop_reason,
-            "best_epoch": self.stopper.best_epoch})
+        self.writer.checkpoint(
+            "last.pt",
+            {
+                **payload,
+                "optimizer_state": self.optimizer.state_dict(),
+                "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "rng_state": capture_rng_state(),
+                "early_stopping": self.stopper.state_dict(),
+                "history": plain(self.state.history),
+                "finished": stop_reason is not None,
+                "stop_reason": stop_reason,
+                "best_epoch": self.stopper.best_epoch,
+            },
+        )
         self.writer.history(self.state.history, row, self.plugin.history_columns)
 
     def _log_end(self, stop_reason: str | None) -> None:
         if not self.dist.is_main:
             return
         last = self.state.history[-1]["epoch"] if self.state.history else "-"
-        reason = {"early_stopping": f"early stopping after epoch {last}",
-                  "max_minutes": f"time budget of {self.budget_text} reached after epoch {last}",
-                  "max_steps": f"step budget of {self.max_steps} optimizer steps reached in epoch {last}",
-                  "epochs": "all epochs done"}.get(stop_reason or "", "done")
+        reason = {
+            "early_stopping": f"early stopping after epoch {last}",
+            "max_minutes": f"time budget of {self.budget_text} reached after epoch {last}",
+            "max_steps": f"step budget of {self.max_steps} optimizer steps reached in epoch {last}",
+            "epochs": "all epochs done",
+        }.get(stop_reason or "", "done")
         best = self.stopper.best if self.stopper.best is not None else math.nan
-        log.info("training ended: %s (%d optimizer steps); best %s %.5g at epoch %d", reason, self.state.step,
-                 self.stopper.monitor, best, self.stopper.best_epoch)
+        log.info(
+            "training ended: %s (%d optimizer steps); best %s %.5g at epoch %d",
+            reason,
+            self.state.step,
+            self.stopper.monitor,
+            best,
+            self.stopper.best_epoch,
+        )
 
 
 def budget_deadline(started: float, max_minutes: float | None) -> float | None:

@@ -23,12 +23,12 @@ def make_scheduler(optimizer: torch.optim.Optimizer, training: TrainingConfig) -
     The VQ-VAE plans its cosine per optimizer step (training.vqvae.schedule.make_step_scheduler)."""
     if training.scheduler == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(
-            optimizer, T_max=max(1, int(training.epochs)),
-            eta_min=float(training.lr) * float(training.min_lr_ratio))
+            optimizer, T_max=max(1, int(training.epochs)), eta_min=float(training.lr) * float(training.min_lr_ratio)
+        )
     if training.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=MONITOR_MODES[training.monitor], factor=0.5,
-            patience=max(1, int(training.patience) // 3))
+            optimizer, mode=MONITOR_MODES[training.monitor], factor=0.5, patience=max(1, int(training.patience) // 3)
+        )
     return None
 
 

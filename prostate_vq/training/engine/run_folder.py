@@ -37,8 +37,9 @@ class RunWriter:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserInputError("--tensorboard needs the tensorboard package: "
-                                     "pip install 'prostate-vq[tensorboard]'") from None
+                raise UserInputError(
+                    "--tensorboard needs the tensorboard package: pip install 'prostate-vq[tensorboard]'"
+                ) from None
             self.tb = SummaryWriter(log_dir=str(self.out / "tb"))
 
     def config(self, cfg: dict, extra: dict) -> None:
@@ -71,15 +72,21 @@ class RunWriter:
         if self.tb is None:
             return
         if recon is not None:
-            self.tb.add_images("reconstructions/input_then_output",
-                               torch.cat([images, recon]).float().clamp(0, 1).cpu(), step)
+            self.tb.add_images("reconstructions/input_then_output", torch.cat([images, recon]).float().clamp(0, 1).cpu(), step)
         if counts is not None and len(counts):
             counts = torch.as_tensor(counts).double().cpu()
             index = torch.arange(len(counts), dtype=torch.float64)
-            self.tb.add_histogram_raw("codebook/code_usage", min=0, max=len(counts) - 1, num=int(counts.sum()),
-                                      sum=float((counts * index).sum()), sum_squares=float((counts * index ** 2).sum()),
-                                      bucket_limits=(index + 0.5).tolist(), bucket_counts=counts.tolist(),
-                                      global_step=step)
+            self.tb.add_histogram_raw(
+                "codebook/code_usage",
+                min=0,
+                max=len(counts) - 1,
+                num=int(counts.sum()),
+                sum=float((counts * index).sum()),
+                sum_squares=float((counts * index**2).sum()),
+                bucket_limits=(index + 0.5).tolist(),
+                bucket_counts=counts.tolist(),
+                global_step=step,
+            )
         self.tb.flush()
 
     def hparams(self, params: dict, metrics: dict) -> None:
@@ -87,10 +94,12 @@ class RunWriter:
         --logdir SWEEP` compares the cells of a sweep (written into the run's own event folder)."""
         if self.tb is None:
             return
-        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(params).items()
-                if v is not None}
-        finite = {f"hparam/{k}": float(v) for k, v in metrics.items()
-                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+        flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(params).items() if v is not None}
+        finite = {
+            f"hparam/{k}": float(v)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        }
         self.tb.add_hparams(flat, finite, run_name=".")
         self.tb.flush()
 
@@ -127,9 +136,18 @@ def record_rank_sync(writer: RunWriter, core, dist_ctx) -> None:
         diverged = [name for name, rows in fingerprints.items() if any(row != rows[0] for row in rows)]
         log.warning("ranks hold different model state after training: %s", ", ".join(diverged[:5]))
     if writer.active:
-        write_text_atomic(writer.out / "distributed.json", json.dumps(
-            {"world_size": dist_ctx.world_size, "backend": dist_ctx.backend, "state_in_sync": in_sync,
-             "fingerprints": fingerprints}, indent=1))
+        write_text_atomic(
+            writer.out / "distributed.json",
+            json.dumps(
+                {
+                    "world_size": dist_ctx.world_size,
+                    "backend": dist_ctx.backend,
+                    "state_in_sync": in_sync,
+                    "fingerprints": fingerprints,
+                },
+                indent=1,
+            ),
+        )
 
 
 def _cell(value) -> str:

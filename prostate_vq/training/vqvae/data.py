@@ -21,8 +21,7 @@ def load_datasets(root: Path, task: str, training: TrainingConfig, max_slices: i
     size = tuple(int(s) for s in training.spatial_size)
     augment = training_augment(bool(training.augment), bool(training.mri_augment))
     try:
-        train_ds = make_dataset(root, "train", task, spatial_size=size, augment=augment or False,
-                                max_slices=max_slices)
+        train_ds = make_dataset(root, "train", task, spatial_size=size, augment=augment or False, max_slices=max_slices)
         val_ds = make_dataset(root, "validate", task, spatial_size=size, augment=False, max_slices=max_slices)
     except RuntimeError as error:
         # MONAI's Compose wraps a transform's DataError in RuntimeError: surface the user's error (exit 2).
@@ -42,9 +41,12 @@ def warn_if_leaking(train_ds, val_ds, root) -> list[str]:
     the validate split makes model selection optimistic (a warning, not a refusal: it can be deliberate)."""
     shared = sorted({r.case for r in train_ds.records} & {r.case for r in val_ds.records})
     if shared:
-        log.warning("%s: patients in both train and validate: %s; validation scores (and the model kept) are "
-                    "optimistic - split by patient (prostate-vq manifest --resplit)", root,
-                    ", ".join(shared[:10]) + (f" and {len(shared) - 10} more" if len(shared) > 10 else ""))
+        log.warning(
+            "%s: patients in both train and validate: %s; validation scores (and the model kept) are "
+            "optimistic - split by patient (prostate-vq manifest --resplit)",
+            root,
+            ", ".join(shared[:10]) + (f" and {len(shared) - 10} more" if len(shared) > 10 else ""),
+        )
     return shared
 
 

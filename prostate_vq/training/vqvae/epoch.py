@@ -58,8 +58,10 @@ def _model_input(model, batch: dict, settings: StepSettings):
 
 def _diverged(value: float, epoch: int, step: int) -> TrainingDiverged:
     kind = "NaN" if math.isnan(value) else "Inf"
-    return TrainingDiverged(f"the training loss became {kind} in epoch {epoch} (by step {step}); "
-                            "training stopped. Lower --lr (it applies to --resume too) or check the data")
+    return TrainingDiverged(
+        f"the training loss became {kind} in epoch {epoch} (by step {step}); "
+        "training stopped. Lower --lr (it applies to --resume too) or check the data"
+    )
 
 
 def _step_with_warmup(optimizer, step: int, warmup_steps: int) -> None:

@@ -22,8 +22,14 @@ from prostate_vq.training.vqvae.plugin import VQVAETraining
 from prostate_vq.training.vqvae.resume import refuse_less_than_done
 
 
-def fit(options: TrainOptions, config: RunConfig | RunRequest | None = None, *, init: Callable | None = None,
-        extra_payload: dict | None = None, data_root: Path | None = None) -> Path | None:
+def fit(
+    options: TrainOptions,
+    config: RunConfig | RunRequest | None = None,
+    *,
+    init: Callable | None = None,
+    extra_payload: dict | None = None,
+    data_root: Path | None = None,
+) -> Path | None:
     """Train a VQ-VAE with the engine: a fresh run follows `config` (a RunRequest is resolved here; None: the
     default preset), a resumed one (`options.resume`) its last.pt with the request's epochs, max_steps, patience and
     lr. `init(model, InitContext) -> dict` prepares a fresh model (ReFiT installs its codebook there) and returns
@@ -38,13 +44,22 @@ def resume_request(options: TrainOptions, config: RunConfig | RunRequest | None)
     """The request a run is resumed under (None: nothing given). A resolved RunConfig cannot say which of its
     values were given, so it cannot say what a resumed run, which follows its checkpoint, should apply or ignore."""
     if isinstance(config, RunConfig) and options.resume:
-        raise ValueError("resume=True continues the run's last.pt with its own config: pass a RunRequest (its "
-                         "epochs, max_steps, patience and lr apply), not a resolved RunConfig")
+        raise ValueError(
+            "resume=True continues the run's last.pt with its own config: pass a RunRequest (its "
+            "epochs, max_steps, patience and lr apply), not a resolved RunConfig"
+        )
     return config if isinstance(config, RunRequest) else RunRequest()
 
 
-def _fit(options: TrainOptions, config: RunConfig | RunRequest | None, request: RunRequest, *,
-         init: Callable | None, extra_payload: dict | None, data_root: Path | None) -> Path | None:
+def _fit(
+    options: TrainOptions,
+    config: RunConfig | RunRequest | None,
+    request: RunRequest,
+    *,
+    init: Callable | None,
+    extra_payload: dict | None,
+    data_root: Path | None,
+) -> Path | None:
     started = time.monotonic()
     out = Path(options.out)
     resume = None
@@ -55,8 +70,9 @@ def _fit(options: TrainOptions, config: RunConfig | RunRequest | None, request: 
         refuse_less_than_done(request, resume, out)
         config = resumed(request, resume, out / "last.pt")
     elif (out / "last.pt").exists():
-        raise UserInputError("the run folder already holds a run (last.pt): pass --resume to continue it "
-                             "or choose another --out", out)
+        raise UserInputError(
+            "the run folder already holds a run (last.pt): pass --resume to continue it or choose another --out", out
+        )
     elif not isinstance(config, RunConfig):
         config = resolve(config)
     else:  # a caller's config (ReFiT's, a Python user's) by the same checks
@@ -64,8 +80,7 @@ def _fit(options: TrainOptions, config: RunConfig | RunRequest | None, request: 
     with ddp.process_group(resolve_device(options.device)) as (dist_ctx, device):
         run = None
         try:
-            run = VQVAETraining(options, config, resume, dist_ctx, device, started, extra_payload or {},
-                                request=request)
+            run = VQVAETraining(options, config, resume, dist_ctx, device, started, extra_payload or {}, request=request)
             run.setup(init, data_root)
             return run.train()
         finally:

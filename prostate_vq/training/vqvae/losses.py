@@ -13,8 +13,9 @@ from prostate_vq.runtime.slice_scores import ssim_mean
 class TaskLoss(torch.nn.Module):
     """`forward(output, batch_target) -> (total, parts)`; parts stay on device (no host syncs)."""
 
-    def __init__(self, task: str, l1_weight: float = 0.0, dice_weight: float = 1.0, seg_weight: float = 1.0,
-                 ssim_weight: float = 0.0):
+    def __init__(
+        self, task: str, l1_weight: float = 0.0, dice_weight: float = 1.0, seg_weight: float = 1.0, ssim_weight: float = 0.0
+    ):
         super().__init__()
         self.task = task
         self.l1_weight = float(l1_weight)

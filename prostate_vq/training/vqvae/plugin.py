@@ -81,8 +81,18 @@ class VQVAETraining:
 
     history_columns: tuple[str, ...] = HISTORY_COLUMNS
 
-    def __init__(self, options: TrainOptions, config: RunConfig, resume: dict | None, dist_ctx: ddp.DistContext,
-                 device: torch.device, started: float, extra_payload: dict, *, request: RunRequest | None = None):
+    def __init__(
+        self,
+        options: TrainOptions,
+        config: RunConfig,
+        resume: dict | None,
+        dist_ctx: ddp.DistContext,
+        device: torch.device,
+        started: float,
+        extra_payload: dict,
+        *,
+        request: RunRequest | None = None,
+    ):
         """`request` is what the command line gave: on --resume the "resuming" line names what it applies and
         ignores (the run itself follows `config`, resolved from it or from last.pt)."""
         self.options, self.config, self.resume = options, config, resume
@@ -118,27 +128,35 @@ class VQVAETraining:
         model = build_model(self.cfg, self.task).to(device)
         if hasattr(model, "code_shape"):  # a spatial size the network cannot divide fails now, as exit 2
             model.code_shape(self._spatial_size())
-        self.criterion = TaskLoss(self.task, training.l1_weight, training.dice_weight, training.seg_weight,
-                                  training.ssim_weight)
-        self.settings = StepSettings(device=device, channels_last=device.type == "cuda",
-                                     mask_ratio=float(training.mask_ratio),
-                                     mask_patch=int(getattr(model, "downsample", None) or self.config.model.downsample),
-                                     grad_clip=training.grad_clip, dist=self.dist,
-                                     warmup_steps=int(training.warmup_steps))
+        self.criterion = TaskLoss(self.task, training.l1_weight, training.dice_weight, training.seg_weight, training.ssim_weight)
+        self.settings = StepSettings(
+            device=device,
+            channels_last=device.type == "cuda",
+            mask_ratio=float(training.mask_ratio),
+            mask_patch=int(getattr(model, "downsample", None) or self.config.model.downsample),
+            grad_clip=training.grad_clip,
+            dist=self.dist,
+            warmup_steps=int(training.warmup_steps),
+        )
         self.batch_size = int(training.batch_size)
         self.writer = RunWriter(self.out, self.dist.is_main, self.options.tensorboard)  # inputs checked by now
         if init is not None and self.resume is None:
-            context = InitContext(device, self.dist, self.train_ds, self.val_ds, self.batch_size, self.criterion,
-                                  self.settings, self.seed)
+            context = InitContext(
+                device, self.dist, self.train_ds, self.val_ds, self.batch_size, self.criterion, self.settings, self.seed
+            )
             self.extra_payload.update(init(model, context) or {})
         if self.settings.channels_last:
             _to_channels_last(model)
         optimizer = make_optimizer(model, training)
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_ds) / self.dist.world_size) / self.batch_size)
         scheduler = make_step_scheduler(optimizer, training, self.steps_per_epoch)
-        stopper = EarlyStopping(monitor=training.monitor, patience=int(training.patience),
-                                min_delta=float(training.min_delta), patience_steps=int(training.patience_steps),
-                                min_steps=int(training.min_steps))
+        stopper = EarlyStopping(
+            monitor=training.monitor,
+            patience=int(training.patience),
+            min_delta=float(training.min_delta),
+            patience_steps=int(training.patience_steps),
+            min_steps=int(training.min_steps),
+        )
         state = LoopState()
         if self.resume is not None:
             state = self._restore(self.resume, model, optimizer, scheduler, stopper)
@@ -165,26 +183,49 @@ class VQVAETraining:
         base_payload = {
             "config": self.cfg,
             "preset": self.config.preset,
-            "task": self.task, "spatial_size": [int(s) for s in training.spatial_size],
-            "intensity": plain(self._intensity()), "seed": self.seed, "data_root": str(self.root),
-            "max_slices": self.max_slices, "versions": versions(), **plain(self.extra_payload),
+            "task": self.task,
+            "spatial_size": [int(s) for s in training.spatial_size],
+            "intensity": plain(self._intensity()),
+            "seed": self.seed,
+            "data_root": str(self.root),
+            "max_slices": self.max_slices,
+            "versions": versions(),
+            **plain(self.extra_payload),
         }
         self.base_payload = base_payload
         self._write_config()
-        self.engine = Engine(self, self.core, optimizer, scheduler, stopper, self.writer, base_payload,
-                             epochs=int(training.epochs), state=state,
-                             deadline=budget_deadline(self.started, self.options.max_minutes),
-                             progress=self.options.progress, dist=self.dist,
-                             budget_text=f"{self.options.max_minutes} min", max_steps=self.settings.max_steps)
+        self.engine = Engine(
+            self,
+            self.core,
+            optimizer,
+            scheduler,
+            stopper,
+            self.writer,
+            base_payload,
+            epochs=int(training.epochs),
+            state=state,
+            deadline=budget_deadline(self.started, self.options.max_minutes),
+            progress=self.options.progress,
+            dist=self.dist,
+            budget_text=f"{self.options.max_minutes} min",
+            max_steps=self.settings.max_steps,
+        )
 
     def _write_config(self) -> None:
         """A valid --config file that reproduces the run (prostate-vq train --config RUN/config.yaml --out NEW),
         with the learning-rate plan it followed (`schedule`: informational, re-planned by the run that reads it)."""
         schedule = describe(self.scheduler)
         self.base_payload["schedule"] = schedule
-        self.writer.config(self.cfg, {"base": self.base_payload["preset"], "task": self.task,
-                                      "data_root": str(self.root), "seed": self.seed,
-                                      **({"schedule": schedule} if schedule else {})})
+        self.writer.config(
+            self.cfg,
+            {
+                "base": self.base_payload["preset"],
+                "task": self.task,
+                "data_root": str(self.root),
+                "seed": self.seed,
+                **({"schedule": schedule} if schedule else {}),
+            },
+        )
 
     def _plan_from_time(self, steps_done: int) -> None:
         """A time budget shorter than the planned horizon: once the step rate is measured, the cosine is re-planned
@@ -195,8 +236,7 @@ class VQVAETraining:
         now = time.monotonic()
         if self._rate_from is None or steps_done - self._rate_from[1] < PLAN_AFTER_STEPS:
             return
-        estimate = estimate_time_horizon(steps_done, steps_done - self._rate_from[1], now - self._rate_from[0],
-                                         deadline - now)
+        estimate = estimate_time_horizon(steps_done, steps_done - self._rate_from[1], now - self._rate_from[0], deadline - now)
         if self.dist.enabled:
             value = torch.tensor([float(estimate)], device=self.device)
             torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MIN)
@@ -234,8 +274,9 @@ class VQVAETraining:
 
     def _restore(self, resume: dict, model, optimizer, scheduler, stopper) -> LoopState:
         per_epoch = isinstance(scheduler, StepCosine) and "lr_lambdas" not in (resume.get("scheduler_state") or {})
-        state = restore_training_state({**resume, "scheduler_state": None} if per_epoch else resume, model,
-                                       optimizer, scheduler, stopper)
+        state = restore_training_state(
+            {**resume, "scheduler_state": None} if per_epoch else resume, model, optimizer, scheduler, stopper
+        )
         if per_epoch:  # last.pt of a version that planned the cosine per epoch
             adopt_epoch_schedule(optimizer, scheduler, state.step)
         if "refit" in resume:
@@ -254,17 +295,31 @@ class VQVAETraining:
             self.engine.run()
             if self.dist.enabled:
                 record_rank_sync(self.writer, self.core, self.dist)
-            self.writer.hparams({"preset": self.base_payload["preset"], "task": self.task, "seed": self.seed,
-                                 **{k: v for k, v in self.cfg.items() if k != "description" and v}},
-                                final_metrics(self.engine.state.history))
+            self.writer.hparams(
+                {
+                    "preset": self.base_payload["preset"],
+                    "task": self.task,
+                    "seed": self.seed,
+                    **{k: v for k, v in self.cfg.items() if k != "description" and v},
+                },
+                final_metrics(self.engine.state.history),
+            )
         finally:
             self.writer.close()
         return self.out if self.dist.is_main else None  # under torchrun only rank 0 reports the run
 
     def run_epoch(self, epoch: int, epochs: int, deadline: float | None, steps_before: int) -> EpochResult:
-        loader = make_loader(self.train_ds, self.batch_size, shuffle=True, seed=self.seed, epoch=epoch,
-                             num_workers=self.options.num_workers, shard=loader_shard(self.dist),
-                             pin_memory=self.device.type == "cuda", persistent_workers=False)
+        loader = make_loader(
+            self.train_ds,
+            self.batch_size,
+            shuffle=True,
+            seed=self.seed,
+            epoch=epoch,
+            num_workers=self.options.num_workers,
+            shard=loader_shard(self.dist),
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         bar = step_bar(self.options.progress and self.dist.is_main, len(loader), epoch, epochs)
         self.settings.deadline, self.settings.steps_before = deadline, steps_before
         if self._rate_from is None:
@@ -276,20 +331,36 @@ class VQVAETraining:
                 bar.close()
         restarted = restarted_codes(self.model)
         t_val = time.monotonic()
-        val_loader = make_loader(self.val_ds, self.batch_size, shuffle=False, seed=self.seed, epoch=epoch,
-                                 num_workers=self.options.num_workers, shard=loader_shard(self.dist),
-                                 pin_memory=self.device.type == "cuda", persistent_workers=False)
+        val_loader = make_loader(
+            self.val_ds,
+            self.batch_size,
+            shuffle=False,
+            seed=self.seed,
+            epoch=epoch,
+            num_workers=self.options.num_workers,
+            shard=loader_shard(self.dist),
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+        )
         metrics = validate(self.model, val_loader, self.criterion, self.settings)
         if not math.isfinite(metrics["val_loss"]):
-            raise TrainingDiverged(f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
-                                   "training stopped. Lower --lr (it applies to --resume too) or check the data")
+            raise TrainingDiverged(
+                f"the validation loss became {metrics['val_loss']} in epoch {epoch}; "
+                "training stopped. Lower --lr (it applies to --resume too) or check the data"
+            )
         self._plan_from_time(steps_before + result.steps)
         trained = result.row
-        result.row = {"train_loss": trained["train_loss"], "val_loss": metrics["val_loss"],
-                      "val_ssim": metrics["val_ssim"], "val_dice": metrics["val_dice"],
-                      "codebook_usage_pct": metrics["codebook_usage_pct"], "perplexity": metrics["perplexity"],
-                      "dead_codes_restarted": restarted, "train_quantizer_loss": trained["train_quantizer_loss"],
-                      "val_quantizer_loss": metrics["val_quantizer_loss"]}
+        result.row = {
+            "train_loss": trained["train_loss"],
+            "val_loss": metrics["val_loss"],
+            "val_ssim": metrics["val_ssim"],
+            "val_dice": metrics["val_dice"],
+            "codebook_usage_pct": metrics["codebook_usage_pct"],
+            "perplexity": metrics["perplexity"],
+            "dead_codes_restarted": restarted,
+            "train_quantizer_loss": trained["train_quantizer_loss"],
+            "val_quantizer_loss": metrics["val_quantizer_loss"],
+        }
         result.monitor = metrics[MONITOR_KEYS[self.training.monitor]]
         result.val_seconds = time.monotonic() - t_val
         result.checkpoint = {"code_counts": metrics["code_counts"]}
@@ -320,8 +391,11 @@ class VQVAETraining:
         self.writer.visuals(epoch, images.cpu(), shown.cpu(), counts)
 
     def postfix(self, row: dict) -> dict:
-        return {"loss": f"{row['train_loss']:.4g}", "val_ssim": _fmt(row["val_ssim"]),
-                "usage": f"{row['codebook_usage_pct']:.0f}%"}
+        return {
+            "loss": f"{row['train_loss']:.4g}",
+            "val_ssim": _fmt(row["val_ssim"]),
+            "usage": f"{row['codebook_usage_pct']:.0f}%",
+        }
 
     def _levels(self, metrics: dict) -> list[dict]:
         """Usage and perplexity per code map (RQ depths, VQ-VAE-2 top and bottom) on the validation split."""
@@ -343,14 +417,20 @@ def _to_channels_last(model: torch.nn.Module) -> None:
 
 def final_metrics(history: list[dict]) -> dict:
     """The hparams table's metrics: the best validation loss and SSIM over the run, the last epoch's usage."""
+
     def best(key, pick):
         values = [r[key] for r in history if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         return pick(values) if values else None
 
     last = history[-1] if history else {}
-    return {"best_val_loss": best("val_loss", min), "best_val_ssim": best("val_ssim", max),
-            "final_codebook_usage_pct": last.get("codebook_usage_pct"), "final_perplexity": last.get("perplexity"),
-            "steps": last.get("step"), "epochs": last.get("epoch")}
+    return {
+        "best_val_loss": best("val_loss", min),
+        "best_val_ssim": best("val_ssim", max),
+        "final_codebook_usage_pct": last.get("codebook_usage_pct"),
+        "final_perplexity": last.get("perplexity"),
+        "steps": last.get("step"),
+        "epochs": last.get("epoch"),
+    }
 
 
 def _fmt(value) -> str:

@@ -21,8 +21,11 @@ def refuse_other_data(root: Path, resume: dict, out: Path) -> None:
     """A resumed run on other data would mix two datasets in one history; a moved dataset is fine."""
     stored = Path(str(resume.get("data_root") or ""))
     if stored.is_absolute() and stored.exists() and Path(root).resolve() != stored.resolve():
-        raise UserInputError(f"--resume continues on the data the run was trained on ({stored}), not --data "
-                             f"{root}: drop --data, or train a new run into another --out", Path(out) / "last.pt")
+        raise UserInputError(
+            f"--resume continues on the data the run was trained on ({stored}), not --data "
+            f"{root}: drop --data, or train a new run into another --out",
+            Path(out) / "last.pt",
+        )
 
 
 def refuse_less_than_done(request: RunRequest, resume: dict, out: Path) -> None:
@@ -30,11 +33,16 @@ def refuse_less_than_done(request: RunRequest, resume: dict, out: Path) -> None:
     done_epochs = int(resume["epoch"])
     history = resume.get("history") or []
     done_steps = int(history[-1].get("step") or 0) if history else 0
-    for flag, given, done, unit in (("--epochs", request.epochs, done_epochs, "epochs"),
-                                    ("--max-steps", request.max_steps, done_steps, "optimizer steps")):
+    for flag, given, done, unit in (
+        ("--epochs", request.epochs, done_epochs, "epochs"),
+        ("--max-steps", request.max_steps, done_steps, "optimizer steps"),
+    ):
         if given is not None and int(given) < done:
-            raise UserInputError(f"{flag} {given}: the run has already done {done} {unit}; give more to extend it, "
-                                 f"or leave {flag} out to continue its plan", Path(out) / "last.pt")
+            raise UserInputError(
+                f"{flag} {given}: the run has already done {done} {unit}; give more to extend it, "
+                f"or leave {flag} out to continue its plan",
+                Path(out) / "last.pt",
+            )
 
 
 def kept_max_slices(options: TrainOptions, resume: dict) -> int | None:
@@ -46,20 +54,36 @@ def _ignored(options: TrainOptions, request: RunRequest, resume: dict, training:
     """The options given that a resumed run does not follow (its checkpoint decides them)."""
     h, w = (int(s) for s in training.spatial_size)
     checks = [
-        ("--preset", request.preset, request.config_file is None  # a --config names its own preset
-         and request.preset not in (None, "default", resume.get("preset"))),
+        (
+            "--preset",
+            request.preset,
+            request.config_file is None  # a --config names its own preset
+            and request.preset not in (None, "default", resume.get("preset")),
+        ),
         ("--config", request.config_file, request.config_file is not None),
         ("--task", request.task, request.task not in (None, "image", resume["task"])),
-        ("--spatial-size", " ".join(str(s) for s in request.spatial_size or ()),
-         bool(request.spatial_size) and [int(s) for s in request.spatial_size or ()] != [h, w]),
-        ("--batch-size", request.batch_size,
-         request.batch_size is not None and int(request.batch_size) != int(training.batch_size)),
+        (
+            "--spatial-size",
+            " ".join(str(s) for s in request.spatial_size or ()),
+            bool(request.spatial_size) and [int(s) for s in request.spatial_size or ()] != [h, w],
+        ),
+        (
+            "--batch-size",
+            request.batch_size,
+            request.batch_size is not None and int(request.batch_size) != int(training.batch_size),
+        ),
         ("--monitor", request.monitor, request.monitor is not None and request.monitor != training.monitor),
-        ("--mask-ratio", request.mask_ratio,
-         request.mask_ratio is not None and float(request.mask_ratio) != float(training.mask_ratio)),
+        (
+            "--mask-ratio",
+            request.mask_ratio,
+            request.mask_ratio is not None and float(request.mask_ratio) != float(training.mask_ratio),
+        ),
         ("--seed", request.seed, request.seed is not None and int(request.seed) != int(resume.get("seed", 0))),
-        ("--max-slices", options.max_slices,
-         "max_slices" in resume and options.max_slices is not None and options.max_slices != resume["max_slices"]),
+        (
+            "--max-slices",
+            options.max_slices,
+            "max_slices" in resume and options.max_slices is not None and options.max_slices != resume["max_slices"],
+        ),
         ("--set", " ".join(request.overrides or ()), bool(request.overrides)),
     ]
     return [f"{flag} {value}" for flag, value, ignored in checks if ignored]
@@ -75,12 +99,10 @@ def _applied(options: TrainOptions, request: RunRequest) -> list[str]:
         applied.append(f"--device {options.device}")
     if options.num_workers:
         applied.append(f"--num-workers {options.num_workers}")
-    return applied + [f"--{name}" for name, on in (("compile", options.compile), ("tensorboard", options.tensorboard))
-                      if on]
+    return applied + [f"--{name}" for name, on in (("compile", options.compile), ("tensorboard", options.tensorboard)) if on]
 
 
-def announce_resume(options: TrainOptions, request: RunRequest, resume: dict, training: TrainingConfig,
-                    root: Path) -> None:
+def announce_resume(options: TrainOptions, request: RunRequest, resume: dict, training: TrainingConfig, root: Path) -> None:
     """One line: where the run continues, what comes from the checkpoint, and every option given: applied or
     ignored."""
     h, w = (int(s) for s in training.spatial_size)
@@ -92,11 +114,13 @@ def announce_resume(options: TrainOptions, request: RunRequest, resume: dict, tr
         slices = ""
         if options.max_slices is not None:
             applied.append(f"--max-slices {options.max_slices}")
-    line = (f"resuming after epoch {resume['epoch']}: preset {resume.get('preset')}, task {resume['task']}, "
-            f"size {h}x{w}, batch {training.batch_size}, monitor {training.monitor}, "
-            f"mask ratio {training.mask_ratio:g}, seed {resume.get('seed', 0)}, {slices}and data {root} "
-            f"from the checkpoint; epochs {training.epochs}, patience {training.patience}, "
-            f"lr {training.lr:g}")
+    line = (
+        f"resuming after epoch {resume['epoch']}: preset {resume.get('preset')}, task {resume['task']}, "
+        f"size {h}x{w}, batch {training.batch_size}, monitor {training.monitor}, "
+        f"mask ratio {training.mask_ratio:g}, seed {resume.get('seed', 0)}, {slices}and data {root} "
+        f"from the checkpoint; epochs {training.epochs}, patience {training.patience}, "
+        f"lr {training.lr:g}"
+    )
     if applied:
         line += f"; applied: {', '.join(applied)}"
     if ignored:

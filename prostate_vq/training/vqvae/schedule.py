@@ -35,8 +35,15 @@ class CosineSegment:
     A callable object, not a function: LambdaLR stores its attributes in the scheduler's state_dict, so the
     plan survives --resume exactly."""
 
-    def __init__(self, horizon: int, floor: float, start: int = 0, start_factor: float = 1.0,
-                 source: str = "epochs", steps_per_epoch: int = 1):
+    def __init__(
+        self,
+        horizon: int,
+        floor: float,
+        start: int = 0,
+        start_factor: float = 1.0,
+        source: str = "epochs",
+        steps_per_epoch: int = 1,
+    ):
         self.horizon, self.floor = int(horizon), float(floor)
         self.start, self.start_factor = int(start), float(start_factor)
         self.source, self.steps_per_epoch = source, int(steps_per_epoch)
@@ -49,8 +56,7 @@ class CosineSegment:
         return self.floor + (self.start_factor - self.floor) * (1 + math.cos(math.pi * t)) / 2
 
     def describe(self) -> dict:
-        return {"kind": "cosine", "horizon_steps": self.horizon, "source": self.source,
-                "steps_per_epoch": self.steps_per_epoch}
+        return {"kind": "cosine", "horizon_steps": self.horizon, "source": self.source, "steps_per_epoch": self.steps_per_epoch}
 
 
 class StepCosine(torch.optim.lr_scheduler.LambdaLR):
@@ -146,5 +152,10 @@ def describe(scheduler) -> dict | None:
 def log_plan(scheduler, lr: float) -> None:
     if isinstance(scheduler, StepCosine):
         plan = scheduler.plan
-        log.info("learning rate: cosine from %g over %d optimizer steps (%s; %d steps per epoch)", lr, plan.horizon,
-                 SOURCES.get(plan.source, plan.source), plan.steps_per_epoch)
+        log.info(
+            "learning rate: cosine from %g over %d optimizer steps (%s; %d steps per epoch)",
+            lr,
+            plan.horizon,
+            SOURCES.get(plan.source, plan.source),
+            plan.steps_per_epoch,
+        )

@@ -37,8 +37,9 @@ class ValidationAccumulator:
         self.dice_count = torch.zeros(num_classes, dtype=torch.float64, device=device)
         self.counts = torch.zeros(self.num_codes, dtype=torch.float64, device=device)
 
-    def add(self, loss: Tensor, output, image: Tensor, label: Tensor | None, code_counts: Tensor,
-            quantizer_loss: Tensor | None = None) -> None:
+    def add(
+        self, loss: Tensor, output, image: Tensor, label: Tensor | None, code_counts: Tensor, quantizer_loss: Tensor | None = None
+    ) -> None:
         """`loss` is the task loss (what selection uses); `quantizer_loss` the auxiliary terms, logged apart."""
         n = image.shape[0]
         self.slices += n
@@ -58,16 +59,26 @@ class ValidationAccumulator:
     def totals(self) -> Tensor:
         """[loss_sum, slices, ssim_sum, ssim_slices, quantizer_sum, dice_sum (C), dice_count (C), code counts (K)]."""
         host = torch.tensor([float(self.slices), float(self.ssim_slices)], dtype=torch.float64, device=self.device)
-        return torch.cat([self.loss_sum[None], host[:1], self.ssim_sum[None], host[1:], self.quantizer_sum[None],
-                          self.dice_sum, self.dice_count, self.counts])
+        return torch.cat(
+            [
+                self.loss_sum[None],
+                host[:1],
+                self.ssim_sum[None],
+                host[1:],
+                self.quantizer_sum[None],
+                self.dice_sum,
+                self.dice_count,
+                self.counts,
+            ]
+        )
 
     def compute(self, totals: Tensor | None = None) -> dict:
         """Final metrics from (possibly all-reduced) totals: one host transfer."""
         t = (self.totals() if totals is None else totals).cpu()
         c = self.num_classes
         loss_sum, loss_n, ssim_sum, ssim_n, quantizer_sum = t[:5].tolist()
-        dice_sum, dice_count = t[5:5 + c], t[5 + c:5 + 2 * c]
-        counts = t[5 + 2 * c:]
+        dice_sum, dice_count = t[5 : 5 + c], t[5 + c : 5 + 2 * c]
+        counts = t[5 + 2 * c :]
         per_class = torch.where(dice_count > 0, dice_sum / dice_count.clamp(min=1), torch.full_like(dice_sum, math.nan))
         foreground = per_class[1:]
         foreground = foreground[~torch.isnan(foreground)]
@@ -90,14 +101,20 @@ class CodebookCollapseWarning(UserWarning):
 def warn_if_collapsed(metrics: dict, epoch: int, num_codes: int, levels: list[dict] | None = None) -> bool:
     """One warning line when the validation set uses under 10% of the codes, of any one level when the model
     has several (pooled usage hides a collapsed level: a VQ-VAE-2 whose top uses 1 code reports 50%)."""
-    candidates = [(lv["name"], lv["codebook_usage_pct"], lv["perplexity"], lv["codebook_size"])
-                  for lv in levels] if levels and len(levels) > 1 else []
+    candidates = (
+        [(lv["name"], lv["codebook_usage_pct"], lv["perplexity"], lv["codebook_size"]) for lv in levels]
+        if levels and len(levels) > 1
+        else []
+    )
     candidates.append(("", metrics["codebook_usage_pct"], metrics["perplexity"], num_codes))
     for name, usage, perplexity, size in candidates:
         if math.isfinite(usage) and usage < COLLAPSE_USAGE_PCT:
             where = f"level {name} " if name else ""
-            warnings.warn(f"codebook collapse: epoch {epoch} {where}uses {usage:.1f}% of {size} codes (perplexity "
-                          f"{perplexity:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
-                          CodebookCollapseWarning, stacklevel=2)
+            warnings.warn(
+                f"codebook collapse: epoch {epoch} {where}uses {usage:.1f}% of {size} codes (perplexity "
+                f"{perplexity:.1f}); consider the ema or l2-codes presets, dead-code restart, or ReFiT",
+                CodebookCollapseWarning,
+                stacklevel=2,
+            )
             return True
     return False
