@@ -17,6 +17,8 @@ Parts (``--part``, several allowed):
            lower resolution); paired against the `default` part's jobs (same seeds and slices) when they exist
   decoder  `default` with nearest x2 + 3x3 upsampling instead of transposed convolutions and replicate padding at
            the slice edge (where its largest errors sat); paired against `default` like mri
+  padding  `default` with reflect padding alone (model.padding_mode=reflect; the decoder part changed upsampling too):
+           whether the border ring, a quarter of the squared error, is the padding's; paired against `default`
   loss     `default` with a lighter SSIM term (training.ssim_weight=0.3 beside MSE): whether MSE's larger share buys
            PSNR (where `default` trails the codecs most) without giving up its SSIM; paired against `default`
 
@@ -51,9 +53,10 @@ PARTS = {
     "rd": {"presets": ["default"], "reference": "default__downsample=4", "grid": ["model.downsample=8,4,2"]},
     "mri": {"presets": ["default"], "reference": None, "grid": ["training.mri_augment=true"]},
     "decoder": {"presets": ["default"], "reference": None, "grid": ["model.upsample=nearest", "model.padding_mode=replicate"]},
+    "padding": {"presets": ["default"], "reference": None, "grid": ["model.padding_mode=reflect"]},
     "loss": {"presets": ["default"], "reference": None, "grid": ["training.ssim_weight=0.3"]},
 }
-VERSUS_DEFAULT = ("mri", "decoder", "loss")  # one change to `default` each: paired against the default part's jobs
+VERSUS_DEFAULT = ("mri", "decoder", "padding", "loss")  # one change to `default` each: paired against the default part's jobs
 USAGE_BAR = 10.0
 CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
 
