@@ -21,6 +21,7 @@ Parts (``--part``, several allowed):
            whether the border ring, a quarter of the squared error, is the padding's; paired against `default`
   loss     `default` with a lighter SSIM term (training.ssim_weight=0.3 beside MSE): whether MSE's larger share buys
            PSNR (where `default` trails the codecs most) without giving up its SSIM; paired against `default`
+  loss-light  the same with training.ssim_weight=0.1 (the family recipe's weight)
 
 Each part is one sweep command, printed before it runs, into WORK/<part>; re-running reuses finished jobs.
 Targets (issue 19): every family variant SSIM > 0.6 and usage >= 10% in every seed.
@@ -55,8 +56,9 @@ PARTS = {
     "decoder": {"presets": ["default"], "reference": None, "grid": ["model.upsample=nearest", "model.padding_mode=replicate"]},
     "padding": {"presets": ["default"], "reference": None, "grid": ["model.padding_mode=reflect"]},
     "loss": {"presets": ["default"], "reference": None, "grid": ["training.ssim_weight=0.3"]},
+    "loss-light": {"presets": ["default"], "reference": None, "grid": ["training.ssim_weight=0.1"]},
 }
-VERSUS_DEFAULT = ("mri", "decoder", "padding", "loss")  # one change to `default` each: paired against the default part's jobs
+VERSUS_DEFAULT = ("mri", "decoder", "padding", "loss", "loss-light")  # one change to `default` each: paired against the default part's jobs
 USAGE_BAR = 10.0
 CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
 
