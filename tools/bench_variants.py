@@ -58,7 +58,13 @@ PARTS = {
     "loss": {"presets": ["default"], "reference": None, "grid": ["training.ssim_weight=0.3"]},
     "loss-light": {"presets": ["default"], "reference": None, "grid": ["training.ssim_weight=0.1"]},
 }
-VERSUS_DEFAULT = ("mri", "decoder", "padding", "loss", "loss-light")  # one change to `default` each: paired against the default part's jobs
+VERSUS_DEFAULT = (
+    "mri",
+    "decoder",
+    "padding",
+    "loss",
+    "loss-light",
+)  # one change to `default` each: paired against the default part's jobs
 USAGE_BAR = 10.0
 CODECS = "webp,avif,jpeg2000,jpeg"  # every job is also compared with these codecs at its own rate
 
