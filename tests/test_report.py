@@ -183,10 +183,10 @@ def test_reproduce_command_rebuilds_the_run_config(evaluated, tmp_path):
 @pytest.mark.parametrize(
     "preset, task, present, absent",
     [
-        ("default", "image", ["mean squared error", "+ 1 x (1 - SSIM)", "beta 0.25", "augmented"], ["cross-entropy"]),
+        ("default", "image", ["mean squared error", "+ 0.3 x (1 - SSIM)", "beta 0.25", "augmented"], ["cross-entropy"]),
         ("v1-vq", "image", ["+ 0.1 x (1 - SSIM)", "beta 0.25"], ["augmented"]),
         ("hifi", "image", ["mean squared error"], ["SSIM", "augmented"]),
-        ("default", "joint", ["+ 1 x (1 - SSIM)", "1 x cross-entropy on the segmentation head", "soft Dice"], []),
+        ("default", "joint", ["+ 0.3 x (1 - SSIM)", "1 x cross-entropy on the segmentation head", "soft Dice"], []),
         ("fsq", "mask", ["cross-entropy on the label map", "implicit, fixed codebook"], ["squared error", "beta"]),
     ],
 )
@@ -199,7 +199,7 @@ def test_loss_text_comes_from_the_resolved_config(preset, task, present, absent)
 
 
 def test_report_states_the_loss_the_run_trained_with(tiny_run, tmp_path):
-    """tiny_run is the default preset: MSE + 1 x (1 - SSIM) (training.ssim_weight 1.0), augmented batches."""
+    """tiny_run is the default preset: MSE + 0.3 x (1 - SSIM) (training.ssim_weight 0.3), augmented batches."""
     text = write_report([tiny_run], tmp_path / "r.md").read_text(encoding="utf-8")
     loss = next(line for line in text.splitlines() if line.startswith("**Loss.**"))
-    assert "1 x (1 - SSIM)" in loss and "augmented" in loss
+    assert "0.3 x (1 - SSIM)" in loss and "augmented" in loss

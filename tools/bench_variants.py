@@ -9,7 +9,7 @@ and exits 0.
 Parts (``--part``, several allowed):
   family   every variant preset under the family recipe, and MONAI's stock VQVAE under the same recipe
            (`monai-stock`), --reference v1-vq
-  default  `default` in a table of its own (its own recipe: lr 2e-3, 1 x (1 - SSIM), augmentation), the same steps
+  default  `default` in a table of its own (its own recipe: lr 2e-3, 0.3 x (1 - SSIM), augmentation), the same steps
            and seeds (`monai-stock-default-recipe` is MONAI's stock VQVAE under that recipe, for a longer run:
            it trains about 10x slower per step on the CPU)
   rd       rate-distortion of `default`: --grid model.downsample=8,4,2 (about 0.14, 0.56, 2.25 bits per pixel)

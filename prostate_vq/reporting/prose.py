@@ -25,7 +25,7 @@ def loss_text(task: str, config: dict, cite=None) -> str:
     """The **Loss.** paragraph of one run from its resolved config: every term of the task loss with the weight it
     trained with (training.l1_weight, ssim_weight, seg_weight, dice_weight), the quantiser's terms (beta, entropy
     weight), and what shapes the input (augmentation, masking): a fixed sentence misstated presets such as default,
-    whose loss adds 1 x (1 - SSIM). `cite(*keys)` (references.Citations.cite) numbers the quantiser's
+    whose loss adds 0.3 x (1 - SSIM). `cite(*keys)` (references.Citations.cite) numbers the quantiser's
     references; a kind no longer registered (an old run's) is named as it is."""
     training, quantizer = config.get("training") or {}, config.get("quantizer") or {}
     terms = []
