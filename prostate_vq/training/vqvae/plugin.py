@@ -308,11 +308,13 @@ class VQVAETraining:
             self.writer.close()
         return self.out if self.dist.is_main else None  # under torchrun only rank 0 reports the run
 
-    def run_epoch(self, epoch: int, epochs: int, deadline: float | None, steps_before: int) -> EpochResult:
-        loader = make_loader(
-            self.train_ds,
+    def _loader(self, dataset, epoch: int, shuffle: bool):
+        """This epoch's loader of `dataset`: the run's batch size, seed, workers and torchrun shard (training and
+        validation differ only in the data and the shuffle)."""
+        return make_loader(
+            dataset,
             self.batch_size,
-            shuffle=True,
+            shuffle=shuffle,
             seed=self.seed,
             epoch=epoch,
             num_workers=self.options.num_workers,
@@ -320,6 +322,9 @@ class VQVAETraining:
             pin_memory=self.device.type == "cuda",
             persistent_workers=False,
         )
+
+    def run_epoch(self, epoch: int, epochs: int, deadline: float | None, steps_before: int) -> EpochResult:
+        loader = self._loader(self.train_ds, epoch, shuffle=True)
         bar = step_bar(self.options.progress and self.dist.is_main, len(loader), epoch, epochs)
         self.settings.deadline, self.settings.steps_before = deadline, steps_before
         if self._rate_from is None:
@@ -331,17 +336,7 @@ class VQVAETraining:
                 bar.close()
         restarted = restarted_codes(self.model)
         t_val = time.monotonic()
-        val_loader = make_loader(
-            self.val_ds,
-            self.batch_size,
-            shuffle=False,
-            seed=self.seed,
-            epoch=epoch,
-            num_workers=self.options.num_workers,
-            shard=loader_shard(self.dist),
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-        )
+        val_loader = self._loader(self.val_ds, epoch, shuffle=False)
         metrics = validate(self.model, val_loader, self.criterion, self.settings)
         if not math.isfinite(metrics["val_loss"]):
             raise TrainingDiverged(
